@@ -1,0 +1,7 @@
+"""Root URL configuration: everything lives under /api/."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("api/", include("api.urls")),
+]

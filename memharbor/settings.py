@@ -1,0 +1,304 @@
+"""Settings: one frozen, typed object built once at start from the environment and an optional `.env`.
+
+Nothing else in the project reads `os.environ`. A missing or malformed value raises `SettingsError`,
+whose message names the variable and says what is expected; the CLI prints it as one line and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dotenv import dotenv_values
+
+AuthMode = Literal["firebase", "none"]
+LogFormat = Literal["json", "console"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and says what is expected."""
+
+    def __init__(self, name: str, expected: str) -> None:
+        super().__init__(f"setting {name}: {expected}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must never reach a log line or an error: its repr hides it."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class AgoraSettings:
+    """Agora project credentials used to mint RTC tokens."""
+
+    app_id: str
+    app_certificate: Secret
+
+
+@dataclass(frozen=True)
+class ApnsSettings:
+    """Apple Push Notification service, token-based authentication with a .p8 key."""
+
+    team_id: str
+    key_id: str
+    bundle_id: str
+    key: Secret
+    use_sandbox: bool
+
+
+@dataclass(frozen=True)
+class FcmSettings:
+    """Firebase Cloud Messaging HTTP v1: the project and the service account that signs for it."""
+
+    project_id: str
+    service_account_json: Secret
+    endpoint: str
+    token_uri: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every memharbor process, parsed and checked."""
+
+    project_id: str
+    agora: AgoraSettings | None
+    storage_bucket: str | None
+    use_emulator: bool
+    firestore_emulator_host: str | None
+    storage_emulator_host: str | None
+    auth_emulator_host: str | None
+    service_account: Secret | None
+    recordings_dir: Path
+    apns: ApnsSettings | None
+    fcm: FcmSettings | None
+    http_host: str
+    http_port: int
+    http_workers: int
+    auth_mode: AuthMode
+    log_format: LogFormat
+    log_file: Path | None
+    log_level: str
+    ring_timeout_s: float
+    sweep_interval_s: float
+    heartbeat_interval_s: float
+    push_sink: Path | None
+    instance_id: str | None
+
+    def require_agora(self) -> AgoraSettings:
+        """Return the Agora credentials, or stop start-up naming the missing variable."""
+        if self.agora is None:
+            raise SettingsError("AGORA_APP_ID", "required (with AGORA_APP_CERT) to issue Agora tokens")
+        return self.agora
+
+
+class _Env:
+    """Typed reads of one environment mapping; every failure names the variable."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        raw = self._values.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return raw.strip()
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._values.get(name)
+        if raw is None:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(name, "expected a boolean (1/0, true/false, yes/no, on/off)")
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected an integer between {lo} and {hi}") from None
+        if not lo <= value <= hi:
+            raise SettingsError(name, f"expected an integer between {lo} and {hi}")
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, f"expected a number of seconds between {lo} and {hi}") from None
+        if not lo <= value <= hi:
+            raise SettingsError(name, f"expected a number of seconds between {lo} and {hi}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = (self.text(name) or default).lower()
+        if value not in choices:
+            raise SettingsError(name, f"expected one of {', '.join(choices)}")
+        return value
+
+    def host_port(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        value = value.split("://", 1)[-1].rstrip("/")
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(name, "expected host:port, for example 127.0.0.1:8080")
+        return value
+
+
+def _read_secret_file(name: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(name, f"cannot read the file it names ({exc.strerror})") from None
+
+
+def _agora(env: _Env) -> AgoraSettings | None:
+    app_id, cert = env.text("AGORA_APP_ID"), env.text("AGORA_APP_CERT")
+    if app_id is None and cert is None:
+        return None
+    if app_id is None:
+        raise SettingsError("AGORA_APP_ID", "required when AGORA_APP_CERT is set (32 hex characters)")
+    if cert is None:
+        raise SettingsError("AGORA_APP_CERT", "required when AGORA_APP_ID is set (32 hex characters)")
+    for name, value in (("AGORA_APP_ID", app_id), ("AGORA_APP_CERT", cert)):
+        if len(value) != 32 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise SettingsError(name, "expected 32 hex characters")
+    return AgoraSettings(app_id=app_id, app_certificate=Secret(cert))
+
+
+def _apns(env: _Env) -> ApnsSettings | None:
+    names = ("APNS_TEAM_ID", "APNS_KEY_ID", "APNS_BUNDLE_ID")
+    given = {n: env.text(n) for n in names}
+    key_path, key_content = env.text("APNS_KEY_PATH"), env.text("APNS_KEY_CONTENT")
+    if not any(given.values()) and key_path is None and key_content is None:
+        return None
+    for name, value in given.items():
+        if value is None:
+            raise SettingsError(name, "required when any APNS_* setting is given")
+    if key_content is not None:
+        key = key_content.replace("\\n", "\n")
+    elif key_path is not None:
+        key = _read_secret_file("APNS_KEY_PATH", key_path)
+    else:
+        raise SettingsError("APNS_KEY_PATH", "required (or APNS_KEY_CONTENT) when APNS_* is configured")
+    if "BEGIN PRIVATE KEY" not in key:
+        raise SettingsError("APNS_KEY_CONTENT" if key_content else "APNS_KEY_PATH", "expected a .p8 PEM key")
+    return ApnsSettings(
+        team_id=str(given["APNS_TEAM_ID"]),
+        key_id=str(given["APNS_KEY_ID"]),
+        bundle_id=str(given["APNS_BUNDLE_ID"]),
+        key=Secret(key),
+        use_sandbox=env.flag("APNS_USE_SANDBOX", False),
+    )
+
+
+def _fcm(env: _Env, project_id: str, service_account: Secret | None) -> FcmSettings | None:
+    path, content = env.text("FCM_SERVICE_ACCOUNT_PATH"), env.text("FCM_SERVICE_ACCOUNT_JSON")
+    if content is not None:
+        account: Secret | None = Secret(content)
+    elif path is not None:
+        account = Secret(_read_secret_file("FCM_SERVICE_ACCOUNT_PATH", path))
+    else:
+        account = service_account
+    if account is None:
+        return None
+    return FcmSettings(
+        project_id=env.text("FCM_PROJECT_ID", project_id) or project_id,
+        service_account_json=account,
+        endpoint=env.text("MEMHARBOR_FCM_ENDPOINT", "https://fcm.googleapis.com") or "",
+        token_uri=env.text("MEMHARBOR_FCM_TOKEN_URI"),
+    )
+
+
+def _service_account(env: _Env) -> Secret | None:
+    raw = env.text("FIREBASE_SERVICE_ACCOUNT")
+    if raw is None:
+        return None
+    if raw.lstrip().startswith("{"):
+        return Secret(raw)
+    return Secret(_read_secret_file("FIREBASE_SERVICE_ACCOUNT", raw))
+
+
+def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> Settings:
+    """Build settings from one mapping of variables (the environment merged over `.env`)."""
+    env = _Env(values)
+    project_id = env.text("FIREBASE_PROJECT_ID") or env.text("GOOGLE_CLOUD_PROJECT")
+    if project_id is None:
+        raise SettingsError("FIREBASE_PROJECT_ID", "required (or GOOGLE_CLOUD_PROJECT): the Firebase project id")
+    service_account = _service_account(env)
+    firestore_host = env.host_port("FIRESTORE_EMULATOR_HOST")
+    storage_host = env.host_port("FIREBASE_STORAGE_EMULATOR_HOST") or env.host_port("STORAGE_EMULATOR_HOST")
+    log_file = env.text("MEMHARBOR_LOG_FILE")
+    sink = env.text("MEMHARBOR_PUSH_SINK")
+    return Settings(
+        project_id=project_id,
+        agora=_agora(env),
+        storage_bucket=env.text("FIREBASE_STORAGE_BUCKET"),
+        use_emulator=env.flag("FIREBASE_USE_EMULATOR", firestore_host is not None),
+        firestore_emulator_host=firestore_host,
+        storage_emulator_host=storage_host,
+        auth_emulator_host=env.host_port("FIREBASE_AUTH_EMULATOR_HOST"),
+        service_account=service_account,
+        recordings_dir=Path(env.text("RECORDINGS_DIR", "recordings") or "recordings"),
+        apns=_apns(env),
+        fcm=_fcm(env, project_id, service_account),
+        http_host=env.text("MEMHARBOR_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
+        http_port=env.integer("MEMHARBOR_HTTP_PORT", 8001, 1, 65535),
+        http_workers=env.integer("MEMHARBOR_HTTP_WORKERS", 1, 1, 64),
+        auth_mode=env.choice("MEMHARBOR_AUTH", ("firebase", "none"), "firebase"),  # type: ignore[arg-type]
+        log_format=env.choice(  # type: ignore[arg-type]
+            "MEMHARBOR_LOG_FORMAT", ("json", "console"), "console" if stderr_is_tty else "json"
+        ),
+        log_file=Path(log_file) if log_file else None,
+        log_level=env.choice("MEMHARBOR_LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
+        ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
+        sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
+        heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
+        push_sink=Path(sink) if sink else None,
+        instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
+    )
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | None = None,
+    defaults: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings once at start: `.env` (MEMHARBOR_ENV_FILE or ./.env) under the real environment."""
+    real = dict(os.environ if environ is None else environ)
+    path = env_file or Path(real.get("MEMHARBOR_ENV_FILE", ".env"))
+    merged: dict[str, str] = dict(defaults or {})
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(real)
+    return from_mapping(merged, stderr_is_tty=sys.stderr.isatty())
+
+
+def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process we start: ours, with `overrides` on top."""
+    return {**os.environ, **overrides}

@@ -1,0 +1,40 @@
+"""Every typed application key of the service, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from memharbor.clock import Clock
+from memharbor.settings import Settings
+from memharbor.store import CallDirectory, HealthSource
+from token_http.auth import Authenticator
+
+
+@dataclass(frozen=True)
+class Deps:
+    """The adapters the handlers use; tests pass fakes or real emulator-backed ones."""
+
+    authenticator: Authenticator
+    calls: CallDirectory
+    health: HealthSource
+    clock: Clock
+
+
+SETTINGS = web.AppKey("settings", Settings)
+DEPS = web.AppKey("deps", Deps)
+
+
+@dataclass
+class HealthCache:
+    """One health check at a time; its result is reused briefly so load on /api/health spares Firestore."""
+
+    at: float = float("-inf")
+    result: tuple[int, dict[str, Any]] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+HEALTH_CACHE = web.AppKey("health_cache", HealthCache)

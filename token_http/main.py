@@ -1,0 +1,82 @@
+"""`memharbor http`: compose the service from settings and run it (optionally several workers)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from memharbor import firebase, logs
+from memharbor.clock import SystemClock
+from memharbor.settings import Settings
+from memharbor.store import FirestoreStore
+from token_http.app import create_app
+from token_http.auth import Authenticator, FirebaseIdTokens, OpenAccess
+from token_http.keys import Deps
+
+log = logs.get_logger()
+
+
+def bootstrap(settings: Settings) -> web.Application:
+    """The composition root: real adapters for these settings, wired into the app."""
+    settings.require_agora()
+    store = FirestoreStore(lambda: firebase.firestore_async(settings))
+    authenticator: Authenticator
+    authenticator = OpenAccess() if settings.auth_mode == "none" else FirebaseIdTokens(firebase.admin_app(settings))
+
+    async def firestore_ctx(_: web.Application) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    deps = Deps(authenticator=authenticator, calls=store, health=store, clock=SystemClock())
+    return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
+
+
+def _serve(settings: Settings, reuse_port: bool) -> None:
+    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    app = bootstrap(settings)
+    log.info("http.listening", host=settings.http_host, port=settings.http_port, pid=os.getpid())
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        reuse_port=reuse_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10.0,
+        handle_signals=True,
+    )
+
+
+def main(settings: Settings) -> int:
+    """Run token_http until SIGINT/SIGTERM; with MEMHARBOR_HTTP_WORKERS > 1, one process per worker."""
+    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    settings.require_agora()
+    if settings.auth_mode == "none":
+        log.warning("auth.disabled", detail="MEMHARBOR_AUTH=none: anyone can get a token for any channel")
+    if settings.http_workers == 1:
+        _serve(settings, reuse_port=False)
+        return 0
+    return _run_workers(settings)
+
+
+def _run_workers(settings: Settings) -> int:
+    # Workers share the port through SO_REUSEPORT; the parent only relays signals and reaps them.
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(settings.http_workers)]
+    for worker in workers:
+        worker.start()
+
+    def relay(signum: int, _: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, relay)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)
