@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from memharbor import settings as settings_mod
 
 NOT_BUILT = {
-    "watcher": "the watcher is not built yet (issue: calls through Firestore)",
     "recorder": "the recorder is not built yet (issue: server-side call recording)",
 }
 
@@ -24,13 +23,23 @@ def _run_http(settings: settings_mod.Settings) -> int:
     return main(settings)
 
 
+def _run_watcher(settings: settings_mod.Settings) -> int:
+    from watcher.main import main
+
+    return main(settings)
+
+
 def _run_dev(settings: settings_mod.Settings) -> int:
     from memharbor.dev import main
 
     return main(settings)
 
 
-RUNNERS: dict[str, Callable[[settings_mod.Settings], int]] = {"http": _run_http, "dev": _run_dev}
+RUNNERS: dict[str, Callable[[settings_mod.Settings], int]] = {
+    "http": _run_http,
+    "watcher": _run_watcher,
+    "dev": _run_dev,
+}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import structlog
 
 # Keys whose values are credentials; matched case-insensitively as whole keys or as suffixes.
@@ -35,13 +36,15 @@ _ALLOWED_KEYS = {"voip_token_present", "fcm_token_present", "token_version", "pu
 REDACTED = "[redacted]"
 
 
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered not in _ALLOWED_KEYS and lowered.endswith(_SECRET_KEYS)
+
+
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the value of any credential-like key with a fixed marker."""
-    for key in list(event_dict):
-        lowered = key.lower()
-        if lowered in _ALLOWED_KEYS:
-            continue
-        if any(lowered == s or lowered.endswith("_" + s) or lowered.endswith(s) for s in _SECRET_KEYS):
+    """Replace the value of any credential-like key (e.g. `token`, `fcm_token`) with a fixed marker."""
+    for key in event_dict:
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
     return event_dict
 
@@ -57,7 +60,10 @@ class _Sinks:
         self._console = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if console else None
 
     def _write(self, **event: Any) -> None:
-        json_line = json.dumps(event, default=str, ensure_ascii=False)
+        try:
+            json_line = orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # e.g. an int beyond 64 bits: a log call must never raise into its caller
+            json_line = json.dumps(event, default=str, ensure_ascii=False)
         line = str(self._console(None, "", dict(event))) if self._console is not None else json_line
         with self._lock:
             self._stream.write(line + "\n")

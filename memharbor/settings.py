@@ -6,6 +6,7 @@ whose message names the variable and says what is expected; the CLI prints it as
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -177,6 +178,17 @@ def _read_secret_file(name: str, path: str) -> str:
         raise SettingsError(name, f"cannot read the file it names ({exc.strerror})") from None
 
 
+def _json_object(name: str, text: str) -> str:
+    # Checked at start-up so a malformed account stops it with one line; the value is never echoed.
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise SettingsError(name, "expected a service-account JSON object (or a path to a file holding one)") from None
+    if not isinstance(parsed, dict):
+        raise SettingsError(name, "expected a service-account JSON object (or a path to a file holding one)")
+    return text
+
+
 def _agora(env: _Env) -> AgoraSettings | None:
     app_id, cert = env.text("AGORA_APP_ID"), env.text("AGORA_APP_CERT")
     if app_id is None and cert is None:
@@ -220,9 +232,10 @@ def _apns(env: _Env) -> ApnsSettings | None:
 def _fcm(env: _Env, project_id: str, service_account: Secret | None) -> FcmSettings | None:
     path, content = env.text("FCM_SERVICE_ACCOUNT_PATH"), env.text("FCM_SERVICE_ACCOUNT_JSON")
     if content is not None:
-        account: Secret | None = Secret(content)
+        account: Secret | None = Secret(_json_object("FCM_SERVICE_ACCOUNT_JSON", content))
     elif path is not None:
-        account = Secret(_read_secret_file("FCM_SERVICE_ACCOUNT_PATH", path))
+        text = _read_secret_file("FCM_SERVICE_ACCOUNT_PATH", path)
+        account = Secret(_json_object("FCM_SERVICE_ACCOUNT_PATH", text))
     else:
         account = service_account
     if account is None:
@@ -239,9 +252,8 @@ def _service_account(env: _Env) -> Secret | None:
     raw = env.text("FIREBASE_SERVICE_ACCOUNT")
     if raw is None:
         return None
-    if raw.lstrip().startswith("{"):
-        return Secret(raw)
-    return Secret(_read_secret_file("FIREBASE_SERVICE_ACCOUNT", raw))
+    text = raw if raw.lstrip().startswith("{") else _read_secret_file("FIREBASE_SERVICE_ACCOUNT", raw)
+    return Secret(_json_object("FIREBASE_SERVICE_ACCOUNT", text))
 
 
 def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> Settings:

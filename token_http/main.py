@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from memharbor import firebase, logs
+from memharbor.call_service import FirestoreCallService
 from memharbor.clock import SystemClock
 from memharbor.settings import Settings
 from memharbor.store import FirestoreStore
@@ -31,8 +33,23 @@ def bootstrap(settings: Settings) -> web.Application:
         yield
         store.close()
 
-    deps = Deps(authenticator=authenticator, calls=store, health=store, clock=SystemClock())
+    deps = Deps(
+        authenticator=authenticator,
+        calls=store,
+        health=store,
+        clock=SystemClock(),
+        call_service=FirestoreCallService(lambda: store.client),
+    )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available (about twice the requests per core), else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _serve(settings: Settings, reuse_port: bool) -> None:
@@ -41,6 +58,7 @@ def _serve(settings: Settings, reuse_port: bool) -> None:
     log.info("http.listening", host=settings.http_host, port=settings.http_port, pid=os.getpid())
     web.run_app(
         app,
+        loop=new_event_loop(),
         host=settings.http_host,
         port=settings.http_port,
         reuse_port=reuse_port,

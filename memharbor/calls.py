@@ -1,0 +1,218 @@
+"""The call model, once: statuses, the legal transitions by role and the stamps each sets, the fields
+apps may write, and channel-name assignment. Security rules tests, the watcher and the REST shim all
+follow the tables in this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from memharbor import agora
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    CANCELLED = "cancelled"
+    MISSED = "missed"
+    ENDED = "ended"
+
+
+FINAL = frozenset({Status.DECLINED, Status.CANCELLED, Status.MISSED, Status.ENDED})
+# Calls the watcher follows: everything that can still change status.
+ACTIVE = frozenset({Status.PENDING, Status.ACCEPTED})
+
+
+class Actor(StrEnum):
+    """Who makes a change: the call's caller, its receiver, or the server."""
+
+    CALLER = "caller"
+    RECEIVER = "receiver"
+    SERVER = "server"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One legal move of the state machine."""
+
+    source: Status
+    target: Status
+    actors: frozenset[Actor]
+    stamp: str  # the timestamp field set with updatedAt
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The fields a client writes for this move (and nothing else)."""
+        return frozenset({"status", self.stamp, "updatedAt"})
+
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(Status.PENDING, Status.ACCEPTED, frozenset({Actor.RECEIVER}), "answeredAt"),
+    Transition(Status.PENDING, Status.DECLINED, frozenset({Actor.RECEIVER}), "answeredAt"),
+    Transition(Status.PENDING, Status.CANCELLED, frozenset({Actor.CALLER}), "endedAt"),
+    Transition(Status.PENDING, Status.MISSED, frozenset({Actor.CALLER, Actor.SERVER}), "endedAt"),
+    Transition(Status.ACCEPTED, Status.ENDED, frozenset({Actor.CALLER, Actor.RECEIVER, Actor.SERVER}), "endedAt"),
+)
+_BY_PAIR = {(t.source, t.target): t for t in TRANSITIONS}
+
+# Fields of a new call document.
+CREATE_REQUIRED = frozenset({"callId", "groupId", "callerId", "receiverId", "status", "createdAt", "updatedAt"})
+CREATE_OPTIONAL = frozenset({"callerName", "groupNameSnapshot", "receiverNameSnapshot", "giverNameSnapshot", "record"})
+# Written only by the server; a client write that touches one is rejected by the rules.
+SERVER_FIELDS = frozenset(
+    {
+        "channelName",
+        "pushSent",
+        "pushPlatform",
+        "pushError",
+        "ringDeadline",
+        "durationSec",
+        "recordingId",
+        "aiSummary",
+        "violation",
+        "reviewCount",
+        "lastReviewAt",
+    }
+)
+REVIEW_FIELDS = frozenset({"humanSummary", "humanKeywords", "humanNotes"})
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+MAX_NAME_CHARS = 200
+MAX_SUMMARY_CHARS = 20000
+MAX_KEYWORDS = 50
+MAX_KEYWORD_CHARS = 100
+
+# recordings/{sid}: the fields an app writes to request a recording of a call it takes part in (while the
+# call is ACTIVE), the fields only the server writes, and the one field a participant may set afterwards.
+RECORDING_REQUEST_FIELDS = frozenset({"channel", "callId", "status", "requestedBy", "createdAt"})
+RECORDING_SERVER_FIELDS = frozenset(
+    {
+        "uid",
+        "filename",
+        "url",
+        "storagePath",
+        "groupId",
+        "user1",
+        "user2",
+        "duration",
+        "fileSize",
+        "format",
+        "spec",
+        "recordedAt",
+        "stoppedAt",
+        "error",
+        "workerId",
+        "leaseUntil",
+    }
+)
+RECORDING_STOP_FIELD = "stopRequested"
+# users/{uid}: the platforms an app may register, and the fields only the server writes.
+USER_PLATFORMS = frozenset({"ios", "android"})
+USER_SERVER_FIELDS = frozenset({"pushTokenInvalidAt"})
+
+
+class CallError(Exception):
+    """A refused call operation; `status` is the HTTP status the REST shim answers with."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def find_transition(source: str | None, target: str) -> Transition | None:
+    """The legal move from `source` to `target`, or None."""
+    try:
+        return _BY_PAIR.get((Status(source), Status(target))) if source is not None else None
+    except ValueError:
+        return None
+
+
+def actor_of(uid: str | None, call: Mapping[str, Any]) -> Actor | None:
+    """The role `uid` plays in `call` (the caller wins if someone calls themselves), or None."""
+    if uid is None:
+        return None
+    if uid == call.get("callerId"):
+        return Actor.CALLER
+    if uid == call.get("receiverId"):
+        return Actor.RECEIVER
+    return None
+
+
+def check_transition(call: Mapping[str, Any], target: str, actor: Actor) -> Transition:
+    """The transition `actor` may make to `target`, or CallError 409 (illegal) / 403 (not theirs)."""
+    source = call.get("status")
+    move = find_transition(source, target)
+    if move is None:
+        raise CallError(409, f"cannot go from {source} to {target}", field="status")
+    if actor not in move.actors:
+        raise CallError(403, f"the {actor.value} may not move a call from {source} to {target}")
+    return move
+
+
+def field_errors(doc: Mapping[str, Any]) -> list[str]:
+    """Problems with the app-written fields of a call document (types, lengths), empty when valid."""
+    errors = []
+    for name in ("callId", "callerId", "receiverId"):
+        if not isinstance(doc.get(name), str) or not ID_PATTERN.match(doc[name]):
+            errors.append(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ -")
+    if not isinstance(doc.get("groupId"), str) or not GROUP_ID_PATTERN.match(doc["groupId"]):
+        errors.append("groupId must be 1-36 characters of A-Z a-z 0-9 _ -")
+    if doc.get("callerId") is not None and doc.get("callerId") == doc.get("receiverId"):
+        errors.append("receiverId must differ from callerId")
+    for name in ("callerName", "groupNameSnapshot", "receiverNameSnapshot", "giverNameSnapshot"):
+        value = doc.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_CHARS):
+            errors.append(f"{name} must be a string of at most {MAX_NAME_CHARS} characters")
+    if "record" in doc and not isinstance(doc["record"], bool):
+        errors.append("record must be a boolean")
+    if doc.get("status") not in {s.value for s in Status}:
+        errors.append("status must be one of " + ", ".join(s.value for s in Status))
+    return errors
+
+
+def review_errors(fields: Mapping[str, Any]) -> list[str]:
+    """Problems with review fields written after a call ended."""
+    errors = []
+    for name in ("humanSummary", "humanNotes"):
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_SUMMARY_CHARS):
+            errors.append(f"{name} must be a string of at most {MAX_SUMMARY_CHARS} characters")
+    keywords = fields.get("humanKeywords")
+    if keywords is not None and (
+        not isinstance(keywords, list)
+        or len(keywords) > MAX_KEYWORDS
+        or any(not isinstance(k, str) or len(k) > MAX_KEYWORD_CHARS for k in keywords)
+    ):
+        errors.append(f"humanKeywords must be a list of at most {MAX_KEYWORDS} short strings")
+    return errors
+
+
+def channel_name(group_id: str, caller_id: str, receiver_id: str, call_id: str, epoch_ms: int) -> str:
+    """The call's Agora channel: the seed's `{groupId}_{callerId}_{receiverId}_{epochMillis}` when that
+    satisfies Agora's rule, else the compact `{groupId}_{digest}_{epochMillis}`.
+
+    The digest is the first 12 hex characters of SHA-256 over caller, receiver and call id, so two
+    calls never share a channel even when created in the same millisecond; with groupId at most 36
+    bytes the compact form is at most 63 bytes.
+    """
+    seed_form = f"{group_id}_{caller_id}_{receiver_id}_{epoch_ms}"
+    if agora.channel_name_error(seed_form) is None:
+        return seed_form
+    digest = hashlib.sha256(f"{caller_id}/{receiver_id}/{call_id}".encode()).hexdigest()[:12]
+    return f"{group_id}_{digest}_{epoch_ms}"
+
+
+def duration_seconds(answered_at: Any, ended_at: Any) -> int:
+    """Whole seconds between two timestamps (datetime-like), never negative."""
+    if answered_at is None or ended_at is None:
+        return 0
+    return max(0, round((ended_at - answered_at).total_seconds()))

@@ -1,0 +1,68 @@
+"""Worker heartbeats: one document per running instance in `workers`, read by /api/health."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import firestore
+
+from memharbor.logs import get_logger
+from memharbor.store import WORKERS
+
+log = get_logger()
+
+
+class Heartbeat:
+    """Writes `workers/{instance_id}` every `interval_s`; it counts as alive until `expiresAt` (3 intervals)."""
+
+    def __init__(
+        self,
+        client: firestore.AsyncClient,
+        kind: str,
+        instance_id: str,
+        interval_s: float,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self._ref = client.collection(WORKERS).document(instance_id)
+        self._kind = kind
+        self._instance_id = instance_id
+        self._interval_s = interval_s
+        self._status = status or dict
+        self._started = datetime.now(UTC)
+
+    async def beat(self) -> None:
+        """Write one heartbeat."""
+        now = datetime.now(UTC)
+        await self._ref.set(
+            {
+                "kind": self._kind,
+                "instanceId": self._instance_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "startedAt": self._started,
+                "beatAt": now,
+                "expiresAt": now + timedelta(seconds=3 * self._interval_s),
+                "status": self._status(),
+            }
+        )
+
+    async def run(self) -> None:
+        """Beat until cancelled; a failed beat is logged and retried at the next interval."""
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:
+                log.warning("heartbeat.failed", kind=self._kind, error=type(exc).__name__)
+            await asyncio.sleep(self._interval_s)
+
+    async def retire(self) -> None:
+        """Delete the heartbeat on a clean exit so health stops counting this instance at once."""
+        try:
+            await self._ref.delete()
+        except Exception as exc:
+            log.warning("heartbeat.retire_failed", kind=self._kind, error=type(exc).__name__)

@@ -1,0 +1,69 @@
+"""`memharbor watcher`: compose the watcher from settings and run it until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+
+from memharbor import firebase, logs
+from memharbor.clock import SystemClock
+from memharbor.heartbeat import Heartbeat
+from memharbor.settings import Settings
+from watcher.listener import CallListener
+from watcher.push import Notifier, SinkNotifier, UnconfiguredNotifier
+from watcher.reactor import CallReactor, ReactorConfig
+from watcher.worker import Watcher, WatcherConfig
+
+log = logs.get_logger()
+
+
+def build_notifier(settings: Settings) -> Notifier:
+    """The push transport these settings call for."""
+    if settings.push_sink is not None:
+        return SinkNotifier(settings.push_sink)
+    log.warning("push.unconfigured", detail="no push transport configured: calls will not ring any device")
+    return UnconfiguredNotifier()
+
+
+def bootstrap(settings: Settings) -> Watcher:
+    """The composition root: real adapters wired into a Watcher (call inside the running loop)."""
+    instance_id = settings.instance_id or f"watcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    db = firebase.firestore_async(settings)
+    clock = SystemClock()
+    watcher: Watcher
+    reactor = CallReactor(
+        db,
+        build_notifier(settings),
+        clock,
+        ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
+        schedule_timeout=lambda call_id, deadline: watcher.schedule_timeout(call_id, deadline),
+        cancel_timeout=lambda call_id: watcher.cancel_timeout(call_id),
+    )
+    listener = CallListener(lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events))
+    heartbeat = Heartbeat(db, "watcher", instance_id, settings.heartbeat_interval_s, lambda: watcher.status())
+    watcher = Watcher(
+        db, listener, reactor, heartbeat, clock, WatcherConfig(sweep_interval_s=settings.sweep_interval_s)
+    )
+    return watcher
+
+
+async def _run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = bootstrap(settings)
+    try:
+        await watcher.run(stop)
+    finally:
+        watcher.db.close()
+
+
+def main(settings: Settings) -> int:
+    """Run the watcher; exits 0 after a clean drain."""
+    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    asyncio.run(_run(settings))
+    return 0

@@ -1,0 +1,302 @@
+"""What the watcher does when a call changes: check the transition, claim its side effect once, act.
+
+Every status a call reaches has one bundle of side effects. Before acting, a watcher claims that bundle
+in a transaction on the server-only document `callServer/{callId}`, which also remembers the last
+legal status (to detect and revert illegal changes). A claim carries a lease, so a crashed claimant's
+work is taken over by the periodic sweep once the lease lapses.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
+
+from memharbor import calls
+from memharbor.calls import Actor, CallError, Status
+from memharbor.callstore import apply_transition
+from memharbor.clock import Clock
+from memharbor.logs import get_logger
+from memharbor.store import CALLS, USERS
+from watcher.push import Notifier, call_ended_payload, incoming_call_payload, resolve_target
+
+CALL_SERVER = "callServer"
+log = get_logger()
+
+
+class Claim(enum.Enum):
+    RUN = "run"  # this instance owns the status's side effects now
+    DONE = "done"  # already carried out (by anyone)
+    BUSY = "busy"  # another live instance holds the lease
+    REVERTED = "reverted"  # the change was illegal and has been undone
+    INVALID = "invalid"  # the document is malformed; recorded, ignored from now on
+    GONE = "gone"  # the document does not exist
+
+
+@dataclass(frozen=True)
+class ReactorConfig:
+    """Tunables of the reactor."""
+
+    instance_id: str
+    ring_timeout_s: float
+    lease_s: float = 15.0
+
+
+def _ts(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def _violation(reason: str, attempted: Any, restored: Any) -> dict[str, Any]:
+    return {"reason": reason, "attempted": attempted, "restored": restored, "at": firestore.SERVER_TIMESTAMP}
+
+
+class CallReactor:
+    """Reacts to one call at a time (the caller serializes per call id)."""
+
+    def __init__(
+        self,
+        db: firestore.AsyncClient,
+        notifier: Notifier,
+        clock: Clock,
+        config: ReactorConfig,
+        schedule_timeout: Callable[[str, datetime], None],
+        cancel_timeout: Callable[[str], None],
+        recording_hooks: RecordingHooks | None = None,
+    ) -> None:
+        self._db = db
+        self._notifier = notifier
+        self._clock = clock
+        self._config = config
+        self._schedule_timeout = schedule_timeout
+        self._cancel_timeout = cancel_timeout
+        self._recording = recording_hooks or NoRecording()
+        # The last status per call whose effects this instance knows are done: spares a transaction
+        # for each echo of our own writes. Any other status, even one seen before, is handled afresh.
+        self._done: dict[str, str] = {}
+
+    def known_done(self, call_id: str, status: Any) -> bool:
+        """True when the call is still in the status whose effects are known done."""
+        return self._done.get(call_id) == str(status)
+
+    def forget(self, call_id: str) -> None:
+        """Drop what is cached about a call that reached a final status."""
+        self._done.pop(call_id, None)
+
+    async def handle(self, call_id: str) -> Claim:
+        """Bring the call's side effects up to date with its current document."""
+        claim, call = await self._claim(call_id)
+        status = str(call.get("status")) if call else ""
+        if claim is Claim.RUN:
+            await self._effects(call_id, call)
+            await self._mark_done(call_id, status)
+        if claim in (Claim.RUN, Claim.DONE):
+            self._done[call_id] = status
+            self._keep_timer(call_id, call)
+            if status in calls.FINAL:
+                self.forget(call_id)
+        return claim
+
+    def _keep_timer(self, call_id: str, call: Mapping[str, Any]) -> None:
+        deadline = _ts(call.get("ringDeadline"))
+        if call.get("status") == Status.PENDING and deadline is not None:
+            self._schedule_timeout(call_id, deadline)
+        elif call.get("status") != Status.PENDING:
+            self._cancel_timeout(call_id)
+
+    async def _claim(self, call_id: str) -> tuple[Claim, dict[str, Any]]:
+        call_ref = self._db.collection(CALLS).document(call_id)
+        server_ref = self._db.collection(CALL_SERVER).document(call_id)
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+
+        @firestore.async_transactional  # type: ignore[misc]
+        async def run(tx: AsyncTransaction) -> tuple[Claim, dict[str, Any]]:
+            call_snap = await call_ref.get(transaction=tx)
+            server_snap = await server_ref.get(transaction=tx)
+            if not call_snap.exists:
+                return Claim.GONE, {}
+            call = call_snap.to_dict() or {}
+            server = server_snap.to_dict() if server_snap.exists else None
+            verdict = self._judge(call, server)
+            if verdict is not None:
+                claim, write = verdict
+                if write is not None:
+                    tx.update(call_ref, write)
+                if claim is Claim.INVALID:
+                    tx.set(server_ref, {"callId": call_id, "invalid": True, "status": call.get("status")})
+                return claim, call
+            return self._take_lease(tx, server_ref, call_id, call, server, now), call
+
+        result: tuple[Claim, dict[str, Any]] = await run(self._db.transaction())
+        return result
+
+    def _judge(
+        self, call: Mapping[str, Any], server: Mapping[str, Any] | None
+    ) -> tuple[Claim, dict[str, Any] | None] | None:
+        """INVALID or REVERTED with the call update to make, or None when the change is legal."""
+        status = call.get("status")
+        if server is not None and server.get("invalid"):
+            return Claim.INVALID, None
+        if server is None:
+            errors = calls.field_errors(call)
+            if _ts(call.get("createdAt")) is None:
+                errors.append("createdAt must be a timestamp")
+            if errors:
+                return Claim.INVALID, {"violation": _violation("; ".join(errors), status, None)}
+            return None
+        last = server.get("status")
+        if last != status and calls.find_transition(last, str(status)) is None:
+            # Only admin credentials or undeployed rules get here: put the last legal status back.
+            reason = f"illegal transition {last} -> {status}"
+            return Claim.REVERTED, {"status": last, "violation": _violation(reason, status, last)}
+        return None
+
+    def _take_lease(
+        self,
+        tx: AsyncTransaction,
+        server_ref: Any,
+        call_id: str,
+        call: Mapping[str, Any],
+        server: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> Claim:
+        status = str(call.get("status"))
+        effect = ((server or {}).get("effects") or {}).get(status) or {}
+        if effect.get("state") == "done":
+            return Claim.DONE
+        lease = _ts(effect.get("leaseUntil"))
+        held = effect.get("state") == "claimed" and lease is not None and lease > now
+        if held and effect.get("by") != self._config.instance_id:
+            return Claim.BUSY
+        claim = {
+            "state": "claimed",
+            "by": self._config.instance_id,
+            "leaseUntil": now + timedelta(seconds=self._config.lease_s),
+        }
+        tx.set(
+            server_ref,
+            {"callId": call_id, "status": status, "effectOpen": True, "effects": {status: claim}},
+            merge=True,
+        )
+        return Claim.RUN
+
+    async def _mark_done(self, call_id: str, status: str) -> None:
+        await (
+            self._db.collection(CALL_SERVER)
+            .document(call_id)
+            .update(
+                {
+                    f"effects.`{status}`.state": "done",
+                    f"effects.`{status}`.doneAt": firestore.SERVER_TIMESTAMP,
+                    "effectOpen": False,
+                }
+            )
+        )
+
+    async def _effects(self, call_id: str, call: dict[str, Any]) -> None:
+        handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[None]]] = {
+            Status.PENDING: self._ring,
+            Status.ACCEPTED: self._accepted,
+            Status.CANCELLED: self._stop_ringing,
+            Status.MISSED: self._stop_ringing,
+            Status.ENDED: self._ended,
+        }
+        handler = handlers.get(str(call.get("status")))
+        if handler is not None:
+            await handler(call_id, call)
+
+    async def _ring(self, call_id: str, call: dict[str, Any]) -> None:
+        created = _ts(call.get("createdAt")) or datetime.fromtimestamp(self._clock.time(), UTC)
+        update: dict[str, Any] = {}
+        if not call.get("channelName"):
+            update["channelName"] = calls.channel_name(
+                call["groupId"], call["callerId"], call["receiverId"], call_id, int(created.timestamp() * 1000)
+            )
+        if _ts(call.get("ringDeadline")) is None:
+            update["ringDeadline"] = created + timedelta(seconds=self._config.ring_timeout_s)
+        if update:
+            await self._db.collection(CALLS).document(call_id).update(update)
+            call.update(update)
+        self._schedule_timeout(call_id, call["ringDeadline"])
+        if "pushSent" in call:
+            return  # a previous claimant sent it and recorded the result before dying
+        result = await self._push(call, "incoming_call", incoming_call_payload(call), call["ringDeadline"])
+        await (
+            self._db.collection(CALLS)
+            .document(call_id)
+            .update({"pushSent": result[0], "pushPlatform": result[1], "pushError": result[2]})
+        )
+
+    async def _push(
+        self, call: Mapping[str, Any], kind: Any, payload: dict[str, str], expires: datetime
+    ) -> tuple[bool, str | None, str | None]:
+        receiver = str(call.get("receiverId"))
+        user_snap = await self._db.collection(USERS).document(receiver).get()
+        user = user_snap.to_dict() if user_snap.exists else None
+        platform = (user or {}).get("platform")
+        target = resolve_target(receiver, user)
+        if target is None:
+            log.info("push.skipped", call_id=call.get("callId"), kind=kind, reason="no_device_token")
+            return False, platform if isinstance(platform, str) else None, "no_device_token"
+        result = await self._notifier.send(target, kind, payload, expires.timestamp())
+        if result.token_invalid:
+            await self._forget_token(receiver, target.platform)
+        event = "push.sent" if result.sent else "push.failed"
+        log.info(event, call_id=call.get("callId"), kind=kind, platform=target.platform, error=result.error)
+        return result.sent, result.platform, result.error
+
+    async def _forget_token(self, uid: str, platform: str) -> None:
+        field = "voipToken" if platform == "ios" else "fcmToken"
+        await (
+            self._db.collection(USERS)
+            .document(uid)
+            .update({field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP})
+        )
+        log.info("push.token_removed", uid=uid, platform=platform)
+
+    async def _accepted(self, call_id: str, call: dict[str, Any]) -> None:
+        self._cancel_timeout(call_id)
+        await self._recording.on_accepted(call_id, call)
+
+    async def _stop_ringing(self, call_id: str, call: dict[str, Any]) -> None:
+        self._cancel_timeout(call_id)
+        expires = datetime.fromtimestamp(self._clock.time() + 60, UTC)
+        await self._push(call, "call_ended", call_ended_payload(call), expires)
+
+    async def _ended(self, call_id: str, call: dict[str, Any]) -> None:
+        duration = calls.duration_seconds(_ts(call.get("answeredAt")), _ts(call.get("endedAt")))
+        await self._db.collection(CALLS).document(call_id).update({"durationSec": duration})
+        log.info("call.ended", call_id=call_id, duration_s=duration)
+        await self._recording.on_ended(call_id, call)
+
+    async def time_out(self, call_id: str) -> bool:
+        """Apply the ring timeout (`pending -> missed`); False when the call was answered meanwhile."""
+        try:
+            await apply_transition(self._db, call_id, Status.MISSED, Actor.SERVER)
+        except CallError as exc:
+            log.info("call.timeout_skipped", call_id=call_id, reason=exc.message)
+            return False
+        log.info("call.timed_out", call_id=call_id)
+        return True
+
+
+class RecordingHooks(Protocol):
+    """Requests a recording when a call is accepted and stops it when the call ends."""
+
+    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> None: ...
+
+    async def on_ended(self, call_id: str, call: Mapping[str, Any]) -> None: ...
+
+
+class NoRecording:
+    """The recording hooks while no recorder exists: they only say so in the log."""
+
+    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> None:
+        log.debug("recording.not_requested", call_id=call_id, reason="no recorder in this deployment")
+
+    async def on_ended(self, call_id: str, call: Mapping[str, Any]) -> None:
+        log.debug("recording.not_stopped", call_id=call_id, reason="no recorder in this deployment")

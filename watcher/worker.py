@@ -1,0 +1,223 @@
+"""The watcher's lifecycle: listen, react per call, keep ring timers, sweep, heartbeat, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from memharbor.calls import ACTIVE, Status
+from memharbor.clock import Clock
+from memharbor.heartbeat import Heartbeat
+from memharbor.logs import get_logger
+from memharbor.store import CALLS
+from watcher.listener import CallEvent, CallListener
+from watcher.reactor import CALL_SERVER, CallReactor
+
+log = get_logger()
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """Timing of the watcher's loops."""
+
+    sweep_interval_s: float
+    drain_s: float = 10.0
+    max_concurrency: int = 64
+    # A change the stream has not delivered after this long counts as missed (a stalled listener).
+    stall_grace_s: float = 3.0
+
+
+class Watcher:
+    """Turns call changes into side effects, one handler per call at a time."""
+
+    def __init__(
+        self,
+        db: firestore.AsyncClient,
+        listener: CallListener,
+        reactor: CallReactor,
+        heartbeat: Heartbeat,
+        clock: Clock,
+        config: WatcherConfig,
+    ) -> None:
+        self.db = db
+        self.listener = listener
+        self.reactor = reactor
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.config = config
+        self._sem = asyncio.Semaphore(config.max_concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._seen: dict[str, datetime] = {}
+        self._timers: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.stalls = 0
+
+    # -- events ---------------------------------------------------------------------------------
+    def on_events(self, events: list[CallEvent]) -> None:
+        """Take a batch from the listener (on the loop's thread)."""
+        for event in events:
+            if event.change == "REMOVED":
+                self._seen.pop(event.call_id, None)  # left the active set: nothing more to compare
+            elif event.update_time is not None:
+                self._seen[event.call_id] = max(event.update_time, self._seen.get(event.call_id, event.update_time))
+            if event.change != "REMOVED" and self.reactor.known_done(event.call_id, event.status):
+                continue  # an echo of our own write, or a change with nothing left to do
+            self.submit(event.call_id)
+
+    def submit(self, call_id: str) -> None:
+        """Schedule a handler for the call, or mark it to run again once the current one finishes."""
+        if self._stopping:
+            return
+        if call_id in self._running:
+            self._dirty.add(call_id)
+            return
+        self._running[call_id] = asyncio.create_task(self._process(call_id))
+
+    async def _process(self, call_id: str) -> None:
+        try:
+            while True:
+                self._dirty.discard(call_id)
+                async with self._sem:
+                    try:
+                        claim = await self.reactor.handle(call_id)
+                        log.debug("call.handled", call_id=call_id, claim=claim.value)
+                    except Exception:
+                        # The claim's lease lapses and the sweep retries; the watcher itself lives on.
+                        log.exception("call.handler_failed", call_id=call_id)
+                if call_id not in self._dirty or self._stopping:
+                    return
+        finally:
+            self._running.pop(call_id, None)
+
+    # -- ring timers ----------------------------------------------------------------------------
+    def schedule_timeout(self, call_id: str, deadline: datetime) -> None:
+        """Arm the ring timer of a pending call (idempotent)."""
+        current = self._timers.get(call_id)
+        if self._stopping or (current is not None and current[0] == deadline):
+            return
+        if current is not None:
+            current[1].cancel()
+        delay = max(0.0, deadline.timestamp() - self.clock.time())
+        handle = asyncio.get_running_loop().call_later(delay, self._fire, call_id)
+        self._timers[call_id] = (deadline, handle)
+
+    def cancel_timeout(self, call_id: str) -> None:
+        """Disarm a call's ring timer, if any."""
+        current = self._timers.pop(call_id, None)
+        if current is not None:
+            current[1].cancel()
+
+    def _fire(self, call_id: str) -> None:
+        self._timers.pop(call_id, None)
+        self._spawn(self.reactor.time_out(call_id))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[Any]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("watcher.task_failed", error=repr(task.exception()))
+
+    # -- sweep ----------------------------------------------------------------------------------
+    async def sweep_once(self) -> dict[str, int]:
+        """Back up the timers and the listener: time out overdue calls, re-handle anything missed."""
+        now = datetime.fromtimestamp(self.clock.time(), UTC)
+        overdue = (
+            self.db.collection(CALLS)
+            .where(filter=FieldFilter("status", "==", Status.PENDING.value))
+            .where(filter=FieldFilter("ringDeadline", "<=", now))
+        )
+        timed_out = 0
+        async for snap in overdue.stream():
+            if snap.id not in self._timers and await self.reactor.time_out(snap.id):
+                timed_out += 1
+        missed = await self._reconcile(now)
+        if missed:
+            self.stalls += 1
+            await self.listener.restart(f"stalled: {missed} change(s) not delivered")
+        return {"timed_out": timed_out, "missed": missed}
+
+    async def _reconcile(self, now: datetime) -> int:
+        missed = 0
+        active_ids = set()
+        query = self.db.collection(CALLS).where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
+        async for snap in query.stream():
+            active_ids.add(snap.id)
+            seen = self._seen.get(snap.id)
+            if snap.update_time is not None and (seen is None or snap.update_time > seen):
+                if (now - snap.update_time).total_seconds() > self.config.stall_grace_s:
+                    missed += 1
+                self.submit(snap.id)
+            elif not self.reactor.known_done(snap.id, snap.get("status")):
+                self.submit(snap.id)
+        servers = self.db.collection(CALL_SERVER)
+        open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True))
+        async for snap in open_effects.stream():
+            self.submit(snap.id)
+        tracked = servers.where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
+        async for snap in tracked.stream():
+            if snap.id not in active_ids:
+                self.submit(snap.id)  # left the active set while the stream was not looking
+        return missed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                result = await self.sweep_once()
+                if any(result.values()):
+                    log.info("sweep.done", **result)
+            except Exception as exc:
+                log.warning("sweep.failed", error=type(exc).__name__)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """What the heartbeat reports about this instance."""
+        return {
+            "listenerActive": self.listener.active,
+            "listenerRestarts": self.listener.restarts,
+            "stalls": self.stalls,
+            "inFlight": len(self._running),
+            "timers": len(self._timers),
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then stop taking events and drain in-flight work to a deadline."""
+        await self.heartbeat.beat()
+        await self.listener.start()
+        loops = [
+            asyncio.create_task(self.listener.supervise()),
+            asyncio.create_task(self._sweep_forever()),
+            asyncio.create_task(self.heartbeat.run()),
+        ]
+        log.info("watcher.started")
+        await stop.wait()
+        log.info("watcher.stopping", in_flight=len(self._running))
+        self._stopping = True
+        await self.listener.stop()
+        for task in loops:
+            task.cancel()
+        for call_id in list(self._timers):
+            self.cancel_timeout(call_id)
+        pending = [*self._running.values(), *self._side_tasks]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.config.drain_s)
+            for task in late:
+                task.cancel()
+            log.info("watcher.drained", finished=len(pending) - len(late), abandoned=len(late))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*loops, return_exceptions=True)
+        await self.heartbeat.retire()
+        log.info("watcher.stopped")
