@@ -136,6 +136,25 @@ def find_transition(source: str | None, target: str) -> Transition | None:
         return None
 
 
+def reachable(source: str | None, target: str) -> bool:
+    """True when legal moves lead from `source` to `target` (in one step or several).
+
+    An observer such as the watcher may see only the end of a quick run of changes, e.g. a call that
+    went `pending -> accepted -> ended` between two of its reads; that is still legal.
+    """
+    frontier = [source]
+    seen = set()
+    while frontier:
+        current = frontier.pop()
+        for move in TRANSITIONS:
+            if move.source == current and move.target not in seen:
+                if move.target == target:
+                    return True
+                seen.add(move.target)
+                frontier.append(move.target)
+    return False
+
+
 def actor_of(uid: str | None, call: Mapping[str, Any]) -> Actor | None:
     """The role `uid` plays in `call` (the caller wins if someone calls themselves), or None."""
     if uid is None:

@@ -9,8 +9,8 @@ not after Ctrl-C, a failing test run, a SIGTERM, nor a SIGKILL of the parent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +32,6 @@ JAR_CANDIDATES = (
     REPO_ROOT.parent / "shared" / "tools" / "firestore-emulator" / _JAR,
     Path.cwd().parent / "shared" / "tools" / "firestore-emulator" / _JAR,
 )
-_PR_SET_PDEATHSIG = 1
 
 
 class EmulatorError(RuntimeError):
@@ -55,10 +54,15 @@ def find_firestore_jar(extra: Sequence[Path] = ()) -> Path:
     raise EmulatorError(f"Firestore emulator jar not found; looked in: {searched}")
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask Linux to SIGKILL it when its parent dies.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """Prefix `argv` so Linux SIGKILLs the child when its parent dies.
+
+    util-linux's setpriv sets the signal and execs the command. A `preexec_fn` could do the same, but
+    it forces a real fork() whose atfork handlers restart gRPC's poller threads in the child, and the
+    child's close-fds step then pulls the epoll descriptor from under them (an abort, seen here).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def http_get(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, bytes]:
@@ -103,13 +107,12 @@ class ManagedProcess:
             self.log_path = Path(name)
             output = self._log = os.fdopen(fd, "wb")
         self.process = subprocess.Popen(
-            self.argv,
+            _with_parent_death_signal(self.argv),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         if self.ready_path is not None:
             self._wait_ready(timeout)
@@ -246,10 +249,10 @@ class EmulatorSet:
         documents = (
             f"http://{self.firestore.address}/emulator/v1/projects/{self.project_id}/databases/(default)/documents"
         )
-        status, body = http_get(documents, timeout=10.0, method="DELETE")
+        status, body = http_get(documents, timeout=60.0, method="DELETE")
         if status != 200:
             raise EmulatorError(f"Firestore wipe failed: HTTP {status} {body[:200]!r}")
-        status, body = http_get(f"http://{self.storage.address}/wipe?keep-buckets=1", timeout=10.0)
+        status, body = http_get(f"http://{self.storage.address}/wipe?keep-buckets=1", timeout=60.0)
         if status != 200:
             raise EmulatorError(f"Storage wipe failed: HTTP {status} {body[:200]!r}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ class SinkNotifier:
             "uid": target.uid,
             "payload": dict(payload),
             "expiresAt": expires_at,
+            "sentAt": time.time(),
             "pid": os.getpid(),
         }
         await asyncio.to_thread(self._append, orjson.dumps(record) + b"\n")

@@ -149,7 +149,7 @@ class CallReactor:
                 return Claim.INVALID, {"violation": _violation("; ".join(errors), status, None)}
             return None
         last = server.get("status")
-        if last != status and calls.find_transition(last, str(status)) is None:
+        if last != status and not calls.reachable(last, str(status)):
             # Only admin credentials or undeployed rules get here: put the last legal status back.
             reason = f"illegal transition {last} -> {status}"
             return Claim.REVERTED, {"status": last, "violation": _violation(reason, status, last)}

@@ -1,0 +1,290 @@
+"""The watcher as a real subprocess against the Firestore emulator, with apps writing through the rules."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import firestore
+
+from memharbor.emulators import EmulatorSet, free_port
+from tests.support.firestore_rest import FirestoreRest
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
+from tests.support.watchers import WatcherProcess
+
+SEED_PAYLOAD_KEYS = {"type", "callId", "channelName", "callerName", "callerID", "groupId", "receiverId"}
+
+
+@pytest.fixture
+def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
+    """An admin client on the wiped emulator."""
+    client = firestore.Client(project=clean_emulators.project_id)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def rest(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
+    """A REST client that acts as app users through the security rules."""
+    client = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def watchers(clean_emulators: EmulatorSet, tmp_path: Path) -> Iterator[Any]:
+    """A factory of watcher processes sharing one push sink; all are stopped after the test."""
+    started: list[WatcherProcess] = []
+    sink = tmp_path / "pushes.jsonl"
+
+    def make(**env: str) -> WatcherProcess:
+        process = WatcherProcess(clean_emulators, sink, tmp_path, **env)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def seed_user(db: firestore.Client, uid: str, platform: str = "ios") -> None:
+    """Register a device for `uid`, as the app would."""
+    token = {"ios": {"voipToken": f"voip-{uid}"}, "android": {"fcmToken": f"fcm-{uid}"}}[platform]
+    db.collection("users").document(uid).set({"platform": platform, **token})
+
+
+def place_call(rest: FirestoreRest, caller: str = "alice", receiver: str = "bob", **extra: Any) -> str:
+    """Create a call as the caller's app does: a pending document with server timestamps."""
+    call_id = uuid.uuid4().hex
+    fields = {
+        "callId": call_id,
+        "groupId": "group1",
+        "callerId": caller,
+        "receiverId": receiver,
+        "status": "pending",
+        "callerName": "Alice Kim",
+        **extra,
+    }
+    result = rest.as_user(caller).create(f"calls/{call_id}", fields, server_time=["createdAt", "updatedAt"])
+    assert result.ok, result
+    return call_id
+
+
+def move(rest: FirestoreRest, uid: str, call_id: str, status: str, stamp: str) -> None:
+    """Change a call's status as a participant's app does."""
+    result = rest.as_user(uid).update(f"calls/{call_id}", {"status": status}, server_time=[stamp, "updatedAt"])
+    assert result.ok, result
+
+
+def call_doc(db: firestore.Client, call_id: str) -> dict[str, Any]:
+    return db.collection("calls").document(call_id).get().to_dict() or {}
+
+
+def status_is(db: firestore.Client, call_id: str, status: str) -> dict[str, Any] | None:
+    doc = call_doc(db, call_id)
+    return doc if doc.get("status") == status else None
+
+
+class TestAppCallFlow:
+    """A whole call made with plain Firestore writes under the rules."""
+
+    def test_push_carries_the_seed_payload(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """The receiver's device gets the seed's incoming_call payload with the server-assigned channel."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        pushes = wait_for(lambda: watcher.pushes("incoming_call", call_id), what="incoming push")
+        payload = pushes[0]["payload"]
+        assert set(payload) == SEED_PAYLOAD_KEYS
+        doc = wait_for(lambda: (d := call_doc(db, call_id)).get("pushSent") is not None and d, what="push result")
+        assert payload == {
+            "type": "incoming_call",
+            "callId": call_id,
+            "channelName": doc["channelName"],
+            "callerName": "Alice Kim",
+            "callerID": "alice",
+            "groupId": "group1",
+            "receiverId": "bob",
+        }
+        assert doc["channelName"].startswith("group1_")
+        assert (doc["pushSent"], doc["pushPlatform"], doc["pushError"]) == (True, "ios", None)
+        assert (doc["ringDeadline"] - doc["createdAt"]).total_seconds() == pytest.approx(60, abs=0.01)
+
+    def test_accept_then_end(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """The receiver accepts (answeredAt stamped), the caller ends, the watcher adds durationSec."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        move(rest, "bob", call_id, "accepted", "answeredAt")
+        accepted = call_doc(db, call_id)
+        assert accepted["status"] == "accepted" and accepted["answeredAt"] is not None
+        time.sleep(1.1)
+        move(rest, "alice", call_id, "ended", "endedAt")
+        ended = wait_for(lambda: (d := call_doc(db, call_id)).get("durationSec") is not None and d, what="durationSec")
+        assert ended["durationSec"] == round((ended["endedAt"] - ended["answeredAt"]).total_seconds())
+        assert ended["durationSec"] >= 1
+        assert watcher.pushes("call_ended", call_id) == []
+
+    def test_receiver_without_device(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A receiver with no device token gets pushSent false and pushError no_device_token."""
+        watchers().start(db)
+        call_id = place_call(rest, receiver="carol")
+        doc = wait_for(lambda: (d := call_doc(db, call_id)).get("pushSent") is not None and d, what="push result")
+        assert (doc["pushSent"], doc["pushError"]) == (False, "no_device_token")
+
+    def test_cancel_stops_ringing(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A cancelled call sends the receiver exactly one stop-ringing notice."""
+        seed_user(db, "bob", "android")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: watcher.pushes("incoming_call", call_id), what="incoming push")
+        move(rest, "alice", call_id, "cancelled", "endedAt")
+        notice = wait_for(lambda: watcher.pushes("call_ended", call_id), what="stop-ringing notice")
+        assert notice[0]["payload"] == {"type": "call_ended", "callId": call_id, "status": "cancelled", "receiverId": "bob"}
+        assert notice[0]["platform"] == "android"
+        time.sleep(1.5)
+        assert len(watcher.pushes("call_ended", call_id)) == 1
+
+
+class TestRingTimeout:
+    """Unanswered calls become missed at their ring deadline, once."""
+
+    def test_times_out_once(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A call nobody answers is missed shortly after ringDeadline, with one stop-ringing notice."""
+        seed_user(db, "bob")
+        watcher = watchers(MEMHARBOR_RING_TIMEOUT_S="2").start(db)
+        call_id = place_call(rest)
+        doc = wait_for(lambda: status_is(db, call_id, "missed"), timeout=10, what="missed")
+        lateness = (doc["endedAt"] - doc["ringDeadline"]).total_seconds()
+        assert 0 <= lateness < 1.0
+        time.sleep(2.5)
+        assert len(watcher.pushes("incoming_call", call_id)) == 1
+        assert len(watcher.pushes("call_ended", call_id)) == 1
+
+    def test_answered_call_does_not_time_out(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """Accepting before the deadline keeps the call accepted after the deadline passes."""
+        seed_user(db, "bob")
+        watchers(MEMHARBOR_RING_TIMEOUT_S="1.5").start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("ringDeadline"), what="ring deadline")
+        move(rest, "bob", call_id, "accepted", "answeredAt")
+        time.sleep(3)
+        assert call_doc(db, call_id)["status"] == "accepted"
+
+    def test_survives_sigkill(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A watcher killed while a call rings is replaced, and the call still times out exactly once."""
+        seed_user(db, "bob")
+        first = watchers(MEMHARBOR_RING_TIMEOUT_S="4").start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        first.kill()
+        assert not first.alive()
+        second = watchers(MEMHARBOR_RING_TIMEOUT_S="4").start(db)
+        doc = wait_for(lambda: status_is(db, call_id, "missed"), timeout=15, what="missed after restart")
+        assert (doc["endedAt"] - doc["ringDeadline"]).total_seconds() < 2.0
+        time.sleep(2)
+        assert len(second.pushes("incoming_call", call_id)) == 1
+        assert len(second.pushes("call_ended", call_id)) == 1
+
+
+class TestReplicas:
+    """Several watchers at once still act once per transition."""
+
+    def test_two_watchers_act_once(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """With two watchers running, each call is pushed once and timed out once."""
+        for uid in ("bob", "dan", "erin"):
+            seed_user(db, uid)
+        one = watchers(MEMHARBOR_RING_TIMEOUT_S="3").start(db)
+        watchers(MEMHARBOR_RING_TIMEOUT_S="3").start(db)
+        call_ids = [place_call(rest, receiver=r) for r in ("bob", "dan", "erin")]
+        for call_id in call_ids:
+            wait_for(lambda c=call_id: status_is(db, c, "missed"), timeout=20, what=f"{call_id} missed")
+        time.sleep(2.5)
+        for call_id in call_ids:
+            assert len(one.pushes("incoming_call", call_id)) == 1, call_id
+            assert len(one.pushes("call_ended", call_id)) == 1, call_id
+
+
+class TestResilience:
+    """Bad documents and broken connections do not stop the watcher."""
+
+    def test_malformed_documents(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """Malformed calls written with admin rights get a violation and no push; the watcher carries on."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        bad = {
+            "bad-types": {"callId": "bad-types", "status": "pending", "callerId": 42, "receiverId": ["x"]},
+            "bad-status": {"callId": "bad-status", "status": "ringing", "groupId": "g", "callerId": "a"},
+            "bad-bare": {"status": "pending"},
+            "bad-accepted": {"status": "accepted", "callId": None, "createdAt": "yesterday"},
+        }
+        for call_id, fields in bad.items():
+            db.collection("calls").document(call_id).set(fields)
+        db.collection("calls").document("bad-status").update({"status": "pending"})
+        for call_id in bad:
+            doc = wait_for(lambda c=call_id: call_doc(db, c).get("violation"), what=f"violation on {call_id}")
+            assert doc["reason"]
+        good = place_call(rest)
+        wait_for(lambda: watcher.pushes("incoming_call", good), what="push after bad documents")
+        assert watcher.alive()
+        assert all(not watcher.pushes(call_id=c) for c in bad)
+
+    def test_illegal_change_is_reverted(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """An admin moving an ended call back to accepted is reverted, with a violation and no side effect."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        move(rest, "bob", call_id, "accepted", "answeredAt")
+        move(rest, "bob", call_id, "ended", "endedAt")
+        wait_for(lambda: call_doc(db, call_id).get("durationSec") is not None, what="durationSec")
+        db.collection("calls").document(call_id).update({"status": "pending"})
+        doc = wait_for(lambda: (d := call_doc(db, call_id)).get("violation") and d, what="violation")
+        assert doc["status"] == "ended"
+        assert doc["violation"]["attempted"] == "pending" and doc["violation"]["restored"] == "ended"
+        time.sleep(1.5)
+        assert len(watcher.pushes("incoming_call", call_id)) == 1
+        assert watcher.pushes("call_ended", call_id) == []
+
+    def test_connection_cut_and_restored(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any, clean_emulators: EmulatorSet
+    ) -> None:
+        """Changes made while the watcher's connection to Firestore is cut are handled once it returns."""
+        seed_user(db, "bob")
+        proxy = TcpProxy(clean_emulators.firestore.address, free_port())
+        proxy.start()
+        try:
+            watcher = watchers(FIRESTORE_EMULATOR_HOST=proxy.address).start(db)
+            before = place_call(rest)
+            wait_for(lambda: watcher.pushes("incoming_call", before), what="push before the cut")
+            proxy.cut()
+            time.sleep(1.0)
+            during = place_call(rest)
+            move(rest, "alice", before, "cancelled", "endedAt")
+            time.sleep(2.0)
+            proxy.start()
+            wait_for(lambda: watcher.pushes("incoming_call", during), timeout=45, what="push after restore")
+            wait_for(lambda: watcher.pushes("call_ended", before), timeout=30, what="stop-ringing after restore")
+            assert watcher.alive()
+            assert len(watcher.pushes("incoming_call", during)) == 1
+        finally:
+            proxy.stop()
+
+
+class TestLifecycle:
+    """Start-up, heartbeat and shutdown."""
+
+    def test_sigterm_drains_and_retires(self, db: firestore.Client, watchers: Any) -> None:
+        """SIGTERM makes the watcher exit 0 and delete its heartbeat document."""
+        watcher = watchers().start(db)
+        ref = db.collection("workers").document(watcher.instance_id)
+        beat = wait_for(lambda: (b := ref.get().to_dict() or {}).get("status", {}).get("listenerActive") and b)
+        assert beat["kind"] == "watcher" and beat["expiresAt"] > beat["beatAt"]
+        assert watcher.terminate() == 0
+        assert not db.collection("workers").document(watcher.instance_id).get().exists
