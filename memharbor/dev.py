@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from memharbor import logs
 from memharbor.devtokens import emulator_id_token
@@ -43,8 +44,13 @@ def _service_env(settings: Settings, emulators: EmulatorSet) -> dict[str, str]:
             "MEMHARBOR_AUTH": settings.auth_mode,
             "MEMHARBOR_LOG_FORMAT": settings.log_format,
             "FIREBASE_AUTH_EMULATOR_HOST": settings.auth_emulator_host or DEV_DEFAULTS["FIREBASE_AUTH_EMULATOR_HOST"],
+            "MEMHARBOR_PUSH_SINK": str(_sink(settings)),
         }
     )
+
+
+def _sink(settings: Settings) -> Path:
+    return settings.push_sink or Path("dev-pushes.jsonl").resolve()
 
 
 def _curl(settings: Settings) -> str:
@@ -65,7 +71,8 @@ def _banner(settings: Settings, emulators: EmulatorSet) -> str:
             f"  Firestore emulator  {emulators.firestore.address}  (rules: rules/firestore.rules)",
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
             f"  token_http          http://{settings.http_host}:{settings.http_port}  (auth: {settings.auth_mode})",
-            "  watcher, recorder   not built yet",
+            f"  watcher             pushes recorded in {_sink(settings)}",
+            "  recorder            not built yet",
             "",
             "Get a token (dev admin ID token, emulator format):",
             f"  {_curl(settings)}",
@@ -95,6 +102,17 @@ def main(settings: Settings) -> int:
         )
         services.append(http)
         http.start(timeout=30)
+        watcher = ManagedProcess(
+            "watcher",
+            [sys.executable, "-m", "memharbor", "watcher"],
+            "127.0.0.1",
+            0,
+            ready_path=None,
+            env=_service_env(settings, emulators),
+            inherit_output=True,
+        )
+        services.append(watcher)
+        watcher.start()
         print(_banner(settings, emulators), flush=True)
         while not stop.wait(0.5):
             for service in services:
