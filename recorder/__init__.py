@@ -1,0 +1,1 @@
+"""recorder: the recording worker (not built yet; see the recording issue)."""
