@@ -10,6 +10,7 @@ from memharbor.logs import get_logger
 from memharbor.settings import Settings
 from token_http.access_log import request_context
 from token_http.body import MAX_BODY_BYTES
+from token_http.call_routes import register as register_call_routes
 from token_http.errors import error_middleware
 from token_http.health import get_health
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS, Deps, HealthCache
@@ -30,5 +31,6 @@ def create_app(settings: Settings, deps: Deps, cleanup_ctx: list[CleanupCtx] | N
     app.router.add_post("/api/token", post_token)
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/openapi.json", get_openapi)
+    register_call_routes(app)
     app.cleanup_ctx.extend(cleanup_ctx or [])
     return app

@@ -27,6 +27,9 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         raise bad_request(
             "body", f"invalid JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}"
         ) from None
+    except (ValueError, RecursionError):
+        # An integer literal over Python's digit limit, or nesting deeper than the parser's recursion limit.
+        raise bad_request("body", "invalid JSON: number too long or nesting too deep") from None
     if not isinstance(body, dict):
         raise bad_request("body", "expected a JSON object")
     return body

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from memharbor.call_service import CallService
 from memharbor.clock import Clock
 from memharbor.settings import Settings
 from memharbor.store import CallDirectory, HealthSource
@@ -22,6 +23,8 @@ class Deps:
     calls: CallDirectory
     health: HealthSource
     clock: Clock
+    # The seed's /api/call/* routes; None answers them with 503 (tests of other routes need not set it).
+    call_service: CallService | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,8 @@ from memharbor.access import Principal, may_get_token
 from token_http.body import json_object, optional_int
 from token_http.errors import ApiError, bad_request
 from token_http.keys import DEPS, SETTINGS
+
+CALL_LOOKUP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,8 @@ class TokenRequest:
 
 def _identity(body: dict[str, Any]) -> tuple[int | None, str | None]:
     uid = body.get("uid")
-    if isinstance(uid, str) and uid.isdigit():
-        uid = int(uid)  # legacy clients send the number as a string
+    if isinstance(uid, str) and uid.isascii() and uid.isdigit() and len(uid) <= 10:
+        uid = int(uid)  # legacy clients send the number as a string (ASCII digits only: int("²") raises)
     account = body.get("user_account")
     if uid is None and account in (None, ""):
         raise bad_request("uid", "uid or user_account is required")
@@ -90,7 +93,9 @@ async def authorize(request: web.Request, principal: Principal, req: TokenReques
     if req.account is not None and req.account != principal.uid:
         raise ApiError(403, "user_account must be your own uid", field="user_account")
     try:
-        calls = await request.app[DEPS].calls.calls_on_channel(req.channel)
+        # Without a bound, an unreachable Firestore holds the request for minutes (client retries).
+        async with asyncio.timeout(CALL_LOOKUP_TIMEOUT_S):
+            calls = await request.app[DEPS].calls.calls_on_channel(req.channel)
     except Exception:
         raise ApiError(503, "Firestore is unavailable; cannot check the call") from None
     if not may_get_token(principal, calls):

@@ -1,0 +1,797 @@
+"""Unit tests for the seed's /api/call/* routes over an in-memory CallService that applies the real state machine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from memharbor import calls
+from memharbor.access import Principal
+from memharbor.call_service import FirestoreCallService, StoreUnavailable
+from memharbor.calls import Actor, CallError, Status
+from memharbor.settings import Settings, from_mapping
+from token_http import call_routes, openapi
+from token_http.app import create_app
+from token_http.auth import OpenAccess
+from token_http.errors import ApiError
+from token_http.keys import Deps
+
+Client = TestClient[web.Request, web.Application]
+
+NOW = 1_770_000_000.0
+ALICE, BOB, MALLORY, ADMIN = "alice", "bob", "mallory", "admin-1"
+TOKENS = {
+    "tok-alice": Principal(uid=ALICE),
+    "tok-bob": Principal(uid=BOB),
+    "tok-mallory": Principal(uid=MALLORY),
+    "tok-admin": Principal(uid=ADMIN, admin=True),
+}
+AS_ALICE = {"Authorization": "Bearer tok-alice"}
+AS_BOB = {"Authorization": "Bearer tok-bob"}
+AS_MALLORY = {"Authorization": "Bearer tok-mallory"}
+AS_ADMIN = {"Authorization": "Bearer tok-admin"}
+CHANNEL = "g1_alice_bob_1770000000000"
+SEED_STATUS_KEYS = {
+    "callId", "channelName", "groupId", "receiverId", "caregiverUserId", "groupNameSnapshot", "giverNameSnapshot",
+    "receiverNameSnapshot", "status", "createdAt", "answeredAt", "endedAt", "durationSec", "humanSummary",
+    "humanKeywords", "humanNotes", "aiSummary", "reviewCount", "lastReviewAt",
+}
+
+
+# ---------------------------------------------------------------------------------------------- fakes
+
+
+class FakeAuthenticator:
+    """Bearer tokens from a fixed table; anything else is a 401."""
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise ApiError(401, "missing Authorization: Bearer <Firebase ID token>", field="Authorization")
+        principal = TOKENS.get(authorization.removeprefix("Bearer "))
+        if principal is None:
+            raise ApiError(401, "invalid or expired Firebase ID token", field="Authorization")
+        return principal
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.wall = NOW
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class Unused:
+    """The token and health ports, which these routes never touch."""
+
+    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
+        raise AssertionError("not used by call routes")
+
+    async def ping(self) -> None:
+        raise AssertionError("not used by call routes")
+
+    async def heartbeats(self) -> list[dict[str, Any]]:
+        raise AssertionError("not used by call routes")
+
+
+class FakeCallService:
+    """An in-memory calls collection with the semantics of FirestoreCallService (state machine included)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.failure: Exception | None = None
+        self.gets = 0
+        # Plays the watcher: after this many reads of a call, the push result is merged into it.
+        self.push_after_gets: int | None = None
+        self.push_result = {"channelName": CHANNEL, "pushSent": True, "pushPlatform": "ios"}
+        # Runs right after stale_pending listed its ids, to change calls between the scan and the writes.
+        self.after_scan: Callable[[], None] | None = None
+        # Makes Firestore fail right after the next transition commits.
+        self.fail_after_transition = False
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.time(), UTC)
+
+    def _fail(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def add(self, call_id: str, status: str = "pending", age_s: float = 0.0, **fields: Any) -> dict[str, Any]:
+        created = self.now() - timedelta(seconds=age_s)
+        doc = {
+            "callId": call_id, "groupId": "g1", "callerId": ALICE, "receiverId": BOB, "status": status,
+            "createdAt": created, "updatedAt": created, "channelName": CHANNEL, **fields,
+        }
+        self.docs[call_id] = doc
+        return doc
+
+    async def create(self, doc: dict[str, Any]) -> None:
+        self._fail()
+        errors = calls.field_errors(doc)
+        if errors:
+            raise CallError(400, errors[0], field=errors[0].split(" ", 1)[0])
+        if doc["callId"] in self.docs:
+            raise CallError(409, "a call with this id already exists", field="callId")
+        self.docs[doc["callId"]] = {k: self.now() if v is firestore.SERVER_TIMESTAMP else v for k, v in doc.items()}
+
+    async def get(self, call_id: str) -> dict[str, Any] | None:
+        self._fail()
+        self.gets += 1
+        doc = self.docs.get(call_id)
+        if doc is None:
+            return None
+        if self.push_after_gets is not None and self.gets >= self.push_after_gets:
+            doc.update(self.push_result)
+        return dict(doc)
+
+    async def transition(self, call_id: str, target: Status, actor: Actor) -> dict[str, Any]:
+        self._fail()
+        doc = self.docs.get(call_id)
+        if doc is None:
+            raise CallError(404, f"unknown call {call_id}", field="call_id")
+        before = dict(doc)
+        move = calls.check_transition(doc, target.value, actor)
+        doc.update({"status": target.value, move.stamp: self.now(), "updatedAt": self.now()})
+        if self.fail_after_transition:
+            self.failure = StoreUnavailable("down after commit")
+        return before
+
+    async def stale_pending(self, created_before: datetime) -> list[str]:
+        self._fail()
+        ids = [k for k, d in self.docs.items() if d["status"] == "pending" and d["createdAt"] < created_before]
+        if self.after_scan is not None:
+            self.after_scan()
+        return ids
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.service = FakeCallService(self.clock)
+
+    def deps(self, open_access: bool = False, with_service: bool = True) -> Deps:
+        return Deps(
+            authenticator=OpenAccess() if open_access else FakeAuthenticator(),
+            calls=Unused(),
+            health=Unused(),
+            clock=self.clock,
+            call_service=self.service if with_service else None,
+        )
+
+
+def make_settings(**extra: str) -> Settings:
+    return from_mapping(
+        {"FIREBASE_PROJECT_ID": "demo-call-routes", "AGORA_APP_ID": "a" * 32, "AGORA_APP_CERT": "b" * 32, **extra}
+    )
+
+
+@pytest.fixture(autouse=True)
+def short_push_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invite waits 0.3 s instead of 3 s for the push result, so tests stay fast."""
+    monkeypatch.setattr(call_routes, "PUSH_WAIT_S", 0.3)
+    monkeypatch.setattr(call_routes, "PUSH_POLL_S", 0.01)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(create_app(make_settings(), world.deps()))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def open_client(world: World) -> AsyncIterator[Client]:
+    app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def post(client: Client, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    response = await client.post(path, json=body, headers=headers or {})
+    assert response.content_type == "application/json"
+    return response.status, await response.json()
+
+
+INVITE = {"group_id": "g1", "caller_id": ALICE, "receiver_id": BOB}
+
+
+# ---------------------------------------------------------------------------------------------- invite
+
+
+class TestInvite:
+    """POST /api/call/invite creates the call as an app would and reports the watcher's push result."""
+
+    async def test_creates_the_document_an_app_would_write(self, client: Client, world: World) -> None:
+        """The stored call has the app's fields only (pending, stamped, no server-owned field)."""
+        body = {**INVITE, "caller_name": "Alice", "group_name_snapshot": "Care", "receiver_name_snapshot": "김영옥"}
+        status, data = await post(client, "/api/call/invite", body, AS_ALICE)
+        assert status == 200
+        doc = world.service.docs[data["callId"]]
+        assert set(doc) <= calls.CREATE_REQUIRED | calls.CREATE_OPTIONAL
+        assert set(doc) >= calls.CREATE_REQUIRED
+        assert not set(doc) & calls.SERVER_FIELDS
+        assert doc["status"] == "pending" and doc["callerId"] == ALICE and doc["receiverId"] == BOB
+        assert doc["callerName"] == "Alice" and doc["receiverNameSnapshot"] == "김영옥"
+        assert doc["createdAt"] == doc["updatedAt"] == world.service.now()
+
+    async def test_reports_the_push_result_once_the_watcher_records_it(self, client: Client, world: World) -> None:
+        """When the push result appears on the document, invite answers with it (seed shape)."""
+        world.service.push_after_gets = 3
+        status, data = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        assert status == 200
+        assert set(data) == {"success", "callId", "channelName", "pushSent", "pushPlatform"}
+        assert data["success"] is True
+        assert data["channelName"] == CHANNEL and data["pushSent"] is True and data["pushPlatform"] == "ios"
+        assert world.service.gets == 3
+
+    async def test_push_result_false_is_reported_as_false(self, client: Client, world: World) -> None:
+        """A failed push (pushSent false) is reported as false, not as null."""
+        world.service.push_after_gets = 1
+        world.service.push_result = {"channelName": CHANNEL, "pushSent": False, "pushPlatform": "android"}
+        _, data = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        assert data["pushSent"] is False and data["pushPlatform"] == "android"
+
+    async def test_without_a_watcher_push_is_null_after_the_wait(self, client: Client, world: World) -> None:
+        """No push result within the wait: pushSent, pushPlatform and channelName are null."""
+        started = time.monotonic()
+        status, data = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        assert status == 200
+        assert time.monotonic() - started >= 0.3
+        assert data["pushSent"] is None and data["pushPlatform"] is None and data["channelName"] is None
+        assert world.service.docs[data["callId"]]["status"] == "pending"
+        assert world.service.gets > 3  # it polled
+
+    async def test_caller_name_defaults_to_caller_id(self, client: Client, world: World) -> None:
+        """Without caller_name the stored callerName is the caller's id, as the seed did."""
+        _, data = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        doc = world.service.docs[data["callId"]]
+        assert doc["callerName"] == ALICE
+        assert "groupNameSnapshot" not in doc and "record" not in doc
+
+    async def test_someone_elses_caller_id_is_forbidden(self, client: Client, world: World) -> None:
+        """A user may only place calls as themselves: 403 naming caller_id, nothing stored."""
+        status, data = await post(client, "/api/call/invite", INVITE, AS_BOB)
+        assert status == 403 and data["field"] == "caller_id"
+        assert world.service.docs == {}
+
+    async def test_admin_may_place_a_call_for_anyone(self, client: Client, world: World) -> None:
+        """An admin acts as the server and may create a call on a user's behalf."""
+        status, data = await post(client, "/api/call/invite", INVITE, AS_ADMIN)
+        assert status == 200
+        assert world.service.docs[data["callId"]]["callerId"] == ALICE
+
+    async def test_open_mode_trusts_the_ids_in_the_body(self, open_client: Client, world: World) -> None:
+        """MEMHARBOR_AUTH=none: no Authorization needed, the body's caller_id is used."""
+        status, data = await post(open_client, "/api/call/invite", {**INVITE, "caller_id": "carol"})
+        assert status == 200
+        assert world.service.docs[data["callId"]]["callerId"] == "carol"
+
+    @pytest.mark.parametrize("missing", ["group_id", "caller_id", "receiver_id"])
+    async def test_missing_required_field_is_named(self, client: Client, missing: str) -> None:
+        """Each required field, when absent, gets a 400 that names it."""
+        body = {k: v for k, v in INVITE.items() if k != missing}
+        status, data = await post(client, "/api/call/invite", body, AS_ALICE)
+        assert status == 400 and data["field"] == missing and "required" in data["error"]
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("group_id", 5),
+            ("caller_id", ["alice"]),
+            ("receiver_id", {"id": "bob"}),
+            ("caller_name", 3),
+            ("group_name_snapshot", True),
+            ("receiver_name_snapshot", 1.5),
+            ("record", "yes"),
+        ],
+    )
+    async def test_wrong_type_is_named(self, client: Client, world: World, field: str, value: Any) -> None:
+        """A field of the wrong JSON type gets a 400 naming it."""
+        status, data = await post(client, "/api/call/invite", {**INVITE, field: value}, AS_ALICE)
+        assert status == 400 and data["field"] == field
+        assert world.service.docs == {}
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("group_id", "g" * 37),
+            ("group_id", "g/1"),
+            ("caller_id", "al ice"),
+            ("receiver_id", "b" * 129),
+            ("caller_name", "x" * 201),
+        ],
+    )
+    async def test_malformed_value_is_named(self, client: Client, field: str, value: str) -> None:
+        """Ids outside the id alphabet/length and names over 200 characters are 400s naming the field."""
+        headers = AS_ADMIN if field == "caller_id" else AS_ALICE
+        status, data = await post(client, "/api/call/invite", {**INVITE, field: value}, headers)
+        assert status == 400 and data["field"] == field
+
+    async def test_calling_yourself_is_refused(self, client: Client) -> None:
+        """receiver_id equal to caller_id is a 400 naming receiver_id."""
+        status, data = await post(client, "/api/call/invite", {**INVITE, "receiver_id": ALICE}, AS_ALICE)
+        assert status == 400 and data["field"] == "receiver_id"
+
+    async def test_record_flag_is_stored(self, client: Client, world: World) -> None:
+        """The optional record flag reaches the document as a boolean."""
+        _, data = await post(client, "/api/call/invite", {**INVITE, "record": True}, AS_ALICE)
+        assert world.service.docs[data["callId"]]["record"] is True
+
+    async def test_no_authorization_is_401(self, client: Client, world: World) -> None:
+        """Without a bearer token the request is refused before anything is written."""
+        status, data = await post(client, "/api/call/invite", INVITE)
+        assert status == 401 and data["field"] == "Authorization"
+        assert world.service.docs == {}
+
+    async def test_invalid_token_is_401(self, client: Client) -> None:
+        """An unknown bearer token is a 401."""
+        status, _ = await post(client, "/api/call/invite", INVITE, {"Authorization": "Bearer nope"})
+        assert status == 401
+
+    async def test_invalid_json_is_400(self, client: Client) -> None:
+        """A body that is not JSON is a 400 naming the body."""
+        response = await client.post(
+            "/api/call/invite", data=b"{oops", headers={**AS_ALICE, "Content-Type": "application/json"}
+        )
+        assert response.status == 400 and (await response.json())["field"] == "body"
+
+    async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
+        """A Firestore failure while creating the call is a 503."""
+        world.service.failure = StoreUnavailable("down")
+        status, data = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        assert status == 503 and "Firestore" in data["error"]
+
+    async def test_unconfigured_service_is_503(self, world: World) -> None:
+        """An app built without a call service answers the call routes with 503, not a crash."""
+        app = create_app(make_settings(), world.deps(with_service=False))
+        async with TestClient(TestServer(app)) as test_client:
+            status, _ = await post(test_client, "/api/call/invite", INVITE, AS_ALICE)
+        assert status == 503
+
+
+# ---------------------------------------------------------------------------------------------- answer
+
+
+class TestAnswer:
+    """POST /api/call/answer: the receiver accepts or declines a pending call."""
+
+    @pytest.mark.parametrize(("action", "expected"), [("accept", "accepted"), ("decline", "declined")])
+    async def test_receiver_answers(self, client: Client, world: World, action: str, expected: str) -> None:
+        """The receiver's answer is stored with answeredAt and reported in the seed's shape."""
+        world.service.add("c1")
+        status, data = await post(client, "/api/call/answer", {"call_id": "c1", "action": action}, AS_BOB)
+        assert status == 200
+        assert data == {"success": True, "callId": "c1", "channelName": CHANNEL, "status": expected}
+        assert world.service.docs["c1"]["status"] == expected
+        assert world.service.docs["c1"]["answeredAt"] == world.service.now()
+
+    async def test_caller_may_not_answer(self, client: Client, world: World) -> None:
+        """The caller answering their own call is a 403 and changes nothing."""
+        world.service.add("c1")
+        status, _ = await post(client, "/api/call/answer", {"call_id": "c1", "action": "accept"}, AS_ALICE)
+        assert status == 403
+        assert world.service.docs["c1"]["status"] == "pending"
+
+    async def test_stranger_may_not_answer(self, client: Client, world: World) -> None:
+        """Someone who is not a participant gets 403 naming call_id."""
+        world.service.add("c1")
+        status, data = await post(client, "/api/call/answer", {"call_id": "c1", "action": "accept"}, AS_MALLORY)
+        assert status == 403 and data["field"] == "call_id"
+        assert world.service.docs["c1"]["status"] == "pending"
+
+    async def test_answering_a_cancelled_call_is_409(self, client: Client, world: World) -> None:
+        """A call that is no longer pending cannot be answered: 409."""
+        world.service.add("c1", status="cancelled")
+        status, data = await post(client, "/api/call/answer", {"call_id": "c1", "action": "accept"}, AS_BOB)
+        assert status == 409 and "cancelled" in data["error"]
+        assert world.service.docs["c1"]["status"] == "cancelled"
+
+    async def test_unknown_call_is_404(self, client: Client) -> None:
+        """An id that names no call is a 404 naming call_id."""
+        status, data = await post(client, "/api/call/answer", {"call_id": "nope", "action": "accept"}, AS_BOB)
+        assert status == 404 and data["field"] == "call_id"
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"call_id": "c1"}, "action"),
+            ({"call_id": "c1", "action": "maybe"}, "action"),
+            ({"call_id": "c1", "action": 1}, "action"),
+            ({"action": "accept"}, "call_id"),
+            ({"call_id": 7, "action": "accept"}, "call_id"),
+            ({"call_id": "c/1", "action": "accept"}, "call_id"),
+            ({"call_id": "c" * 129, "action": "accept"}, "call_id"),
+        ],
+    )
+    async def test_bad_input_is_named(self, client: Client, world: World, body: dict[str, Any], field: str) -> None:
+        """Missing, mistyped or malformed call_id/action: 400 naming the field, nothing changed."""
+        world.service.add("c1")
+        status, data = await post(client, "/api/call/answer", body, AS_BOB)
+        assert status == 400 and data["field"] == field
+        assert world.service.docs["c1"]["status"] == "pending"
+
+    async def test_admin_acts_as_the_server_which_may_not_answer(self, client: Client, world: World) -> None:
+        """An admin who is not a participant is the server, which has no right to accept: 403."""
+        world.service.add("c1")
+        status, _ = await post(client, "/api/call/answer", {"call_id": "c1", "action": "accept"}, AS_ADMIN)
+        assert status == 403
+
+    async def test_open_mode_answers_as_the_receiver(self, open_client: Client, world: World) -> None:
+        """MEMHARBOR_AUTH=none: answer acts as the receiver, as the body implies."""
+        world.service.add("c1")
+        status, data = await post(open_client, "/api/call/answer", {"call_id": "c1", "action": "accept"})
+        assert status == 200 and data["status"] == "accepted"
+
+    async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
+        """A Firestore failure is a 503 JSON error."""
+        world.service.add("c1")
+        world.service.failure = StoreUnavailable("down")
+        status, _ = await post(client, "/api/call/answer", {"call_id": "c1", "action": "accept"}, AS_BOB)
+        assert status == 503
+
+
+# ---------------------------------------------------------------------------------------------- cancel, missed
+
+
+class TestCancelAndMissed:
+    """POST /api/call/cancel and /api/call/missed: the caller ends a pending call."""
+
+    @pytest.mark.parametrize(("path", "expected"), [("/api/call/cancel", "cancelled"), ("/api/call/missed", "missed")])
+    async def test_caller_moves_pending_call(self, client: Client, world: World, path: str, expected: str) -> None:
+        """The caller's cancel/missed is stored with endedAt and answered in the seed's shape."""
+        world.service.add("c1")
+        status, data = await post(client, path, {"call_id": "c1"}, AS_ALICE)
+        assert status == 200
+        assert data == {"success": True, "callId": "c1", "status": expected}
+        assert world.service.docs["c1"]["status"] == expected
+        assert world.service.docs["c1"]["endedAt"] == world.service.now()
+
+    @pytest.mark.parametrize("path", ["/api/call/cancel", "/api/call/missed"])
+    async def test_receiver_may_not(self, client: Client, world: World, path: str) -> None:
+        """The receiver cannot cancel or mark missed: 403."""
+        world.service.add("c1")
+        status, _ = await post(client, path, {"call_id": "c1"}, AS_BOB)
+        assert status == 403
+        assert world.service.docs["c1"]["status"] == "pending"
+
+    async def test_cancel_after_accept_is_409(self, client: Client, world: World) -> None:
+        """An accepted call can no longer be cancelled: 409."""
+        world.service.add("c1", status="accepted")
+        status, _ = await post(client, "/api/call/cancel", {"call_id": "c1"}, AS_ALICE)
+        assert status == 409
+
+    async def test_admin_may_mark_missed_as_the_server(self, client: Client, world: World) -> None:
+        """The server may time out a pending call, so an admin's missed succeeds."""
+        world.service.add("c1")
+        status, _ = await post(client, "/api/call/missed", {"call_id": "c1"}, AS_ADMIN)
+        assert status == 200 and world.service.docs["c1"]["status"] == "missed"
+
+    async def test_admin_may_not_cancel(self, client: Client, world: World) -> None:
+        """Cancelling is the caller's move only; the server (an admin) gets 403."""
+        world.service.add("c1")
+        status, _ = await post(client, "/api/call/cancel", {"call_id": "c1"}, AS_ADMIN)
+        assert status == 403
+
+    async def test_open_mode_cancels_as_the_caller(self, open_client: Client, world: World) -> None:
+        """MEMHARBOR_AUTH=none: cancel acts as the caller."""
+        world.service.add("c1")
+        status, _ = await post(open_client, "/api/call/cancel", {"call_id": "c1"})
+        assert status == 200 and world.service.docs["c1"]["status"] == "cancelled"
+
+    async def test_missing_call_id_is_named(self, client: Client) -> None:
+        """A body without call_id is a 400 naming it."""
+        status, data = await post(client, "/api/call/cancel", {}, AS_ALICE)
+        assert status == 400 and data["field"] == "call_id"
+
+
+# ---------------------------------------------------------------------------------------------- end
+
+
+class TestEnd:
+    """POST /api/call/end: a participant ends an accepted call and gets its duration."""
+
+    @pytest.mark.parametrize("who", [AS_ALICE, AS_BOB])
+    async def test_participant_ends_with_duration(self, client: Client, world: World, who: dict[str, str]) -> None:
+        """Either participant ends; durationSeconds runs from answeredAt to the committed endedAt."""
+        world.service.add("c1", status="accepted", answeredAt=world.service.now() - timedelta(seconds=125))
+        status, data = await post(client, "/api/call/end", {"call_id": "c1"}, who)
+        assert status == 200
+        assert data == {"success": True, "callId": "c1", "status": "ended", "durationSeconds": 125}
+        assert world.service.docs["c1"]["status"] == "ended"
+
+    async def test_duration_without_the_read_back_is_measured_to_now(self, client: Client, world: World) -> None:
+        """If Firestore fails after the end committed, the call still reports ended, timed to now."""
+        world.service.add("c1", status="accepted", answeredAt=world.service.now() - timedelta(seconds=30))
+        world.service.fail_after_transition = True
+        status, data = await post(client, "/api/call/end", {"call_id": "c1"}, AS_ALICE)
+        assert status == 200 and data["durationSeconds"] == 30
+        assert world.service.docs["c1"]["status"] == "ended"
+
+    async def test_ending_a_pending_call_is_409(self, client: Client, world: World) -> None:
+        """A call that was never accepted cannot end: 409."""
+        world.service.add("c1")
+        status, _ = await post(client, "/api/call/end", {"call_id": "c1"}, AS_ALICE)
+        assert status == 409
+
+    async def test_stranger_may_not_end(self, client: Client, world: World) -> None:
+        """A non-participant gets 403 and the call stays accepted."""
+        world.service.add("c1", status="accepted", answeredAt=world.service.now())
+        status, _ = await post(client, "/api/call/end", {"call_id": "c1"}, AS_MALLORY)
+        assert status == 403 and world.service.docs["c1"]["status"] == "accepted"
+
+    async def test_admin_ends_as_the_server(self, client: Client, world: World) -> None:
+        """The server may end an accepted call, so an admin's end succeeds."""
+        world.service.add("c1", status="accepted", answeredAt=world.service.now())
+        status, data = await post(client, "/api/call/end", {"call_id": "c1"}, AS_ADMIN)
+        assert status == 200 and data["durationSeconds"] == 0
+
+    async def test_unknown_call_is_404(self, client: Client) -> None:
+        """Ending an unknown call is a 404."""
+        status, _ = await post(client, "/api/call/end", {"call_id": "nope"}, AS_ALICE)
+        assert status == 404
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+class TestSweep:
+    """POST /api/call/timeout/sweep: the server times out old pending calls."""
+
+    async def test_moves_only_old_pending_calls(self, client: Client, world: World) -> None:
+        """Pending calls older than the timeout become missed; fresh or answered ones are untouched."""
+        world.service.add("old1", age_s=120)
+        world.service.add("old2", age_s=61)
+        world.service.add("fresh", age_s=30)
+        world.service.add("talking", status="accepted", age_s=300)
+        status, data = await post(client, "/api/call/timeout/sweep", {"timeout_seconds": 60}, AS_ADMIN)
+        assert status == 200
+        assert data == {"success": True, "timeoutSeconds": 60, "updatedCount": 2}
+        statuses = {k: d["status"] for k, d in world.service.docs.items()}
+        assert statuses == {"old1": "missed", "old2": "missed", "fresh": "pending", "talking": "accepted"}
+
+    async def test_call_answered_meanwhile_is_not_counted(self, client: Client, world: World) -> None:
+        """A call answered between the scan and its transaction stays accepted and is not counted."""
+        world.service.add("old1", age_s=120)
+        world.service.add("old2", age_s=120)
+
+        def answer_old2() -> None:
+            world.service.docs["old2"]["status"] = "accepted"
+
+        world.service.after_scan = answer_old2
+        _, data = await post(client, "/api/call/timeout/sweep", {"timeout_seconds": 60}, AS_ADMIN)
+        assert data["updatedCount"] == 1
+        assert world.service.docs["old2"]["status"] == "accepted"
+
+    async def test_default_timeout_without_a_body(self, client: Client, world: World) -> None:
+        """With no body at all the timeout is the seed's 60 s."""
+        world.service.add("old", age_s=61)
+        world.service.add("young", age_s=59)
+        response = await client.post("/api/call/timeout/sweep", headers=AS_ADMIN)
+        data = await response.json()
+        assert response.status == 200 and data["timeoutSeconds"] == 60 and data["updatedCount"] == 1
+
+    async def test_fractional_timeout_is_accepted(self, client: Client, world: World) -> None:
+        """timeout_seconds may be a fraction of a second."""
+        world.service.add("c1", age_s=1)
+        _, data = await post(client, "/api/call/timeout/sweep", {"timeout_seconds": 0.5}, AS_ADMIN)
+        assert data["timeoutSeconds"] == 0.5 and data["updatedCount"] == 1
+
+    @pytest.mark.parametrize("value", [0, -5, "60", True, [60], 10**12])
+    async def test_bad_timeout_is_named(self, client: Client, value: Any) -> None:
+        """Non-positive, non-numeric, boolean or absurd timeouts are 400s naming timeout_seconds."""
+        status, data = await post(client, "/api/call/timeout/sweep", {"timeout_seconds": value}, AS_ADMIN)
+        assert status == 400 and data["field"] == "timeout_seconds"
+
+    async def test_users_may_not_sweep(self, client: Client, world: World) -> None:
+        """A participant without the admin claim gets 403 and nothing moves."""
+        world.service.add("c1", age_s=120)
+        status, _ = await post(client, "/api/call/timeout/sweep", {}, AS_ALICE)
+        assert status == 403 and world.service.docs["c1"]["status"] == "pending"
+
+    async def test_open_mode_may_sweep(self, open_client: Client, world: World) -> None:
+        """MEMHARBOR_AUTH=none: the sweep runs as the seed's did."""
+        world.service.add("c1", age_s=120)
+        status, data = await post(open_client, "/api/call/timeout/sweep", {})
+        assert status == 200 and data["updatedCount"] == 1
+
+    async def test_no_authorization_is_401(self, client: Client) -> None:
+        """Without a bearer token the sweep is refused with 401."""
+        status, _ = await post(client, "/api/call/timeout/sweep", {})
+        assert status == 401
+
+    async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
+        """A Firestore failure during the scan is a 503."""
+        world.service.failure = StoreUnavailable("down")
+        status, _ = await post(client, "/api/call/timeout/sweep", {}, AS_ADMIN)
+        assert status == 503
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+class TestStatus:
+    """GET /api/call/status/{call_id}: the seed's view of a call."""
+
+    async def test_seed_shape_with_defaults(self, client: Client, world: World) -> None:
+        """Every seed key is present; review fields default to ''/[]/0/null; timestamps are ISO 8601."""
+        world.service.add("c1", callerName="Jungwon", groupNameSnapshot="Care", receiverNameSnapshot="김영옥")
+        response = await client.get("/api/call/status/c1", headers=AS_BOB)
+        data = await response.json()
+        assert response.status == 200
+        assert set(data) == SEED_STATUS_KEYS
+        assert data["caregiverUserId"] == ALICE and data["receiverId"] == BOB and data["groupId"] == "g1"
+        assert data["giverNameSnapshot"] == "Jungwon"
+        assert data["status"] == "pending" and data["channelName"] == CHANNEL
+        assert data["createdAt"] == "2026-02-02T02:40:00.000000Z"
+        assert data["answeredAt"] is None and data["endedAt"] is None and data["durationSec"] is None
+        assert (data["humanSummary"], data["humanKeywords"], data["humanNotes"], data["aiSummary"]) == ("", [], "", "")
+        assert data["reviewCount"] == 0 and data["lastReviewAt"] is None
+
+    async def test_reviewed_call(self, client: Client, world: World) -> None:
+        """Stored review fields, giverNameSnapshot and durationSec are reported as stored."""
+        now = world.service.now()
+        world.service.add(
+            "c1", status="ended", callerName="Alice", giverNameSnapshot="Jungwon", answeredAt=now,
+            endedAt=now + timedelta(seconds=10), durationSec=10, humanSummary="fine", humanKeywords=["tea"],
+            reviewCount=2, lastReviewAt=now,
+        )
+        data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
+        assert data["giverNameSnapshot"] == "Jungwon"
+        assert data["durationSec"] == 10 and data["humanSummary"] == "fine" and data["humanKeywords"] == ["tea"]
+        assert data["reviewCount"] == 2 and data["lastReviewAt"] == data["answeredAt"]
+        assert data["endedAt"] == "2026-02-02T02:40:10.000000Z"
+
+    async def test_duration_is_derived_for_an_ended_call_without_one(self, client: Client, world: World) -> None:
+        """An ended call the watcher has not yet given durationSec reports the stamps' difference."""
+        now = world.service.now()
+        world.service.add("c1", status="ended", answeredAt=now, endedAt=now + timedelta(seconds=42))
+        data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
+        assert data["durationSec"] == 42
+
+    async def test_stranger_is_403(self, client: Client, world: World) -> None:
+        """Only participants read a call."""
+        world.service.add("c1")
+        response = await client.get("/api/call/status/c1", headers=AS_MALLORY)
+        assert response.status == 403
+
+    async def test_admin_may_read(self, client: Client, world: World) -> None:
+        """An admin reads any call."""
+        world.service.add("c1")
+        response = await client.get("/api/call/status/c1", headers=AS_ADMIN)
+        assert response.status == 200 and (await response.json())["callId"] == "c1"
+
+    async def test_unknown_is_404(self, client: Client) -> None:
+        """An unknown call id is a 404."""
+        response = await client.get("/api/call/status/nope", headers=AS_ALICE)
+        assert response.status == 404
+
+    async def test_malformed_id_is_400(self, client: Client) -> None:
+        """An id outside the id alphabet is a 400 naming call_id."""
+        response = await client.get("/api/call/status/bad.id", headers=AS_ALICE)
+        assert response.status == 400 and (await response.json())["field"] == "call_id"
+
+    async def test_no_authorization_is_401(self, client: Client, world: World) -> None:
+        """Reading without a bearer token is a 401."""
+        world.service.add("c1")
+        response = await client.get("/api/call/status/c1")
+        assert response.status == 401
+
+
+# ---------------------------------------------------------------------------------------------- adapter errors
+
+
+class _Boom:
+    """A stand-in Firestore client whose document operations raise `error` (or hang)."""
+
+    def __init__(self, error: BaseException | None, hang: bool = False) -> None:
+        self.error = error
+        self.hang = hang
+
+    def collection(self, _: str) -> _Boom:
+        return self
+
+    def document(self, _: str) -> _Boom:
+        return self
+
+    async def _act(self, *_: Any, **__: Any) -> Any:
+        if self.hang:
+            await asyncio.sleep(10)
+        assert self.error is not None
+        raise self.error
+
+    create = get = _act
+
+
+class TestFirestoreCallServiceErrors:
+    """FirestoreCallService turns client failures into StoreUnavailable or CallError."""
+
+    @pytest.mark.parametrize("error", [gexc.ServiceUnavailable("down"), gexc.DeadlineExceeded("slow"), OSError()])
+    async def test_unavailable(self, error: BaseException) -> None:
+        """Transport and API errors become StoreUnavailable (answered 503)."""
+        service = FirestoreCallService(lambda: _Boom(error))  # type: ignore[arg-type,return-value]
+        with pytest.raises(StoreUnavailable):
+            await service.get("c1")
+
+    async def test_timeout(self) -> None:
+        """A Firestore call that does not answer in time becomes StoreUnavailable."""
+        service = FirestoreCallService(lambda: _Boom(None, hang=True), timeout_s=0.05)  # type: ignore[arg-type,return-value]
+        with pytest.raises(StoreUnavailable):
+            await service.get("c1")
+
+    async def test_existing_id_is_409(self) -> None:
+        """Creating over an existing call is a CallError 409, not an outage."""
+        service = FirestoreCallService(lambda: _Boom(gexc.AlreadyExists("exists")))  # type: ignore[arg-type,return-value]
+        doc = {"callId": "c1", "groupId": "g1", "callerId": ALICE, "receiverId": BOB, "status": "pending"}
+        with pytest.raises(CallError) as caught:
+            await service.create(doc)
+        assert caught.value.status == 409
+
+    async def test_invalid_document_is_400_before_any_write(self) -> None:
+        """callstore's field checks run before the client is touched."""
+        service = FirestoreCallService(lambda: _Boom(AssertionError("must not write")))  # type: ignore[arg-type,return-value]
+        with pytest.raises(CallError) as caught:
+            await service.create({"callId": "c1", "groupId": "g1", "callerId": ALICE, "receiverId": ALICE})
+        assert caught.value.status == 400
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+
+def _documented(path: str, method: str) -> dict[str, Any]:
+    """The documented 200 response schema of one operation."""
+    responses = openapi.document()["paths"][path][method]["responses"]
+    schema: dict[str, Any] = responses["200"]["content"]["application/json"]["schema"]
+    return schema
+
+
+def _fits(data: dict[str, Any], schema: dict[str, Any]) -> None:
+    assert set(data) == set(schema["required"]) == set(schema["properties"])
+    for key, prop in schema["properties"].items():
+        if data[key] is None:
+            assert prop.get("nullable") is True, key
+        elif "enum" in prop:
+            assert data[key] in prop["enum"], key
+
+
+class TestResponsesMatchOpenApi:
+    """Each call route's 200 body has exactly the documented keys, with nulls only where documented."""
+
+    async def test_invite_and_answer(self, client: Client, world: World) -> None:
+        """invite (without a push result) and answer bodies fit their documented schemas."""
+        _, invited = await post(client, "/api/call/invite", INVITE, AS_ALICE)
+        _fits(invited, _documented("/api/call/invite", "post"))
+        _, answered = await post(client, "/api/call/answer", {"call_id": invited["callId"], "action": "accept"}, AS_BOB)
+        _fits(answered, _documented("/api/call/answer", "post"))
+
+    async def test_cancel_missed_end_sweep_status(self, client: Client, world: World) -> None:
+        """cancel, missed, end, sweep and status bodies fit their documented schemas."""
+        world.service.add("c1")
+        world.service.add("c2")
+        world.service.add("c3", status="accepted", answeredAt=world.service.now())
+        _fits((await post(client, "/api/call/cancel", {"call_id": "c1"}, AS_ALICE))[1],
+              _documented("/api/call/cancel", "post"))
+        _fits((await post(client, "/api/call/missed", {"call_id": "c2"}, AS_ALICE))[1],
+              _documented("/api/call/missed", "post"))
+        _fits((await post(client, "/api/call/end", {"call_id": "c3"}, AS_ALICE))[1],
+              _documented("/api/call/end", "post"))
+        _fits((await post(client, "/api/call/timeout/sweep", {}, AS_ADMIN))[1],
+              _documented("/api/call/timeout/sweep", "post"))
+        data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
+        _fits(data, _documented("/api/call/status/{call_id}", "get"))
