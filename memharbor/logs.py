@@ -34,6 +34,7 @@ _SECRET_KEYS = (
 )
 _ALLOWED_KEYS = {"voip_token_present", "fcm_token_present", "token_version", "push_token_invalid"}
 REDACTED = "[redacted]"
+_open_file: IO[str] | None = None
 
 
 def _is_secret_key(key: str) -> bool:
@@ -99,10 +100,14 @@ class _ToStructlog(logging.Handler):
 
 def configure(fmt: str = "json", level: str = "info", file: Path | None = None, stream: IO[str] | None = None) -> None:
     """Set up structlog and route the stdlib root logger through it; safe to call again."""
+    global _open_file
+    if _open_file is not None:
+        _open_file.close()  # a second configure() must not leak the previous sink's handle
+        _open_file = None
     file_handle = None
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        file_handle = file.open("a", encoding="utf-8")
+        file_handle = _open_file = file.open("a", encoding="utf-8")
     sinks = _Sinks(stream or sys.stderr, fmt == "console", file_handle)
     levelno = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(

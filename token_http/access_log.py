@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from memharbor.logs import get_logger
+from token_http.keys import REQUEST_ID
 
 log = get_logger()
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -21,7 +22,7 @@ async def request_context(request: web.Request, handler: Any) -> web.StreamRespo
     """Bind a request id, run the handler, log `http.request` with status and duration."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
     with structlog.contextvars.bound_contextvars(request_id=request_id):

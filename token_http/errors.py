@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from memharbor.logs import get_logger
+from token_http.keys import REQUEST_ID
 
 log = get_logger()
 
@@ -64,4 +65,4 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except Exception:
         # A bug, never bad input: log it with the stack and hide the details from the client.
         log.exception("http.unhandled", path=request.path)
-        return _json_error(500, {"error": "internal error", "request_id": request.get("request_id")})
+        return _json_error(500, {"error": "internal error", "request_id": request.get(REQUEST_ID)})

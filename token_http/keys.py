@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -12,7 +12,9 @@ from memharbor.call_service import CallService
 from memharbor.clock import Clock
 from memharbor.settings import Settings
 from memharbor.store import CallDirectory, HealthSource
-from token_http.auth import Authenticator
+
+if TYPE_CHECKING:  # auth raises ApiError, whose middleware reads a key from here
+    from token_http.auth import Authenticator
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Deps:
 
 
 SETTINGS = web.AppKey("settings", Settings)
+REQUEST_ID = web.RequestKey("request_id", str)
 DEPS = web.AppKey("deps", Deps)
 
 

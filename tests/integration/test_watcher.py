@@ -146,7 +146,8 @@ class TestAppCallFlow:
         wait_for(lambda: watcher.pushes("incoming_call", call_id), what="incoming push")
         move(rest, "alice", call_id, "cancelled", "endedAt")
         notice = wait_for(lambda: watcher.pushes("call_ended", call_id), what="stop-ringing notice")
-        assert notice[0]["payload"] == {"type": "call_ended", "callId": call_id, "status": "cancelled", "receiverId": "bob"}
+        expected = {"type": "call_ended", "callId": call_id, "status": "cancelled", "receiverId": "bob"}
+        assert notice[0]["payload"] == expected
         assert notice[0]["platform"] == "android"
         time.sleep(1.5)
         assert len(watcher.pushes("call_ended", call_id)) == 1

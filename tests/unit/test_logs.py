@@ -1,0 +1,219 @@
+"""Unit tests for memharbor.logs: JSON and console lines, the file sink, stdlib routing and secret redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from memharbor import logs
+
+ID_TOKEN = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ1MSJ9.sentinel-id-token"
+APP_CERT = "fedcba9876543210fedcba9876543210"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Every test may reconfigure logging; put structlog and the stdlib root logger back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access_level = logging.getLogger("aiohttp.access").level
+    yield
+    structlog.reset_defaults()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(access_level)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Parse every non-empty line as one JSON object (fails if any line is not JSON)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+class TestRedactSecrets:
+    """The redaction processor that runs on every event."""
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "token",
+            "id_token",
+            "access_token",
+            "fcm_token",
+            "voip_token",
+            "agora_token",
+            "authorization",
+            "Authorization",
+            "app_cert",
+            "app_certificate",
+            "AGORA_APP_CERT",
+            "password",
+            "client_secret",
+            "private_key",
+            "apns_key_content",
+            "service_account",
+        ],
+    )
+    def test_credential_keys_are_redacted(self, key: str) -> None:
+        """A credential-like key keeps its name but its value becomes the redaction marker."""
+        event = logs.redact_secrets(None, "info", {"event": "x", key: "s3cr3t"})
+        assert event[key] == logs.REDACTED
+
+    @pytest.mark.parametrize("key", ["channel", "uid", "status", "voip_token_present", "token_version", "event"])
+    def test_ordinary_keys_are_kept(self, key: str) -> None:
+        """Keys that are not credentials (and explicitly allowed flags) keep their values."""
+        event = logs.redact_secrets(None, "info", {key: "visible"})
+        assert event[key] == "visible"
+
+
+class TestConfigure:
+    """configure(): sinks, formats, levels and routing of stdlib loggers."""
+
+    def test_json_format_writes_one_json_object_per_event(self) -> None:
+        """In JSON mode each event is one line with event, level, timestamp and the bound fields."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        logs.get_logger().info("call.created", call_id="c1", count=2)
+        [line] = json_lines(stream.getvalue())
+        assert line["event"] == "call.created"
+        assert line["level"] == "info"
+        assert line["call_id"] == "c1" and line["count"] == 2
+        assert "T" in line["timestamp"]
+
+    def test_console_format_is_readable_not_json(self) -> None:
+        """In console mode the line names the event and its fields but is not a JSON document."""
+        stream = io.StringIO()
+        logs.configure("console", "info", stream=stream)
+        logs.get_logger().info("call.created", call_id="c1")
+        text = stream.getvalue()
+        assert "call.created" in text and "call_id" in text and "c1" in text
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text.splitlines()[0])
+
+    def test_file_sink_always_gets_json(self, tmp_path: Path) -> None:
+        """With a file sink, the file gets JSON lines even when the stream gets console lines."""
+        stream = io.StringIO()
+        log_file = tmp_path / "nested" / "memharbor.log"
+        logs.configure("console", "info", file=log_file, stream=stream)
+        logs.get_logger().info("http.listening", port=8001)
+        logs.get_logger().warning("auth.disabled")
+        lines = json_lines(log_file.read_text())
+        assert [line["event"] for line in lines] == ["http.listening", "auth.disabled"]
+        assert lines[0]["port"] == 8001
+        assert "http.listening" in stream.getvalue()
+
+    def test_stdlib_loggers_are_routed_through_structlog(self) -> None:
+        """A stdlib logger's record becomes a JSON line with its logger name, level and formatted message."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        logging.getLogger("aiohttp.server").warning("bad request from %s", "127.0.0.1")
+        [line] = json_lines(stream.getvalue())
+        assert line["event"] == "bad request from 127.0.0.1"
+        assert line["logger"] == "aiohttp.server"
+        assert line["level"] == "warning"
+
+    def test_stdlib_exceptions_keep_their_traceback(self) -> None:
+        """A stdlib logger.exception carries the traceback text in the JSON line."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("some.lib").exception("failed")
+        [line] = json_lines(stream.getvalue())
+        assert line["event"] == "failed"
+        assert "RuntimeError: boom" in line["exception"]
+
+    def test_level_filters_structlog_and_stdlib(self) -> None:
+        """Below the configured level nothing is written, from structlog or from stdlib loggers."""
+        stream = io.StringIO()
+        logs.configure("json", "warning", stream=stream)
+        logs.get_logger().info("quiet")
+        logging.getLogger("some.lib").info("quiet too")
+        logs.get_logger().error("loud")
+        assert [line["event"] for line in json_lines(stream.getvalue())] == ["loud"]
+
+    def test_aiohttp_access_logger_is_silenced(self) -> None:
+        """aiohttp's own access lines are dropped so only our canonical request line remains."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        logging.getLogger("aiohttp.access").info('127.0.0.1 "GET / HTTP/1.1" 200')
+        assert stream.getvalue() == ""
+
+    def test_configure_twice_does_not_duplicate_lines(self) -> None:
+        """Reconfiguring replaces the stdlib handler, so each record is written exactly once."""
+        first, second = io.StringIO(), io.StringIO()
+        logs.configure("json", "info", stream=first)
+        logs.configure("json", "info", stream=second)
+        logging.getLogger("some.lib").warning("once")
+        assert first.getvalue() == ""
+        assert len(json_lines(second.getvalue())) == 1
+
+    def test_context_variables_are_merged(self) -> None:
+        """Values bound with structlog.contextvars (the request id) appear on every line."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        with structlog.contextvars.bound_contextvars(request_id="req-42"):
+            logs.get_logger().info("inside")
+            logging.getLogger("some.lib").warning("stdlib inside")
+        logs.get_logger().info("outside")
+        lines = json_lines(stream.getvalue())
+        assert [line.get("request_id") for line in lines] == ["req-42", "req-42", None]
+
+    def test_unusual_values_never_break_a_log_call(self) -> None:
+        """Values JSON cannot hold natively (big ints, non-string keys, bytes, objects) are still written."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        logs.get_logger().info("odd", big=2**70, mapping={1: "a"}, raw=b"\x00", path=Path("/tmp/x"))
+        [line] = json_lines(stream.getvalue())
+        assert line["event"] == "odd"
+        assert str(line["big"]) == str(2**70)
+
+
+class TestNoSecretsInSinks:
+    """Whatever a caller binds, credentials never reach the stream or the file."""
+
+    def test_bound_credentials_are_redacted_in_stream_and_file(self, tmp_path: Path) -> None:
+        """An ID token, an app certificate and an Agora token passed as fields are absent from both sinks."""
+        stream = io.StringIO()
+        log_file = tmp_path / "memharbor.log"
+        logs.configure("json", "info", file=log_file, stream=stream)
+        log = logs.get_logger().bind(id_token=ID_TOKEN)
+        log.info("token.issued", token="006sentinel-agora-token", app_certificate=APP_CERT, channel="g_a_b")
+        log.info("auth.header", authorization=f"Bearer {ID_TOKEN}")
+        for text in (stream.getvalue(), log_file.read_text()):
+            assert ID_TOKEN not in text
+            assert APP_CERT not in text
+            assert "sentinel-agora-token" not in text
+            assert "g_a_b" in text
+            assert logs.REDACTED in text
+
+    def test_console_sink_redacts_too(self) -> None:
+        """The console renderer sees the event only after redaction."""
+        stream = io.StringIO()
+        logs.configure("console", "info", stream=stream)
+        logs.get_logger().info("auth", id_token=ID_TOKEN)
+        assert ID_TOKEN not in stream.getvalue()
+        assert "auth" in stream.getvalue()
+
+    def test_stdlib_extra_fields_are_not_a_way_around_redaction(self) -> None:
+        """A stdlib record goes through the same processor chain, so its line is JSON with the redaction applied."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        structlog.contextvars.bind_contextvars(access_token=ID_TOKEN)
+        try:
+            logging.getLogger("google.auth").warning("refreshing credentials")
+        finally:
+            structlog.contextvars.unbind_contextvars("access_token")
+        [line] = json_lines(stream.getvalue())
+        assert line["access_token"] == logs.REDACTED
+        assert ID_TOKEN not in stream.getvalue()

@@ -1,0 +1,378 @@
+"""Unit tests for memharbor.settings and the CLI start-up path: env + .env, defaults, one-line errors, secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memharbor import cli
+from memharbor.settings import Secret, Settings, SettingsError, from_mapping, load
+
+APP_ID = "0123456789abcdef0123456789abcdef"
+APP_CERT = "fedcba9876543210fedcba9876543210"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHkwdwIBAQQg\n-----END PRIVATE KEY-----\n"
+SERVICE_ACCOUNT = '{"type": "service_account", "project_id": "demo-settings", "private_key": "pk-sentinel-71"}'
+MINIMAL = {"FIREBASE_PROJECT_ID": "demo-settings"}
+
+
+def _with(**values: str) -> dict[str, str]:
+    return {**MINIMAL, **values}
+
+
+class TestFromMapping:
+    """Parsing one mapping of variables into Settings."""
+
+    def test_minimal_mapping_gives_documented_defaults(self) -> None:
+        """Only the project id set: every other setting takes its documented default."""
+        settings = from_mapping(MINIMAL)
+        assert settings.project_id == "demo-settings"
+        assert settings.agora is None
+        assert settings.http_host == "0.0.0.0"
+        assert settings.http_port == 8001
+        assert settings.http_workers == 1
+        assert settings.auth_mode == "firebase"
+        assert settings.log_format == "json"
+        assert settings.log_level == "info"
+        assert settings.log_file is None
+        assert settings.use_emulator is False
+        assert settings.recordings_dir == Path("recordings")
+        assert settings.ring_timeout_s == 60.0
+        assert settings.apns is None and settings.fcm is None
+
+    def test_console_is_the_default_log_format_on_a_terminal(self) -> None:
+        """Without MEMHARBOR_LOG_FORMAT, a terminal on stderr gets console lines."""
+        assert from_mapping(MINIMAL, stderr_is_tty=True).log_format == "console"
+
+    def test_google_cloud_project_is_a_fallback_for_the_project_id(self) -> None:
+        """GOOGLE_CLOUD_PROJECT names the project when FIREBASE_PROJECT_ID is absent."""
+        assert from_mapping({"GOOGLE_CLOUD_PROJECT": "demo-gcp"}).project_id == "demo-gcp"
+
+    def test_seed_variable_names_are_read(self, tmp_path: Path) -> None:
+        """The seed's variable names (Agora, Firebase, emulators, recordings) configure the same things."""
+        settings = from_mapping(
+            {
+                "FIREBASE_PROJECT_ID": "demo-seed",
+                "AGORA_APP_ID": APP_ID,
+                "AGORA_APP_CERT": APP_CERT,
+                "FIREBASE_STORAGE_BUCKET": "demo-seed.appspot.com",
+                "FIREBASE_USE_EMULATOR": "true",
+                "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080",
+                "FIREBASE_STORAGE_EMULATOR_HOST": "127.0.0.1:9199",
+                "FIREBASE_SERVICE_ACCOUNT": SERVICE_ACCOUNT,
+                "RECORDINGS_DIR": str(tmp_path / "rec"),
+            }
+        )
+        assert settings.agora is not None
+        assert settings.agora.app_id == APP_ID
+        assert settings.agora.app_certificate.value == APP_CERT
+        assert settings.storage_bucket == "demo-seed.appspot.com"
+        assert settings.use_emulator is True
+        assert settings.firestore_emulator_host == "127.0.0.1:8080"
+        assert settings.storage_emulator_host == "127.0.0.1:9199"
+        assert settings.service_account is not None and settings.service_account.value == SERVICE_ACCOUNT
+        assert settings.recordings_dir == tmp_path / "rec"
+
+    def test_apns_and_fcm_variables_are_read(self) -> None:
+        """APNS_* with an inline key and an FCM service account configure both push transports."""
+        settings = from_mapping(
+            _with(
+                APNS_TEAM_ID="TEAM123456",
+                APNS_KEY_ID="KEY1234567",
+                APNS_BUNDLE_ID="com.example.memharbor",
+                APNS_KEY_CONTENT=PEM_KEY.replace("\n", "\\n"),
+                APNS_USE_SANDBOX="yes",
+                FCM_SERVICE_ACCOUNT_JSON=SERVICE_ACCOUNT,
+                FCM_PROJECT_ID="demo-fcm",
+            )
+        )
+        assert settings.apns is not None
+        assert settings.apns.team_id == "TEAM123456"
+        assert settings.apns.use_sandbox is True
+        assert settings.apns.key.value == PEM_KEY
+        assert settings.fcm is not None
+        assert settings.fcm.project_id == "demo-fcm"
+        assert settings.fcm.endpoint == "https://fcm.googleapis.com"
+
+    def test_apns_key_is_read_from_the_file_it_names(self, tmp_path: Path) -> None:
+        """APNS_KEY_PATH names a .p8 file whose content becomes the key."""
+        key_file = tmp_path / "AuthKey.p8"
+        key_file.write_text(PEM_KEY)
+        settings = from_mapping(
+            _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b", APNS_KEY_PATH=str(key_file))
+        )
+        assert settings.apns is not None and settings.apns.key.value == PEM_KEY
+
+    def test_an_emulator_host_turns_emulator_mode_on(self) -> None:
+        """FIRESTORE_EMULATOR_HOST alone implies FIREBASE_USE_EMULATOR, and a URL form is accepted."""
+        settings = from_mapping(_with(FIRESTORE_EMULATOR_HOST="http://127.0.0.1:8080/"))
+        assert settings.use_emulator is True
+        assert settings.firestore_emulator_host == "127.0.0.1:8080"
+
+    def test_memharbor_settings_are_parsed_and_normalised(self, tmp_path: Path) -> None:
+        """MEMHARBOR_* values are trimmed, lower-cased where they are choices and converted to their types."""
+        settings = from_mapping(
+            _with(
+                MEMHARBOR_HTTP_HOST=" 127.0.0.1 ",
+                MEMHARBOR_HTTP_PORT="9000",
+                MEMHARBOR_HTTP_WORKERS="4",
+                MEMHARBOR_AUTH="NONE",
+                MEMHARBOR_LOG_FORMAT="Console",
+                MEMHARBOR_LOG_LEVEL="DEBUG",
+                MEMHARBOR_LOG_FILE=str(tmp_path / "x.log"),
+                MEMHARBOR_RING_TIMEOUT_S="2.5",
+            )
+        )
+        assert settings.http_host == "127.0.0.1"
+        assert settings.http_port == 9000
+        assert settings.http_workers == 4
+        assert settings.auth_mode == "none"
+        assert settings.log_format == "console"
+        assert settings.log_level == "debug"
+        assert settings.log_file == tmp_path / "x.log"
+        assert settings.ring_timeout_s == 2.5
+
+    def test_settings_are_frozen(self) -> None:
+        """Settings are built once: assigning to a field raises."""
+        settings = from_mapping(MINIMAL)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            settings.http_port = 1  # type: ignore[misc]
+
+    def test_require_agora_names_the_missing_variable(self) -> None:
+        """Without Agora credentials, require_agora stops start-up naming AGORA_APP_ID."""
+        with pytest.raises(SettingsError) as caught:
+            from_mapping(MINIMAL).require_agora()
+        assert caught.value.name == "AGORA_APP_ID"
+        assert "AGORA_APP_ID" in str(caught.value)
+
+
+BAD_SETTINGS = [
+    ("FIREBASE_PROJECT_ID", {}),
+    ("AGORA_APP_CERT", _with(AGORA_APP_ID=APP_ID)),
+    ("AGORA_APP_ID", _with(AGORA_APP_CERT=APP_CERT)),
+    ("AGORA_APP_ID", _with(AGORA_APP_ID="short", AGORA_APP_CERT=APP_CERT)),
+    ("AGORA_APP_CERT", _with(AGORA_APP_ID=APP_ID, AGORA_APP_CERT="z" * 32)),
+    ("MEMHARBOR_HTTP_PORT", _with(MEMHARBOR_HTTP_PORT="http")),
+    ("MEMHARBOR_HTTP_PORT", _with(MEMHARBOR_HTTP_PORT="0")),
+    ("MEMHARBOR_HTTP_PORT", _with(MEMHARBOR_HTTP_PORT="70000")),
+    ("MEMHARBOR_HTTP_WORKERS", _with(MEMHARBOR_HTTP_WORKERS="0")),
+    ("MEMHARBOR_AUTH", _with(MEMHARBOR_AUTH="basic")),
+    ("MEMHARBOR_LOG_FORMAT", _with(MEMHARBOR_LOG_FORMAT="xml")),
+    ("MEMHARBOR_LOG_LEVEL", _with(MEMHARBOR_LOG_LEVEL="verbose")),
+    ("MEMHARBOR_RING_TIMEOUT_S", _with(MEMHARBOR_RING_TIMEOUT_S="soon")),
+    ("MEMHARBOR_RING_TIMEOUT_S", _with(MEMHARBOR_RING_TIMEOUT_S="0")),
+    ("FIREBASE_USE_EMULATOR", _with(FIREBASE_USE_EMULATOR="maybe")),
+    ("FIRESTORE_EMULATOR_HOST", _with(FIRESTORE_EMULATOR_HOST="localhost")),
+    ("FIRESTORE_EMULATOR_HOST", _with(FIRESTORE_EMULATOR_HOST="localhost:port")),
+    ("FIREBASE_AUTH_EMULATOR_HOST", _with(FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:99999")),
+    ("APNS_KEY_ID", _with(APNS_TEAM_ID="T")),
+    ("APNS_KEY_PATH", _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b")),
+    ("APNS_KEY_CONTENT", _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b", APNS_KEY_CONTENT="nope")),
+    ("APNS_KEY_PATH", _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b", APNS_KEY_PATH="/nonexistent.p8")),
+    ("FIREBASE_SERVICE_ACCOUNT", _with(FIREBASE_SERVICE_ACCOUNT="/nonexistent/sa.json")),
+    ("FIREBASE_SERVICE_ACCOUNT", _with(FIREBASE_SERVICE_ACCOUNT='{"private_key": "pk-sentinel-71"')),
+    ("FCM_SERVICE_ACCOUNT_JSON", _with(FCM_SERVICE_ACCOUNT_JSON="{pk-sentinel-71")),
+    ("FCM_SERVICE_ACCOUNT_PATH", _with(FCM_SERVICE_ACCOUNT_PATH="/nonexistent/fcm.json")),
+]
+
+
+class TestSettingsErrors:
+    """A missing or malformed setting raises SettingsError naming it in one line."""
+
+    @pytest.mark.parametrize(
+        ("name", "values"), BAD_SETTINGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BAD_SETTINGS)]
+    )
+    def test_bad_setting_is_named_in_one_line(self, name: str, values: dict[str, str]) -> None:
+        """The error carries the variable's name, mentions it in its message and fits on one line."""
+        with pytest.raises(SettingsError) as caught:
+            from_mapping(values)
+        message = str(caught.value)
+        assert caught.value.name == name
+        assert name in message
+        assert "\n" not in message
+
+    @pytest.mark.parametrize(
+        "values",
+        [
+            _with(AGORA_APP_ID=APP_ID, AGORA_APP_CERT=APP_CERT[:-1] + "g"),
+            _with(AGORA_APP_ID=APP_ID, AGORA_APP_CERT=APP_CERT + "0"),
+            _with(FIREBASE_SERVICE_ACCOUNT='{"private_key": "pk-sentinel-71"'),
+            _with(FCM_SERVICE_ACCOUNT_JSON="{pk-sentinel-71"),
+            _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b", APNS_KEY_CONTENT="pk-sentinel-71"),
+        ],
+        ids=["cert-not-hex", "cert-too-long", "service-account", "fcm-json", "apns-key"],
+    )
+    def test_error_never_contains_the_secret_value(self, values: dict[str, str]) -> None:
+        """A malformed secret is named but its value is never echoed in the error."""
+        with pytest.raises(SettingsError) as caught:
+            from_mapping(values)
+        message = str(caught.value)
+        assert "pk-sentinel-71" not in message
+        assert APP_CERT[:-1] not in message
+
+
+class TestSecret:
+    """Secret values hide themselves from repr, str and formatting."""
+
+    def test_secret_hides_its_value_everywhere(self) -> None:
+        """repr, str and f-strings of a Secret never show the value, while .value still holds it."""
+        secret = Secret(APP_CERT)
+        assert secret.value == APP_CERT
+        for rendered in (repr(secret), str(secret), f"{secret}", f"{secret!r}"):
+            assert APP_CERT not in rendered
+
+    def test_settings_repr_shows_no_secret(self, tmp_path: Path) -> None:
+        """The repr of fully configured settings holds none of the certificate, keys or service account."""
+        settings = from_mapping(
+            _with(
+                AGORA_APP_ID=APP_ID,
+                AGORA_APP_CERT=APP_CERT,
+                FIREBASE_SERVICE_ACCOUNT=SERVICE_ACCOUNT,
+                APNS_TEAM_ID="T",
+                APNS_KEY_ID="K",
+                APNS_BUNDLE_ID="b",
+                APNS_KEY_CONTENT=PEM_KEY,
+            )
+        )
+        rendered = repr(settings)
+        assert APP_ID in rendered
+        assert APP_CERT not in rendered
+        assert "pk-sentinel-71" not in rendered
+        assert "BEGIN PRIVATE KEY" not in rendered
+
+
+class TestLoad:
+    """load(): the real environment over an optional .env file over defaults."""
+
+    def test_env_file_values_are_used(self, tmp_path: Path) -> None:
+        """A .env file supplies variables the environment does not set."""
+        env_file = tmp_path / ".env"
+        env_file.write_text(f"FIREBASE_PROJECT_ID=demo-dotenv\nAGORA_APP_ID={APP_ID}\nAGORA_APP_CERT={APP_CERT}\n")
+        settings = load(environ={}, env_file=env_file)
+        assert settings.project_id == "demo-dotenv"
+        assert settings.agora is not None and settings.agora.app_id == APP_ID
+
+    def test_environment_wins_over_env_file(self, tmp_path: Path) -> None:
+        """A variable set in the environment overrides the same one in .env."""
+        env_file = tmp_path / ".env"
+        env_file.write_text("FIREBASE_PROJECT_ID=demo-dotenv\nMEMHARBOR_HTTP_PORT=9001\n")
+        settings = load(environ={"MEMHARBOR_HTTP_PORT": "9002"}, env_file=env_file)
+        assert settings.project_id == "demo-dotenv"
+        assert settings.http_port == 9002
+
+    def test_memharbor_env_file_names_the_file(self, tmp_path: Path) -> None:
+        """MEMHARBOR_ENV_FILE points load() at another .env file."""
+        env_file = tmp_path / "custom.env"
+        env_file.write_text("FIREBASE_PROJECT_ID=demo-custom\n")
+        assert load(environ={"MEMHARBOR_ENV_FILE": str(env_file)}).project_id == "demo-custom"
+
+    def test_defaults_sit_under_env_file_and_environment(self, tmp_path: Path) -> None:
+        """Defaults apply only where neither .env nor the environment sets a value."""
+        env_file = tmp_path / ".env"
+        env_file.write_text("MEMHARBOR_HTTP_PORT=9003\n")
+        settings = load(
+            environ={"MEMHARBOR_AUTH": "none"},
+            env_file=env_file,
+            defaults={"FIREBASE_PROJECT_ID": "demo-default", "MEMHARBOR_HTTP_PORT": "1", "MEMHARBOR_AUTH": "firebase"},
+        )
+        assert settings.project_id == "demo-default"
+        assert settings.http_port == 9003
+        assert settings.auth_mode == "none"
+
+    def test_missing_env_file_is_fine(self, tmp_path: Path) -> None:
+        """No .env file at the configured path is not an error."""
+        settings = load(environ=dict(MINIMAL), env_file=tmp_path / "absent.env")
+        assert settings.project_id == "demo-settings"
+
+    def test_malformed_value_in_env_file_is_named(self, tmp_path: Path) -> None:
+        """A bad value coming from .env is reported with its variable name like any other."""
+        env_file = tmp_path / ".env"
+        env_file.write_text("FIREBASE_PROJECT_ID=demo-dotenv\nMEMHARBOR_HTTP_PORT=eighty\n")
+        with pytest.raises(SettingsError) as caught:
+            load(environ={}, env_file=env_file)
+        assert caught.value.name == "MEMHARBOR_HTTP_PORT"
+
+    def test_load_returns_settings(self, tmp_path: Path) -> None:
+        """load() builds a Settings instance from the environment mapping it is given."""
+        assert isinstance(load(environ=dict(MINIMAL), env_file=tmp_path / "none.env"), Settings)
+
+
+def _clear_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("AGORA_", "FIREBASE_", "FIRESTORE_", "STORAGE_", "GOOGLE_", "MEMHARBOR_", "APNS_", "FCM_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MEMHARBOR_ENV_FILE", str(tmp_path / "absent.env"))
+
+
+class TestCli:
+    """The memharbor command line: start-up errors as one line on stderr, exit status 2."""
+
+    def test_recorder_is_not_built_yet(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`memharbor recorder` says on stderr that it is not built and exits 2."""
+        assert cli.main(["recorder"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert "recorder" in captured.err and "not built" in captured.err
+
+    def test_unknown_command_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown subcommand makes argparse exit with status 2."""
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["fly"])
+        assert caught.value.code == 2
+        assert "fly" in capsys.readouterr().err
+
+    def test_missing_setting_is_one_line_on_stderr(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`memharbor http` without a project id prints one line naming FIREBASE_PROJECT_ID and exits 2."""
+        _clear_settings_env(monkeypatch, tmp_path)
+        assert cli.main(["http"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "FIREBASE_PROJECT_ID" in err
+
+    def test_missing_agora_credentials_stop_http(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`memharbor http` without Agora credentials stops before serving, naming AGORA_APP_ID."""
+        import structlog
+
+        _clear_settings_env(monkeypatch, tmp_path)
+        monkeypatch.setenv("FIREBASE_PROJECT_ID", "demo-cli")
+        try:
+            assert cli.main(["http"]) == 2
+        finally:
+            structlog.reset_defaults()
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0
+        assert "AGORA_APP_ID" in err
+
+    def test_real_process_stops_with_one_line_and_no_secret(self, tmp_path: Path) -> None:
+        """A real `python -m memharbor http` with a malformed certificate exits 2 with one line, secret-free."""
+        bad_cert = "deadbeef" * 3 + "not-hex!"
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "MEMHARBOR_ENV_FILE": str(tmp_path / "absent.env"),
+            "FIREBASE_PROJECT_ID": "demo-cli",
+            "AGORA_APP_ID": APP_ID,
+            "AGORA_APP_CERT": bad_cert,
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "memharbor", "http"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "AGORA_APP_CERT" in lines[0]
+        assert bad_cert not in result.stderr + result.stdout
