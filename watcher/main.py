@@ -15,6 +15,7 @@ from memharbor.settings import Settings
 from watcher.listener import CallListener
 from watcher.push import Notifier, SinkNotifier, UnconfiguredNotifier
 from watcher.reactor import CallReactor, ReactorConfig
+from watcher.recording import FirestoreRecordingHooks
 from watcher.worker import Watcher, WatcherConfig
 
 log = logs.get_logger()
@@ -41,6 +42,9 @@ def bootstrap(settings: Settings) -> Watcher:
         ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
         schedule_timeout=lambda call_id, deadline: watcher.schedule_timeout(call_id, deadline),
         cancel_timeout=lambda call_id: watcher.cancel_timeout(call_id),
+        # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is off,
+        # and an ended call's recordings are stopped whoever asked for them.
+        recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
     )
     listener = CallListener(lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events))
     heartbeat = Heartbeat(db, "watcher", instance_id, settings.heartbeat_interval_s, lambda: watcher.status())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +30,10 @@ class WatcherConfig:
     sweep_interval_s: float
     drain_s: float = 10.0
     max_concurrency: int = 64
-    # A change the stream has not delivered after this long counts as missed (a stalled listener).
-    stall_grace_s: float = 3.0
+    # A change the stream has not delivered after this long counts as missed (a stalled listener);
+    # generous, because a busy listener is slow rather than dead and a resubscribe re-lists everything.
+    stall_grace_s: float = 10.0
+    restart_min_interval_s: float = 30.0
 
 
 class Watcher:
@@ -57,7 +59,9 @@ class Watcher:
         self._dirty: set[str] = set()
         self._seen: dict[str, datetime] = {}
         self._timers: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
-        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._due: set[str] = set()
+        self._latest: dict[str, CallEvent] = {}
+        self._last_restart = float("-inf")
         self._stopping = False
         self.stalls = 0
 
@@ -69,9 +73,15 @@ class Watcher:
                 self._seen.pop(event.call_id, None)  # left the active set: nothing more to compare
             elif event.update_time is not None:
                 self._seen[event.call_id] = max(event.update_time, self._seen.get(event.call_id, event.update_time))
-            if event.change != "REMOVED" and self.reactor.known_done(event.call_id, event.status):
-                continue  # an echo of our own write, or a change with nothing left to do
-            self.submit(event.call_id)
+            self._latest[event.call_id] = event
+            if not self._is_echo(event):
+                self.submit(event.call_id)
+
+    def _is_echo(self, event: CallEvent) -> bool:
+        # An echo of our own write, or a change that leaves nothing to do: no transaction needed.
+        if event.change == "REMOVED":
+            return self.reactor.known_final(event.call_id)
+        return self.reactor.known_done(event.call_id, event.status)
 
     def submit(self, call_id: str) -> None:
         """Schedule a handler for the call, or mark it to run again once the current one finishes."""
@@ -84,25 +94,40 @@ class Watcher:
 
     async def _process(self, call_id: str) -> None:
         try:
-            while True:
+            while not self._stopping:
                 self._dirty.discard(call_id)
                 async with self._sem:
-                    try:
-                        claim = await self.reactor.handle(call_id)
-                        log.debug("call.handled", call_id=call_id, claim=claim.value)
-                    except Exception:
-                        # The claim's lease lapses and the sweep retries; the watcher itself lives on.
-                        log.exception("call.handler_failed", call_id=call_id)
-                if call_id not in self._dirty or self._stopping:
+                    await self._handle_once(call_id)
+                latest = self._latest.get(call_id)
+                if call_id not in self._dirty and call_id not in self._due:
+                    return
+                if call_id not in self._due and latest is not None and self._is_echo(latest):
                     return
         finally:
             self._running.pop(call_id, None)
+            self._latest.pop(call_id, None)
+
+    async def _handle_once(self, call_id: str) -> None:
+        if call_id in self._due:
+            self._due.discard(call_id)
+            try:
+                await self.reactor.time_out(call_id)
+            except Exception as exc:
+                # Contention or a dropped connection: try again shortly rather than at the next sweep.
+                log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
+                asyncio.get_running_loop().call_later(random.uniform(0.5, 1.5), self._fire, call_id)
+        try:
+            claim = await self.reactor.handle(call_id)
+            log.debug("call.handled", call_id=call_id, claim=claim.value)
+        except Exception:
+            # The claim's lease lapses and the sweep retries; the watcher itself lives on.
+            log.exception("call.handler_failed", call_id=call_id)
 
     # -- ring timers ----------------------------------------------------------------------------
     def schedule_timeout(self, call_id: str, deadline: datetime) -> None:
         """Arm the ring timer of a pending call (idempotent)."""
         current = self._timers.get(call_id)
-        if self._stopping or (current is not None and current[0] == deadline):
+        if self._stopping or call_id in self._due or (current is not None and current[0] == deadline):
             return
         if current is not None:
             current[1].cancel()
@@ -117,18 +142,10 @@ class Watcher:
             current[1].cancel()
 
     def _fire(self, call_id: str) -> None:
+        # The timeout runs in the call's own handler, so it never races the call's other work here.
         self._timers.pop(call_id, None)
-        self._spawn(self.reactor.time_out(call_id))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_done)
-
-    def _side_done(self, task: asyncio.Task[Any]) -> None:
-        self._side_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("watcher.task_failed", error=repr(task.exception()))
+        self._due.add(call_id)
+        self.submit(call_id)
 
     # -- sweep ----------------------------------------------------------------------------------
     async def sweep_once(self) -> dict[str, int]:
@@ -139,15 +156,17 @@ class Watcher:
             .where(filter=FieldFilter("status", "==", Status.PENDING.value))
             .where(filter=FieldFilter("ringDeadline", "<=", now))
         )
-        timed_out = 0
+        due = 0
         async for snap in overdue.stream():
-            if snap.id not in self._timers and await self.reactor.time_out(snap.id):
-                timed_out += 1
+            if snap.id not in self._timers and snap.id not in self._due:
+                due += 1
+                self._fire(snap.id)
         missed = await self._reconcile(now)
-        if missed:
+        if missed and self.clock.monotonic() - self._last_restart > self.config.restart_min_interval_s:
             self.stalls += 1
+            self._last_restart = self.clock.monotonic()
             await self.listener.restart(f"stalled: {missed} change(s) not delivered")
-        return {"timed_out": timed_out, "missed": missed}
+        return {"overdue": due, "missed": missed}
 
     async def _reconcile(self, now: datetime) -> int:
         missed = 0
@@ -162,6 +181,9 @@ class Watcher:
                 self.submit(snap.id)
             elif not self.reactor.known_done(snap.id, snap.get("status")):
                 self.submit(snap.id)
+        for call_id in [c for c in self._seen if c not in active_ids]:
+            del self._seen[call_id]
+        self.reactor.prune(active_ids)
         servers = self.db.collection(CALL_SERVER)
         open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True))
         async for snap in open_effects.stream():
@@ -211,7 +233,7 @@ class Watcher:
             task.cancel()
         for call_id in list(self._timers):
             self.cancel_timeout(call_id)
-        pending = [*self._running.values(), *self._side_tasks]
+        pending = list(self._running.values())
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.config.drain_s)
             for task in late:
