@@ -35,6 +35,25 @@ class CallEvent:
     update_time: datetime | None
 
 
+def by_document_name(doc1: Any, doc2: Any) -> int:
+    """Order two snapshots by document name: what the client does for a query without order_by."""
+    a, b = doc1.reference._path, doc2.reference._path
+    return (a > b) - (a < b)
+
+
+def active_calls_query(client: firestore.Client) -> Any:
+    """`calls where status in [pending, accepted]`, with a fast comparator for the listener.
+
+    The client keeps the listener's result set sorted with `query._comparator`, which builds protobuf
+    messages on every comparison: profiling showed a quarter of the watcher's CPU there at 10 calls/s.
+    This query has no order_by, so plain name order is the same order (a unit test holds the library
+    to that), at a small fraction of the cost.
+    """
+    query = client.collection(CALLS).where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
+    query._comparator = by_document_name
+    return query
+
+
 class CallListener:
     """Owns one `on_snapshot` watch on `calls where status in [pending, accepted]`."""
 
@@ -80,10 +99,7 @@ class CallListener:
     def _subscribe(self) -> None:
         if self._client is None:
             self._client = self._make_client()
-        query = self._client.collection(CALLS).where(
-            filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE))
-        )
-        self._watch = query.on_snapshot(self._on_snapshot)
+        self._watch = active_calls_query(self._client).on_snapshot(self._on_snapshot)
 
     def _unsubscribe(self) -> None:
         watch, self._watch = self._watch, None
