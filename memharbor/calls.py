@@ -181,9 +181,9 @@ def field_errors(doc: Mapping[str, Any]) -> list[str]:
     """Problems with the app-written fields of a call document (types, lengths), empty when valid."""
     errors = []
     for name in ("callId", "callerId", "receiverId"):
-        if not isinstance(doc.get(name), str) or not ID_PATTERN.match(doc[name]):
+        if not isinstance(doc.get(name), str) or not ID_PATTERN.fullmatch(doc[name]):
             errors.append(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ -")
-    if not isinstance(doc.get("groupId"), str) or not GROUP_ID_PATTERN.match(doc["groupId"]):
+    if not isinstance(doc.get("groupId"), str) or not GROUP_ID_PATTERN.fullmatch(doc["groupId"]):
         errors.append("groupId must be 1-36 characters of A-Z a-z 0-9 _ -")
     if doc.get("callerId") is not None and doc.get("callerId") == doc.get("receiverId"):
         errors.append("receiverId must differ from callerId")

@@ -79,13 +79,13 @@ async def _principal(request: web.Request) -> Principal:
 
 def _id(body: Mapping[str, Any], field: str) -> str:
     value = required_str(dict(body), field, max_bytes=1024)
-    if not calls.ID_PATTERN.match(value):
+    if not calls.ID_PATTERN.fullmatch(value):
         raise bad_request(field, f"{field} {_ID_RULE}")
     return value
 
 
 def _call_id(value: str) -> str:
-    if not calls.ID_PATTERN.match(value):
+    if not calls.ID_PATTERN.fullmatch(value):
         raise bad_request("call_id", f"call_id {_ID_RULE}")
     return value
 
@@ -170,7 +170,7 @@ class InviteRequest:
     @classmethod
     def parse(cls, body: dict[str, Any]) -> InviteRequest:
         group_id = required_str(body, "group_id")
-        if not calls.GROUP_ID_PATTERN.match(group_id):
+        if not calls.GROUP_ID_PATTERN.fullmatch(group_id):
             raise bad_request("group_id", "group_id must be 1-36 characters of A-Z a-z 0-9 _ -")
         caller_id = _id(body, "caller_id")
         receiver_id = _id(body, "receiver_id")
