@@ -12,9 +12,7 @@ from collections.abc import Callable, Sequence
 
 from memharbor import settings as settings_mod
 
-NOT_BUILT = {
-    "recorder": "the recorder is not built yet (issue: server-side call recording)",
-}
+NOT_BUILT: dict[str, str] = {}
 
 
 def _run_http(settings: settings_mod.Settings) -> int:
@@ -29,6 +27,12 @@ def _run_watcher(settings: settings_mod.Settings) -> int:
     return main(settings)
 
 
+def _run_recorder(settings: settings_mod.Settings) -> int:
+    from recorder.main import main
+
+    return main(settings)
+
+
 def _run_dev(settings: settings_mod.Settings) -> int:
     from memharbor.dev import main
 
@@ -38,6 +42,7 @@ def _run_dev(settings: settings_mod.Settings) -> int:
 RUNNERS: dict[str, Callable[[settings_mod.Settings], int]] = {
     "http": _run_http,
     "watcher": _run_watcher,
+    "recorder": _run_recorder,
     "dev": _run_dev,
 }
 

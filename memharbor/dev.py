@@ -23,6 +23,8 @@ DEV_DEFAULTS = {
     "MEMHARBOR_LOG_FORMAT": "console",
     # Only the Auth emulator's address matters: ID tokens are then checked in emulator format.
     "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
+    # The recorder plays scripted participants (two tones) instead of joining Agora (MEMHARBOR_RECORDER_SIMULATION).
+    "MEMHARBOR_RECORDER_SOURCE": "simulated",
 }
 log = logs.get_logger()
 
@@ -45,6 +47,8 @@ def _service_env(settings: Settings, emulators: EmulatorSet) -> dict[str, str]:
             "MEMHARBOR_LOG_FORMAT": settings.log_format,
             "FIREBASE_AUTH_EMULATOR_HOST": settings.auth_emulator_host or DEV_DEFAULTS["FIREBASE_AUTH_EMULATOR_HOST"],
             "MEMHARBOR_PUSH_SINK": str(_sink(settings)),
+            "MEMHARBOR_RECORDER_SOURCE": settings.recorder.source,
+            "RECORDINGS_DIR": str(settings.recordings_dir.resolve()),
         }
     )
 
@@ -72,7 +76,7 @@ def _banner(settings: Settings, emulators: EmulatorSet) -> str:
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
             f"  token_http          http://{settings.http_host}:{settings.http_port}  (auth: {settings.auth_mode})",
             f"  watcher             pushes recorded in {_sink(settings)}",
-            "  recorder            not built yet",
+            f"  recorder            {settings.recorder.source} audio, files in {settings.recordings_dir.resolve()}",
             "",
             "Get a token (dev admin ID token, emulator format):",
             f"  {_curl(settings)}",
@@ -113,6 +117,17 @@ def main(settings: Settings) -> int:
         )
         services.append(watcher)
         watcher.start()
+        recorder = ManagedProcess(
+            "recorder",
+            [sys.executable, "-m", "memharbor", "recorder"],
+            "127.0.0.1",
+            0,
+            ready_path=None,
+            env=_service_env(settings, emulators),
+            inherit_output=True,
+        )
+        services.append(recorder)
+        recorder.start()
         print(_banner(settings, emulators), flush=True)
         while not stop.wait(0.5):
             for service in services:

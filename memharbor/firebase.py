@@ -72,3 +72,23 @@ def firestore_sync(settings: Settings) -> firestore.Client:
     """A thread-based Firestore client: the only one that offers on_snapshot listeners."""
     export_emulator_hosts(settings)
     return firestore.Client(project=settings.project_id, credentials=_google_credentials(settings))
+
+
+def storage_configured(settings: Settings) -> bool:
+    """True when recordings can be uploaded: a bucket is named (and, with emulators, a Storage emulator)."""
+    if not settings.storage_bucket:
+        return False
+    return not settings.use_emulator or settings.storage_emulator_host is not None
+
+
+def storage_bucket(settings: Settings) -> Any | None:
+    """The Storage bucket (`google.cloud.storage.Bucket`) for recordings, or None when none is configured.
+
+    Firebase Admin's `storage.bucket` wraps google-cloud-storage, which reaches the gcp-storage-emulator
+    through STORAGE_EMULATOR_HOST (exported by `export_emulator_hosts`) with anonymous credentials.
+    """
+    if not storage_configured(settings):
+        return None
+    from firebase_admin import storage
+
+    return storage.bucket(settings.storage_bucket, app=admin_app(settings))

@@ -60,6 +60,10 @@ class ApnsSettings:
     bundle_id: str
     key: Secret
     use_sandbox: bool
+    # MEMHARBOR_APNS_PROXY (host:port): reach APNs through this HTTP CONNECT proxy (egress proxies, tests).
+    proxy: str | None = None
+    # MEMHARBOR_APNS_CA_FILE: PEM CA bundle to trust for APNs instead of the system's (tests, TLS inspection).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,24 @@ class FcmSettings:
     service_account_json: Secret
     endpoint: str
     token_uri: str | None
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """The recording worker's MEMHARBOR_RECORDER_* settings (and MEMHARBOR_RECORD_TRACKS)."""
+
+    source: Literal["agora", "simulated"] = "agora"
+    simulation: str | None = None  # a JSON script, or a path to one (MEMHARBOR_RECORDER_SIMULATION)
+    uid: int = 999999
+    idle_s: float = 30.0
+    max_s: float = 7200.0
+    record_tracks: bool = False
+    lease_s: float = 20.0
+    sweep_s: float = 5.0
+    max_sessions: int = 100
+    token_ttl_s: int = 3600
+    drain_s: float = 60.0
+    header_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +121,9 @@ class Settings:
     heartbeat_interval_s: float
     push_sink: Path | None
     instance_id: str | None
+    # MEMHARBOR_RECORD_CALLS: the watcher requests a recording of every accepted call, not only record: true ones.
+    record_calls: bool = False
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
 
     def require_agora(self) -> AgoraSettings:
         """Return the Agora credentials, or stop start-up naming the missing variable."""
@@ -178,6 +203,13 @@ def _read_secret_file(name: str, path: str) -> str:
         raise SettingsError(name, f"cannot read the file it names ({exc.strerror})") from None
 
 
+def _readable_file(name: str, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    _read_secret_file(name, path)
+    return Path(path)
+
+
 def _json_object(name: str, text: str) -> str:
     # Checked at start-up so a malformed account stops it with one line; the value is never echoed.
     try:
@@ -226,6 +258,8 @@ def _apns(env: _Env) -> ApnsSettings | None:
         bundle_id=str(given["APNS_BUNDLE_ID"]),
         key=Secret(key),
         use_sandbox=env.flag("APNS_USE_SANDBOX", False),
+        proxy=env.host_port("MEMHARBOR_APNS_PROXY"),
+        ca_file=_readable_file("MEMHARBOR_APNS_CA_FILE", env.text("MEMHARBOR_APNS_CA_FILE")),
     )
 
 
@@ -254,6 +288,23 @@ def _service_account(env: _Env) -> Secret | None:
         return None
     text = raw if raw.lstrip().startswith("{") else _read_secret_file("FIREBASE_SERVICE_ACCOUNT", raw)
     return Secret(_json_object("FIREBASE_SERVICE_ACCOUNT", text))
+
+
+def _recorder(env: _Env) -> RecorderSettings:
+    return RecorderSettings(
+        source=env.choice("MEMHARBOR_RECORDER_SOURCE", ("agora", "simulated"), "agora"),  # type: ignore[arg-type]
+        simulation=env.text("MEMHARBOR_RECORDER_SIMULATION"),
+        uid=env.integer("MEMHARBOR_RECORDER_UID", 999999, 1, 2**32 - 1),
+        idle_s=env.number("MEMHARBOR_RECORDER_IDLE_S", 30.0, 0.1, 86400.0),
+        max_s=env.number("MEMHARBOR_RECORDER_MAX_S", 7200.0, 1.0, 86400.0),
+        record_tracks=env.flag("MEMHARBOR_RECORD_TRACKS", False),
+        lease_s=env.number("MEMHARBOR_RECORDER_LEASE_S", 20.0, 1.0, 600.0),
+        sweep_s=env.number("MEMHARBOR_RECORDER_SWEEP_S", 5.0, 0.2, 600.0),
+        max_sessions=env.integer("MEMHARBOR_RECORDER_MAX_SESSIONS", 100, 1, 10000),
+        token_ttl_s=env.integer("MEMHARBOR_RECORDER_TOKEN_TTL_S", 3600, 60, 86400),
+        drain_s=env.number("MEMHARBOR_RECORDER_DRAIN_S", 60.0, 1.0, 3600.0),
+        header_s=env.number("MEMHARBOR_RECORDER_HEADER_S", 2.0, 0.1, 60.0),
+    )
 
 
 def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> Settings:
@@ -293,6 +344,8 @@ def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> S
         heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
         push_sink=Path(sink) if sink else None,
         instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
+        record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
+        recorder=_recorder(env),
     )
 
 

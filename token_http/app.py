@@ -15,6 +15,7 @@ from token_http.errors import error_middleware
 from token_http.health import get_health
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS, Deps, HealthCache
 from token_http.openapi import get_openapi
+from token_http.recording_routes import register as register_recording_routes
 from token_http.token_route import post_token
 
 log = get_logger()
@@ -32,5 +33,6 @@ def create_app(settings: Settings, deps: Deps, cleanup_ctx: list[CleanupCtx] | N
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/openapi.json", get_openapi)
     register_call_routes(app)
+    register_recording_routes(app)
     app.cleanup_ctx.extend(cleanup_ctx or [])
     return app

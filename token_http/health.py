@@ -29,11 +29,28 @@ def _workers(beats: list[dict[str, Any]], now: float) -> dict[str, Any]:
     return report
 
 
-def _push(settings: Settings) -> dict[str, Any]:
-    return {
+def _push(settings: Settings, beats: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    report: dict[str, dict[str, Any]] = {
         "apns": {"configured": settings.apns is not None},
         "fcm": {"configured": settings.fcm is not None},
     }
+    # The watchers send the pushes: a live one's heartbeat says what it has configured and its last error.
+    for beat in beats:
+        if beat.get("kind") == "watcher" and (_ts(beat.get("expiresAt")) or 0.0) > now:
+            for name, entry in report.items():
+                _merge_transport(entry, ((beat.get("status") or {}).get("push") or {}).get(name))
+    return report
+
+
+def _merge_transport(entry: dict[str, Any], seen: Any) -> None:
+    if not isinstance(seen, dict):
+        return
+    entry["configured"] = entry["configured"] or bool(seen.get("configured"))
+    entry.setdefault("lastError", None)
+    entry.setdefault("lastErrorAt", None)
+    at = seen.get("lastErrorAt")
+    if isinstance(at, str) and (entry["lastErrorAt"] is None or at > entry["lastErrorAt"]):
+        entry["lastError"], entry["lastErrorAt"] = seen.get("lastError"), at
 
 
 async def _check(source: HealthSource, settings: Settings, clock: Clock) -> tuple[int, dict[str, Any]]:
@@ -60,7 +77,7 @@ async def _check(source: HealthSource, settings: Settings, clock: Clock) -> tupl
         "problems": problems,
         "firestore": firestore,
         "workers": workers,
-        "push": _push(settings),
+        "push": _push(settings, beats, clock.time()),
         "auth": settings.auth_mode,
     }
     # Only a dead database makes this process unable to serve; a missing worker is reported, not fatal.

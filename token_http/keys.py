@@ -10,6 +10,7 @@ from aiohttp import web
 
 from memharbor.call_service import CallService
 from memharbor.clock import Clock
+from memharbor.recording_service import RecordingService
 from memharbor.settings import Settings
 from memharbor.store import CallDirectory, HealthSource
 
@@ -27,6 +28,8 @@ class Deps:
     clock: Clock
     # The seed's /api/call/* routes; None answers them with 503 (tests of other routes need not set it).
     call_service: CallService | None = None
+    # The seed's /api/recording/* routes; None answers them with 503.
+    recording_service: RecordingService | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)

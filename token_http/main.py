@@ -13,6 +13,7 @@ from aiohttp import web
 from memharbor import firebase, logs
 from memharbor.call_service import FirestoreCallService
 from memharbor.clock import SystemClock
+from memharbor.recording_service import FirestoreRecordingService
 from memharbor.settings import Settings
 from memharbor.store import FirestoreStore
 from token_http.app import create_app
@@ -45,6 +46,7 @@ def bootstrap(settings: Settings) -> web.Application:
         health=store,
         clock=SystemClock(),
         call_service=FirestoreCallService(lambda: store.client),
+        recording_service=FirestoreRecordingService(lambda: store.client),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
 

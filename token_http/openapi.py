@@ -266,6 +266,200 @@ CALL_PATHS: dict[str, dict[str, Any]] = {
 PATHS.update(CALL_PATHS)
 
 
+# ---- the seed's recording routes (token_http/recording_routes.py) ----------------------------------
+
+_CHANNEL = {"type": "string", "minLength": 1, "maxLength": 63, "description": "Agora channel name (< 64 bytes)"}
+_SID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
+_NULLABLE_STR = {"type": "string", "nullable": True}
+_NULLABLE_NUM = {"type": "number", "nullable": True}
+RECORDING_STATUS = {"type": "string", "enum": ["requested", "recording", "stopping", "stopped", "failed"]}
+RECORDING_START_REQUEST = {"type": "object", "required": ["channel"], "properties": {"channel": _CHANNEL}}
+RECORDING_START_RESPONSE = {
+    "type": "object",
+    "required": ["sid", "channel", "uid", "filename", "status"],
+    "properties": {
+        "sid": {"type": "string", "description": "recordings/{sid}"},
+        "channel": {"type": "string"},
+        "uid": {"type": "integer", "description": "the recording bot's Agora uid (999999 by default)"},
+        "filename": {**_NULLABLE_STR, "description": "{channel}_{timestamp}.wav, as the recorder named it"},
+        "status": {
+            "type": "string",
+            "enum": ["recording", "stopping", "stopped"],
+            "description": "recording (the seed's answer), or later if it was stopped meanwhile",
+        },
+    },
+}
+RECORDING_STOP_REQUEST = {
+    "type": "object",
+    "description": "sid, or channel (every recording in progress on it); sid wins when both are given",
+    "properties": {"sid": _SID, "channel": _CHANNEL},
+}
+RECORDING_STOP_RESPONSE = {
+    "type": "object",
+    "required": ["sid", "channel", "groupId", "user1", "user2", "filename", "format", "duration", "firebase", "status"],
+    "properties": {
+        "sid": {"type": "string"},
+        "channel": _NULLABLE_STR,
+        "groupId": _NULLABLE_STR,
+        "user1": _NULLABLE_STR,
+        "user2": _NULLABLE_STR,
+        "filename": _NULLABLE_STR,
+        "format": {"type": "string", "nullable": True, "description": "wav"},
+        "duration": {**_NULLABLE_NUM, "description": "milliseconds"},
+        "firebase": {
+            "type": "object",
+            "nullable": True,
+            "description": "null when Storage is not configured (the file stays with the recorder)",
+            "required": ["url", "firestoreId", "storagePath"],
+            "properties": {
+                "url": _NULLABLE_STR,
+                "firestoreId": {"type": "string", "description": "the recordings document id (= sid)"},
+                "storagePath": _NULLABLE_STR,
+            },
+        },
+        "status": {"type": "string", "enum": ["stopped", "failed"]},
+        "error": {"type": "string", "description": "only when status is failed: why"},
+    },
+}
+RECORDING_SESSION = {
+    "type": "object",
+    "required": [
+        "sid", "channel", "callId", "uid", "filename", "status", "requestedBy", "stopRequested", "createdAt",
+        "recordedAt",
+    ],
+    "properties": {
+        "sid": {"type": "string"},
+        "channel": _NULLABLE_STR,
+        "callId": {**_NULLABLE_STR, "description": "null for a legacy {groupId}_{user1}_{user2} channel"},
+        "uid": {"type": "integer"},
+        "filename": _NULLABLE_STR,
+        "status": RECORDING_STATUS,
+        "requestedBy": {**_NULLABLE_STR, "description": "a uid, or server (the watcher)"},
+        "stopRequested": {"type": "boolean"},
+        "createdAt": _NULLABLE_TS,
+        "recordedAt": _NULLABLE_TS,
+    },
+}
+RECORDING_STATUS_RESPONSE = {
+    "type": "object",
+    "required": ["sessions", "count"],
+    "properties": {"sessions": {"type": "array", "items": RECORDING_SESSION}, "count": {"type": "integer"}},
+}
+RECORDING_ITEM = {
+    "type": "object",
+    "required": [
+        "sid", "filename", "url", "storagePath", "channel", "callId", "groupId", "user1", "user2", "duration",
+        "fileSize", "format", "spec", "interrupted", "recordedAt", "createdAt", "stoppedAt",
+    ],
+    "properties": {
+        "sid": {"type": "string"},
+        "filename": _NULLABLE_STR,
+        "url": _NULLABLE_STR,
+        "storagePath": _NULLABLE_STR,
+        "channel": _NULLABLE_STR,
+        "callId": _NULLABLE_STR,
+        "groupId": _NULLABLE_STR,
+        "user1": _NULLABLE_STR,
+        "user2": _NULLABLE_STR,
+        "duration": {**_NULLABLE_NUM, "description": "milliseconds"},
+        "fileSize": {**_NULLABLE_NUM, "description": "bytes"},
+        "format": _NULLABLE_STR,
+        "spec": {"type": "object", "nullable": True, "description": "{sampleRate: 16000, channels: 1, bitDepth: 16}"},
+        "interrupted": {"type": "boolean", "description": "finalized after a recorder crash"},
+        "recordedAt": _NULLABLE_TS,
+        "createdAt": _NULLABLE_TS,
+        "stoppedAt": _NULLABLE_TS,
+    },
+}
+RECORDING_LIST_RESPONSE = {
+    "type": "object",
+    "required": ["recordings", "count"],
+    "properties": {"recordings": {"type": "array", "items": RECORDING_ITEM}, "count": {"type": "integer"}},
+}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _with_sid(description: str) -> dict[str, Any]:
+    """An error whose body also carries the session's sid and status, so the client can follow it up."""
+    schema = {
+        "type": "object",
+        "required": ["error", "sid", "status"],
+        "properties": {
+            "error": {"type": "string"},
+            "sid": {"type": "string"},
+            "status": RECORDING_STATUS,
+            "reason": {"type": "string", "nullable": True, "description": "the recorder's error, when it failed"},
+        },
+    }
+    return _json(description, schema)
+
+
+def _recording_post(summary: str, request: dict[str, Any], response: dict[str, Any], responses: dict[str, Any]) -> Any:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"firebase": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+            "responses": {"200": _json("done", response), **responses},
+        }
+    }
+
+
+def _recording_get(summary: str, response: dict[str, Any], parameters: list[Any], *codes: int) -> Any:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"firebase": []}],
+            "parameters": parameters,
+            "responses": {"200": _json("done", response), **_errors(*codes)},
+        }
+    }
+
+
+RECORDING_PATHS: dict[str, dict[str, Any]] = {
+    "/api/recording/start": _recording_post(
+        "Request a recording of a channel and wait up to 10 s for the recorder to begin "
+        "(participants of the channel's call; user1/user2 of a legacy {groupId}_{user1}_{user2} channel; admins)",
+        RECORDING_START_REQUEST,
+        RECORDING_START_RESPONSE,
+        {
+            **_errors(400, 401, 403, 409, 413, 415),
+            "503": _with_sid(
+                "the recorder did not begin within 10 s (the request stays queued) or could not record; "
+                "or Firestore is unavailable (then without sid)"
+            ),
+        },
+    ),
+    "/api/recording/stop": _recording_post(
+        "Ask the recorder to stop and wait up to 60 s for the file to be finalized and uploaded",
+        RECORDING_STOP_REQUEST,
+        RECORDING_STOP_RESPONSE,
+        {
+            **_errors(400, 401, 403, 404, 413, 415),
+            "503": _with_sid(
+                "the recorder has not finished within 60 s (the stop stays requested); "
+                "or Firestore is unavailable (then without sid)"
+            ),
+        },
+    ),
+    "/api/recording/status": _recording_get(
+        "Recording sessions in progress (requested, recording, stopping): your own, or all for admins",
+        RECORDING_STATUS_RESPONSE, [], 401, 503,
+    ),
+    "/api/recording/list": _recording_get(
+        "Stored recordings, newest first: those naming you as user1 or user2, or all for admins",
+        RECORDING_LIST_RESPONSE,
+        [{"name": "limit", "in": "query", "required": False,
+          "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
+        400, 401, 503,
+    ),
+}
+PATHS.update(RECORDING_PATHS)
+
+
 def document() -> dict[str, Any]:
     """The whole OpenAPI 3.0 document."""
     return {

@@ -13,7 +13,7 @@ from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.settings import Settings
 from watcher.listener import CallListener
-from watcher.push import Notifier, SinkNotifier, UnconfiguredNotifier
+from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
 from watcher.recording import FirestoreRecordingHooks
 from watcher.worker import Watcher, WatcherConfig
@@ -22,22 +22,35 @@ log = logs.get_logger()
 
 
 def build_notifier(settings: Settings) -> Notifier:
-    """The push transport these settings call for."""
+    """The push transports these settings call for: the local sink when MEMHARBOR_PUSH_SINK is set, else
+    APNs for iOS and FCM for Android, each where configured (a platform without one gets push_not_configured).
+    """
     if settings.push_sink is not None:
         return SinkNotifier(settings.push_sink)
-    log.warning("push.unconfigured", detail="no push transport configured: calls will not ring any device")
-    return UnconfiguredNotifier()
+    from watcher.apns import ApnsTransport  # imported here: the sink-only dev setup needs neither client
+    from watcher.fcm import FcmTransport
+
+    transports: dict[str, Transport] = {}
+    if settings.apns is not None:
+        transports["ios"] = ApnsTransport(settings.apns)
+    if settings.fcm is not None:
+        transports["android"] = FcmTransport(settings.fcm)
+    for platform, name in (("ios", "apns"), ("android", "fcm")):
+        if platform not in transports:
+            log.warning("push.unconfigured", transport=name, detail=f"{platform} devices will not ring")
+    return RoutingNotifier(transports)
 
 
-def bootstrap(settings: Settings) -> Watcher:
+def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Watcher:
     """The composition root: real adapters wired into a Watcher (call inside the running loop)."""
     instance_id = settings.instance_id or f"watcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     db = firebase.firestore_async(settings)
     clock = SystemClock()
     watcher: Watcher
+    notifier = notifier or build_notifier(settings)
     reactor = CallReactor(
         db,
-        build_notifier(settings),
+        notifier,
         clock,
         ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
         schedule_timeout=lambda call_id, deadline: watcher.schedule_timeout(call_id, deadline),
@@ -47,7 +60,13 @@ def bootstrap(settings: Settings) -> Watcher:
         recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
     )
     listener = CallListener(lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events))
-    heartbeat = Heartbeat(db, "watcher", instance_id, settings.heartbeat_interval_s, lambda: watcher.status())
+    heartbeat = Heartbeat(
+        db,
+        "watcher",
+        instance_id,
+        settings.heartbeat_interval_s,
+        lambda: {**watcher.status(), "push": push_status(notifier)},
+    )
     watcher = Watcher(
         db, listener, reactor, heartbeat, clock, WatcherConfig(sweep_interval_s=settings.sweep_interval_s)
     )
@@ -59,11 +78,15 @@ async def _run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    watcher = bootstrap(settings)
+    notifier = build_notifier(settings)
+    watcher = bootstrap(settings, notifier)
     try:
         await watcher.run(stop)
     finally:
         watcher.db.close()
+        close = getattr(notifier, "close", None)
+        if close is not None:
+            await close()
 
 
 def main(settings: Settings) -> int:

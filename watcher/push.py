@@ -1,7 +1,8 @@
-"""The notifier port (incoming-call push, stop-ringing notice) and the local sink transport.
+"""The notifier port (incoming-call push, stop-ringing notice), the per-platform router and the local sink.
 
-APNs and FCM transports implement the same `Notifier`; the sink appends one JSON line per push to a
-file, which `memharbor dev` and the tests read.
+APNs (`watcher/apns.py`) and FCM (`watcher/fcm.py`) transports implement the same `Notifier`; the
+`RoutingNotifier` hands each push to the transport of the receiver's platform. The sink appends one JSON
+line per push to a file, which `memharbor dev` and the tests read.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -18,6 +19,10 @@ import orjson
 
 Platform = Literal["ios", "android"]
 Kind = Literal["incoming_call", "call_ended"]
+# Asked between retries: False once the push no longer matters (for an incoming call: it stopped ringing).
+StillWanted = Callable[[], Awaitable[bool]]
+# The transport that serves each platform, by the name /api/health reports it under.
+TRANSPORT_OF: dict[str, str] = {"ios": "apns", "android": "fcm"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,12 @@ class PushTarget:
     uid: str
     platform: Platform
     token: str
+    # The users/{uid} field that holds `token` (the one removed when the service reports it dead).
+    token_field: str = ""
+
+    @property
+    def user_field(self) -> str:
+        return self.token_field or ("voipToken" if self.platform == "ios" else "fcmToken")
 
 
 @dataclass(frozen=True)
@@ -42,21 +53,42 @@ class PushResult:
 class Notifier(Protocol):
     """Sends pushes to devices."""
 
-    async def send(self, target: PushTarget, kind: Kind, payload: Mapping[str, str], expires_at: float) -> PushResult:
-        """Deliver one push; never raises for delivery failures (they are in the result)."""
+    async def send(
+        self,
+        target: PushTarget,
+        kind: Kind,
+        payload: Mapping[str, str],
+        expires_at: float,
+        still_wanted: StillWanted | None = None,
+    ) -> PushResult:
+        """Deliver one push; never raises for delivery failures (they are in the result).
+
+        Transient failures are retried until `expires_at` (epoch seconds) and while `still_wanted()`
+        (when given) is true.
+        """
         ...
 
 
-def resolve_target(uid: str, user: Mapping[str, Any] | None) -> PushTarget | None:
-    """The device to ring for `users/{uid}`: VoIP token on iOS, FCM token on Android, else None."""
+def resolve_target(uid: str, user: Mapping[str, Any] | None, kind: Kind = "incoming_call") -> PushTarget | None:
+    """The device to reach for `users/{uid}`, else None.
+
+    iOS: the PushKit `voipToken` for an incoming call; the regular APNs `apnsToken` for the stop-ringing
+    notice (it is an alert push, and APNs refuses a VoIP token for the app's regular topic).
+    Android: `fcmToken` for both.
+    """
     if not user:
         return None
     platform = user.get("platform")
-    if platform == "ios" and isinstance(user.get("voipToken"), str) and user["voipToken"]:
-        return PushTarget(uid, "ios", user["voipToken"])
-    if platform == "android" and isinstance(user.get("fcmToken"), str) and user["fcmToken"]:
-        return PushTarget(uid, "android", user["fcmToken"])
-    return None
+    if platform == "ios":
+        field = "voipToken" if kind == "incoming_call" else "apnsToken"
+    elif platform == "android":
+        field = "fcmToken"
+    else:
+        return None
+    token = user.get(field)
+    if not isinstance(token, str) or not token:
+        return None
+    return PushTarget(uid, platform, token, field)
 
 
 def incoming_call_payload(call: Mapping[str, Any]) -> dict[str, str]:
@@ -78,6 +110,7 @@ def call_ended_payload(call: Mapping[str, Any]) -> dict[str, str]:
         "type": "call_ended",
         "callId": str(call.get("callId", "")),
         "status": str(call.get("status", "")),
+        "callerName": str(call.get("callerName") or call.get("callerId", "")),
         "receiverId": str(call.get("receiverId", "")),
     }
 
@@ -97,7 +130,14 @@ class SinkNotifier:
         finally:
             os.close(fd)
 
-    async def send(self, target: PushTarget, kind: Kind, payload: Mapping[str, str], expires_at: float) -> PushResult:
+    async def send(
+        self,
+        target: PushTarget,
+        kind: Kind,
+        payload: Mapping[str, str],
+        expires_at: float,
+        still_wanted: StillWanted | None = None,
+    ) -> PushResult:
         record = {
             "kind": kind,
             "platform": target.platform,
@@ -121,5 +161,68 @@ def read_sink(path: Path) -> list[dict[str, Any]]:
 class UnconfiguredNotifier:
     """The transport when none is configured: every push fails with a clear reason on the call."""
 
-    async def send(self, target: PushTarget, kind: Kind, payload: Mapping[str, str], expires_at: float) -> PushResult:
+    async def send(
+        self,
+        target: PushTarget,
+        kind: Kind,
+        payload: Mapping[str, str],
+        expires_at: float,
+        still_wanted: StillWanted | None = None,
+    ) -> PushResult:
         return PushResult(sent=False, platform=target.platform, error="push_not_configured")
+
+
+class Transport(Notifier, Protocol):
+    """A real push service client: a Notifier that reports its status and holds connections."""
+
+    def status(self) -> dict[str, Any]:
+        """Counters and last error, for the heartbeat and /api/health."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class RoutingNotifier:
+    """Sends each push through the transport of the receiver's platform.
+
+    A platform without a configured transport gets `pushSent: false, pushError: "push_not_configured"`.
+    """
+
+    def __init__(self, transports: Mapping[str, Transport]) -> None:
+        self._transports = dict(transports)
+
+    async def send(
+        self,
+        target: PushTarget,
+        kind: Kind,
+        payload: Mapping[str, str],
+        expires_at: float,
+        still_wanted: StillWanted | None = None,
+    ) -> PushResult:
+        transport = self._transports.get(target.platform)
+        if transport is None:
+            return PushResult(sent=False, platform=target.platform, error="push_not_configured")
+        return await transport.send(target, kind, payload, expires_at, still_wanted)
+
+    def status(self) -> dict[str, Any]:
+        """Each transport's status by name (`apns`, `fcm`), `configured: false` where there is none."""
+        report: dict[str, Any] = {}
+        for platform, name in TRANSPORT_OF.items():
+            transport = self._transports.get(platform)
+            report[name] = transport.status() if transport is not None else {"configured": False}
+        return report
+
+    async def close(self) -> None:
+        for transport in self._transports.values():
+            await transport.close()
+
+
+def push_status(notifier: Notifier) -> dict[str, Any]:
+    """What a notifier reports for the heartbeat: per-transport status, or the sink / nothing."""
+    if isinstance(notifier, RoutingNotifier):
+        return notifier.status()
+    if isinstance(notifier, SinkNotifier):
+        return {"sink": True}
+    return {name: {"configured": False} for name in TRANSPORT_OF.values()}

@@ -9,6 +9,7 @@ work is taken over by the periodic sweep once the lease lapses.
 from __future__ import annotations
 
 import enum
+import functools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -298,25 +299,39 @@ class CallReactor:
     ) -> tuple[bool, str | None, str | None]:
         receiver = str(call.get("receiverId"))
         platform = (user or {}).get("platform")
-        target = resolve_target(receiver, user)
+        target = resolve_target(receiver, user, kind)
         if target is None:
             log.info("push.skipped", call_id=call.get("callId"), kind=kind, reason="no_device_token")
             return False, platform if isinstance(platform, str) else None, "no_device_token"
-        result = await self._notifier.send(target, kind, payload, expires.timestamp())
+        # An incoming-call push is retried only while the call still rings.
+        wanted = functools.partial(self._still_ringing, str(call.get("callId"))) if kind == "incoming_call" else None
+        result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
         if result.token_invalid:
-            await self._forget_token(receiver, target.platform)
+            await self._forget_token(receiver, target.user_field)
         event = "push.sent" if result.sent else "push.failed"
         log.info(event, call_id=call.get("callId"), kind=kind, platform=target.platform, error=result.error)
         return result.sent, result.platform, result.error
 
-    async def _forget_token(self, uid: str, platform: str) -> None:
-        field = "voipToken" if platform == "ios" else "fcmToken"
+    async def _forget_token(self, uid: str, field: str) -> None:
         await (
             self._db.collection(USERS)
             .document(uid)
             .update({field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP})
         )
-        log.info("push.token_removed", uid=uid, platform=platform)
+        log.info("push.token_removed", uid=uid, field=field)
+
+    async def _still_ringing(self, call_id: str) -> bool:
+        """Asked between push retries: is the call still pending? If so, extend our claim's lease.
+
+        Retries may outlast the lease; renewing it keeps another replica from claiming the ring (and
+        pushing again) while this one is still trying.
+        """
+        snap = await self._db.collection(CALLS).document(call_id).get()
+        if not snap.exists or snap.get("status") != Status.PENDING:
+            return False
+        lease = datetime.fromtimestamp(self._clock.time(), UTC) + timedelta(seconds=self._config.lease_s)
+        await self._db.collection(CALL_SERVER).document(call_id).update({"effects.`pending`.leaseUntil": lease})
+        return True
 
     async def _accepted(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
         self._cancel_timeout(call_id)

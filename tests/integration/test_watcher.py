@@ -54,7 +54,8 @@ def watchers(clean_emulators: EmulatorSet, tmp_path: Path) -> Iterator[Any]:
 
 def seed_user(db: firestore.Client, uid: str, platform: str = "ios") -> None:
     """Register a device for `uid`, as the app would."""
-    token = {"ios": {"voipToken": f"voip-{uid}"}, "android": {"fcmToken": f"fcm-{uid}"}}[platform]
+    ios = {"voipToken": f"voip-{uid}", "apnsToken": f"apns-{uid}"}  # PushKit token, and the regular one for alerts
+    token = {"ios": ios, "android": {"fcmToken": f"fcm-{uid}"}}[platform]
     db.collection("users").document(uid).set({"platform": platform, **token})
 
 
@@ -147,6 +148,7 @@ class TestAppCallFlow:
         move(rest, "alice", call_id, "cancelled", "endedAt")
         notice = wait_for(lambda: watcher.pushes("call_ended", call_id), what="stop-ringing notice")
         expected = {"type": "call_ended", "callId": call_id, "status": "cancelled", "receiverId": "bob"}
+        expected["callerName"] = "Alice Kim"
         assert notice[0]["payload"] == expected
         assert notice[0]["platform"] == "android"
         time.sleep(1.5)

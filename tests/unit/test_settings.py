@@ -312,12 +312,19 @@ def _clear_settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 class TestCli:
     """The memharbor command line: start-up errors as one line on stderr, exit status 2."""
 
-    def test_recorder_is_not_built_yet(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """`memharbor recorder` says on stderr that it is not built and exits 2."""
+    def test_recorder_without_agora_sdk_is_one_line_on_stderr(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`memharbor recorder` with the Agora source but no usable SDK names the setting and exits 2."""
+        _clear_settings_env(monkeypatch, tmp_path)
+        monkeypatch.setenv("FIREBASE_PROJECT_ID", "demo-x")
+        monkeypatch.setenv("AGORA_APP_ID", "a" * 32)
+        monkeypatch.setenv("AGORA_APP_CERT", "b" * 32)
         assert cli.main(["recorder"]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""
-        assert "recorder" in captured.err and "not built" in captured.err
+        assert captured.err.startswith("memharbor recorder: setting MEMHARBOR_RECORDER_SOURCE")
+        assert captured.err.count("\n") == 1
 
     def test_unknown_command_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An unknown subcommand makes argparse exit with status 2."""

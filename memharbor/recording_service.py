@@ -1,0 +1,162 @@
+"""The REST shim's port to recording sessions (`recordings/{sid}`), and its Firestore adapter.
+
+The port only creates requests, reads sessions, asks for stops and lists; the recorder does the rest.
+Who may do what is decided by its caller (token_http/recording_routes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from memharbor.call_service import StoreUnavailable
+from memharbor.calls import CallError
+from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus
+from memharbor.store import CALLS, RECORDINGS
+
+T = TypeVar("T")
+
+# A session is its id with its document.
+Session = tuple[str, dict[str, Any]]
+
+# In-progress sessions live minutes to hours and there are a few per live call; a scan reads at most this.
+MAX_IN_PROGRESS_SCAN = 1000
+# Calls that share a channel name (there should be one); the lookup reads at most this.
+MAX_CALLS_ON_CHANNEL = 20
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def created_at(session: Session) -> datetime:
+    """The session's createdAt for sorting (sessions without one sort last)."""
+    value = session[1].get("createdAt")
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return _EPOCH
+
+
+class RecordingService(Protocol):
+    """Recording sessions and the calls they belong to, as the REST shim uses them."""
+
+    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
+        """The call documents whose channelName is `channel`."""
+        ...
+
+    async def get_calls(self, call_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The call documents of these ids that exist, by id."""
+        ...
+
+    async def create(self, sid: str, doc: dict[str, Any]) -> None:
+        """Create `recordings/{sid}`; CallError 409 when it exists."""
+        ...
+
+    async def get(self, sid: str) -> dict[str, Any] | None:
+        """The session document, or None."""
+        ...
+
+    async def request_stop(self, sid: str) -> None:
+        """Set `stopRequested: true` on the session; CallError 404 when it does not exist."""
+        ...
+
+    async def in_progress(self, channel: str | None = None) -> list[Session]:
+        """Sessions that are requested, recording or stopping (on `channel` when given)."""
+        ...
+
+    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
+        """Stopped sessions (their file is stored), newest first; with `uid`, those naming it as user1 or user2."""
+        ...
+
+
+class FirestoreRecordingService:
+    """RecordingService over an asyncio Firestore client, made on first use (it binds to the running loop)."""
+
+    def __init__(self, client: Callable[[], firestore.AsyncClient], timeout_s: float = 10.0) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+
+    async def _run(self, make: Callable[[firestore.AsyncClient], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await make(self._client())
+        except gexc.AlreadyExists:
+            raise CallError(409, "a recording session with this id already exists", field="sid") from None
+        except gexc.NotFound:
+            raise CallError(404, "unknown recording session", field="sid") from None
+        except (gexc.GoogleAPIError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
+        async def scan(client: firestore.AsyncClient) -> list[dict[str, Any]]:
+            query = (
+                client.collection(CALLS)
+                .where(filter=FieldFilter("channelName", "==", channel))
+                .limit(MAX_CALLS_ON_CHANNEL)
+            )
+            return [snap.to_dict() or {} async for snap in query.stream()]
+
+        return await self._run(scan)
+
+    async def get_calls(self, call_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = sorted(set(call_ids))
+        if not ids:
+            return {}
+
+        async def read(client: firestore.AsyncClient) -> dict[str, dict[str, Any]]:
+            refs = [client.collection(CALLS).document(call_id) for call_id in ids]
+            return {snap.id: snap.to_dict() or {} async for snap in client.get_all(refs) if snap.exists}
+
+        return await self._run(read)
+
+    async def create(self, sid: str, doc: dict[str, Any]) -> None:
+        await self._run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+
+    async def get(self, sid: str) -> dict[str, Any] | None:
+        async def read(client: firestore.AsyncClient) -> dict[str, Any] | None:
+            snap = await client.collection(RECORDINGS).document(sid).get()
+            return snap.to_dict() if snap.exists else None
+
+        return await self._run(read)
+
+    async def request_stop(self, sid: str) -> None:
+        # update() requires the document to exist: a stop never creates a session.
+        await self._run(lambda client: client.collection(RECORDINGS).document(sid).update({STOP_FIELD: True}))
+
+    async def in_progress(self, channel: str | None = None) -> list[Session]:
+        async def scan(client: firestore.AsyncClient) -> list[Session]:
+            # Equality and `in` filters only: Firestore serves them without a composite index.
+            query = client.collection(RECORDINGS).where(
+                filter=FieldFilter("status", "in", sorted(s.value for s in IN_PROGRESS))
+            )
+            if channel is not None:
+                query = query.where(filter=FieldFilter("channel", "==", channel))
+            return [(snap.id, snap.to_dict() or {}) async for snap in query.limit(MAX_IN_PROGRESS_SCAN).stream()]
+
+        sessions = await self._run(scan)
+        return sorted(sessions, key=created_at, reverse=True)
+
+    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
+        async def scan(client: firestore.AsyncClient) -> list[Session]:
+            base = client.collection(RECORDINGS).where(
+                filter=FieldFilter("status", "==", RecordingStatus.STOPPED.value)
+            )
+            # Each needs a composite index (rules/firestore.indexes.json): [user1|user2,] status, createdAt desc.
+            queries = (
+                [base]
+                if uid is None
+                else [base.where(filter=FieldFilter(name, "==", uid)) for name in ("user1", "user2")]
+            )
+            found: dict[str, dict[str, Any]] = {}
+            for query in queries:
+                ordered = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
+                async for snap in ordered.stream():
+                    found[snap.id] = snap.to_dict() or {}
+            return list(found.items())
+
+        sessions = await self._run(scan)
+        return sorted(sessions, key=created_at, reverse=True)[:limit]

@@ -1,0 +1,146 @@
+"""`memharbor recorder`: compose the recorder from settings and run it until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from memharbor import firebase, logs
+from memharbor.agora import Role, build_rtc_token
+from memharbor.heartbeat import Heartbeat
+from memharbor.settings import Settings, SettingsError
+from recorder.audio import AudioSource
+from recorder.clock import SessionClock
+from recorder.files import RecordingDir
+from recorder.listener import SessionListener
+from recorder.session import SessionConfig, TokenMinter
+from recorder.simulated import DEFAULT_SCRIPT, ScriptError, SimParticipant, SimulatedChannel, parse_script
+from recorder.store import SessionStore
+from recorder.upload import Uploader
+from recorder.worker import Recorder, RecorderConfig
+
+log = logs.get_logger()
+
+
+def token_minter(settings: Settings) -> TokenMinter:
+    """Mints the bot's own subscriber tokens; without Agora credentials (simulation only) an empty token."""
+    agora = settings.agora
+
+    def mint(channel: str, uid: int, ttl_s: int) -> str:
+        if agora is None:
+            return ""
+        return build_rtc_token(
+            app_id=agora.app_id,
+            app_certificate=agora.app_certificate.value,
+            channel=channel,
+            uid=uid,
+            account=None,
+            role=Role.SUBSCRIBER,
+            expire_s=ttl_s,
+            now=int(time.time()),
+        )
+
+    return mint
+
+
+def simulation_script(settings: Settings) -> list[SimParticipant]:
+    """The participants of MEMHARBOR_RECORDER_SIMULATION (JSON or a path to it), or two default tones."""
+    raw = settings.recorder.simulation
+    if raw is None:
+        return list(DEFAULT_SCRIPT)
+    text, base = raw, Path()
+    if not raw.lstrip().startswith(("[", "{")):
+        path = Path(raw)
+        try:
+            text, base = path.read_text(), path.parent
+        except OSError as exc:
+            raise SettingsError("MEMHARBOR_RECORDER_SIMULATION", f"cannot read {raw} ({exc.strerror})") from None
+    try:
+        return parse_script(text, base)
+    except ScriptError as exc:
+        raise SettingsError("MEMHARBOR_RECORDER_SIMULATION", str(exc)) from None
+
+
+def source_factory(settings: Settings, clock: SessionClock) -> Callable[[], AudioSource]:
+    """Makes one AudioSource per session, as MEMHARBOR_RECORDER_SOURCE says."""
+    if settings.recorder.source == "simulated":
+        script = simulation_script(settings)
+        return lambda: SimulatedChannel(script, clock)
+    from recorder.agora_channel import AgoraChannel, AgoraUnavailable, sdk
+
+    agora = settings.require_agora()
+    try:
+        sdk()
+    except AgoraUnavailable as exc:
+        raise SettingsError("MEMHARBOR_RECORDER_SOURCE", f"agora: {exc}; use simulated for dev") from None
+    return lambda: AgoraChannel(agora.app_id)
+
+
+def bootstrap(settings: Settings) -> Recorder:
+    """The composition root (call inside the running loop)."""
+    rec = settings.recorder
+    base_id = settings.instance_id or f"recorder-{socket.gethostname()}-{os.getpid()}"
+    # Claims name this process incarnation, so a restarted recorder never mistakes its predecessor's
+    # sessions for its own; the heartbeat document keeps the configured instance id.
+    worker_id = f"{base_id}-{uuid.uuid4().hex[:6]}"
+    clock = SessionClock()
+    make_source = source_factory(settings, clock)
+    db = firebase.firestore_async(settings)
+    bucket = firebase.storage_bucket(settings)
+    if bucket is None:
+        log.warning("storage.unconfigured", detail="recordings stay in RECORDINGS_DIR; url/storagePath are null")
+    recorder: Recorder
+    listener = SessionListener(lambda: firebase.firestore_sync(settings), lambda events: recorder.on_events(events))
+    heartbeat = Heartbeat(db, "recorder", base_id, settings.heartbeat_interval_s, lambda: recorder.status())
+    config = RecorderConfig(
+        worker_id=worker_id,
+        lease_s=rec.lease_s,
+        sweep_s=rec.sweep_s,
+        max_sessions=rec.max_sessions,
+        drain_s=rec.drain_s,
+        session=SessionConfig(
+            uid=rec.uid,
+            idle_s=rec.idle_s,
+            max_s=rec.max_s,
+            header_every_s=rec.header_s,
+            record_tracks=rec.record_tracks,
+            token_ttl_s=rec.token_ttl_s,
+        ),
+    )
+    recorder = Recorder(
+        SessionStore(db, worker_id, rec.lease_s, rec.uid),
+        listener,
+        Uploader(bucket),
+        make_source,
+        RecordingDir(settings.recordings_dir.resolve()),
+        heartbeat,
+        clock,
+        config,
+        token_minter(settings),
+    )
+    return recorder
+
+
+async def _run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    recorder = bootstrap(settings)
+    try:
+        await recorder.run(stop)
+    finally:
+        recorder.store.db.close()
+
+
+def main(settings: Settings) -> int:
+    """Run the recorder; exits 0 after a clean drain."""
+    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    asyncio.run(_run(settings))
+    return 0

@@ -1,0 +1,282 @@
+"""The recorder's Firestore writes on `recordings/{sid}` (and `calls/{callId}.recordingId`), each a
+transaction that first checks who holds the session's lease.
+
+A session is held by the worker named in `workerId` until `leaseUntil`. A `requested` session is
+claimed by setting both; the holder renews the lease while it records. Once a lease has lapsed,
+another worker takes a `recording` session over (a new file segment: the old holder's audio stays on
+its disk until its recovery uploads it), while a session that was asked to stop (or was `stopping`)
+is marked `failed` instead, to be upgraded to `stopped` if the old holder's file is ever recovered.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import firestore
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from memharbor import agora
+from memharbor.calls import ACTIVE
+from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus, parse_legacy_channel
+from memharbor.store import CALLS, RECORDINGS
+from memharbor.wav import SPEC
+from recorder.session import SessionPlan
+
+_IN_PROGRESS = sorted(s.value for s in IN_PROGRESS)
+
+
+class Claim(enum.Enum):
+    NEW = "new"  # ours now; nobody recorded it before
+    TAKEOVER = "takeover"  # ours now; its previous holder stopped renewing the lease mid-recording
+    BUSY = "busy"  # another live worker holds it
+    DONE = "done"  # already finished
+    GONE = "gone"  # no such document
+    FAILED = "failed"  # it cannot be recorded; marked failed with the reason
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    plan: SessionPlan | None = None
+    error: str | None = None
+
+
+@dataclass
+class SegmentReport:
+    """The results of one finished file segment, as written to the recording document."""
+
+    filename: str
+    url: str | None
+    storage_path: str | None
+    duration_ms: int
+    file_size: int
+    recorded_at: datetime
+    worker_id: str
+    stop_reason: str | None
+    interrupted: bool = False
+    tracks: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "filename": self.filename,
+            "url": self.url,
+            "storagePath": self.storage_path,
+            "duration": self.duration_ms,
+            "fileSize": self.file_size,
+            "recordedAt": self.recorded_at,
+            "workerId": self.worker_id,
+            "stopReason": self.stop_reason,
+            "interrupted": self.interrupted,
+        }
+        if self.tracks:
+            entry["tracks"] = self.tracks
+        return entry
+
+
+def _ts(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def _participants(doc: dict[str, Any], call: dict[str, Any] | None) -> dict[str, Any]:
+    if call is not None:
+        return {"groupId": call.get("groupId"), "user1": call.get("callerId"), "user2": call.get("receiverId")}
+    legacy = parse_legacy_channel(str(doc.get("channel")))
+    if legacy is None:
+        return {"groupId": None, "user1": None, "user2": None}
+    return {"groupId": legacy.group_id, "user1": legacy.user1, "user2": legacy.user2}
+
+
+class SessionStore:
+    """Claims, leases and results of recording sessions for one worker."""
+
+    def __init__(self, db: firestore.AsyncClient, worker_id: str, lease_s: float, bot_uid: int) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.bot_uid = bot_uid
+
+    def _ref(self, sid: str) -> Any:
+        return self.db.collection(RECORDINGS).document(sid)
+
+    def _lease(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.lease_s)
+
+    async def claim(self, sid: str) -> ClaimResult:
+        """Try to take the session: a new one, or one whose holder's lease lapsed."""
+        ref = self._ref(sid)
+
+        @firestore.async_transactional  # type: ignore[misc]
+        async def run(tx: AsyncTransaction) -> ClaimResult:
+            snap = await ref.get(transaction=tx)
+            if not snap.exists:
+                return ClaimResult(Claim.GONE)
+            doc = snap.to_dict() or {}
+            call = None
+            call_id = doc.get("callId")
+            if isinstance(call_id, str) and call_id:
+                call_snap = await self.db.collection(CALLS).document(call_id).get(transaction=tx)
+                call = call_snap.to_dict() if call_snap.exists else None
+            return self._decide(tx, ref, sid, doc, call)
+
+        result: ClaimResult = await run(self.db.transaction())
+        return result
+
+    def _decide(
+        self, tx: AsyncTransaction, ref: Any, sid: str, doc: dict[str, Any], call: dict[str, Any] | None
+    ) -> ClaimResult:
+        status = doc.get("status")
+        if status not in _IN_PROGRESS:
+            return ClaimResult(Claim.DONE)
+        now = datetime.now(UTC)
+        lease = _ts(doc.get("leaseUntil"))
+        holder = doc.get("workerId")
+        if holder and holder != self.worker_id and lease is not None and lease > now:
+            return ClaimResult(Claim.BUSY)
+        stop_asked = bool(doc.get(STOP_FIELD))
+        if status == RecordingStatus.REQUESTED:
+            error = self._request_error(doc, call) or ("stopped before recording began" if stop_asked else None)
+            if error is not None:
+                tx.update(ref, self._failure(error))
+                return ClaimResult(Claim.FAILED, error=error)
+            claim = Claim.NEW
+            update: dict[str, Any] = {"uid": self.bot_uid, **_participants(doc, call)}
+        elif stop_asked or status == RecordingStatus.STOPPING:
+            error = f"recorder {holder} stopped answering while {status}; its file is uploaded if it is recovered"
+            tx.update(ref, {**self._failure(error), "workerId": holder, "interrupted": True})
+            return ClaimResult(Claim.FAILED, error=error)
+        else:
+            claim = Claim.TAKEOVER
+            update = {"interrupted": True, "takeovers": firestore.Increment(1), "previousWorkerId": holder}
+        tx.update(ref, {**update, "workerId": self.worker_id, "leaseUntil": self._lease()})
+        call_id = doc.get("callId") if isinstance(doc.get("callId"), str) else None
+        plan = SessionPlan(sid=sid, channel=str(doc["channel"]), worker_id=self.worker_id, call_id=call_id)
+        return ClaimResult(claim, plan)
+
+    @staticmethod
+    def _request_error(doc: dict[str, Any], call: dict[str, Any] | None) -> str | None:
+        channel = doc.get("channel")
+        problem = agora.channel_name_error(channel)
+        if problem is not None:
+            return f"invalid channel: {problem}"
+        if doc.get("callId"):
+            if call is None:
+                return f"unknown call {doc.get('callId')}"
+            if call.get("status") not in {s.value for s in ACTIVE}:
+                return f"the call is {call.get('status')}, not active"
+            if call.get("channelName") != channel:
+                return "channel is not the call's channel"
+        return None
+
+    def _failure(self, error: str) -> dict[str, Any]:
+        return {
+            "status": RecordingStatus.FAILED.value,
+            "error": error,
+            "stoppedAt": firestore.SERVER_TIMESTAMP,
+            "leaseUntil": firestore.DELETE_FIELD,
+        }
+
+    async def _if_held(self, sid: str, update: dict[str, Any], statuses: frozenset[str]) -> bool:
+        """Apply `update` when this worker holds the session in one of `statuses`."""
+        ref = self._ref(sid)
+
+        @firestore.async_transactional  # type: ignore[misc]
+        async def run(tx: AsyncTransaction) -> bool:
+            snap = await ref.get(transaction=tx)
+            doc = snap.to_dict() if snap.exists else None
+            if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
+                return False
+            tx.update(ref, update)
+            return True
+
+        held: bool = await run(self.db.transaction())
+        return held
+
+    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
+        """`status: recording` with the file being written; False when the session is no longer ours."""
+        snap = await self._ref(plan.sid).get()
+        doc = snap.to_dict() or {}
+        update: dict[str, Any] = {
+            "status": RecordingStatus.RECORDING.value,
+            "filename": filename,
+            "format": "wav",
+            "spec": dict(SPEC),
+            "leaseUntil": self._lease(),
+        }
+        if _ts(doc.get("recordedAt")) is None:
+            update["recordedAt"] = started_at
+        statuses = frozenset({RecordingStatus.REQUESTED.value, RecordingStatus.RECORDING.value})
+        return await self._if_held(plan.sid, update, statuses)
+
+    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
+        update = {"status": RecordingStatus.STOPPING.value, "stopReason": reason, "leaseUntil": self._lease()}
+        return await self._if_held(plan.sid, update, frozenset(_IN_PROGRESS))
+
+    async def renew(self, sid: str) -> bool:
+        """Extend the lease; False when another worker holds the session now (or it is over)."""
+        return await self._if_held(sid, {"leaseUntil": self._lease()}, frozenset(_IN_PROGRESS))
+
+    async def release(self, sid: str) -> bool:
+        """Give back a session claimed but not begun (on shutdown), for another worker to claim at once."""
+        update = {"workerId": firestore.DELETE_FIELD, "leaseUntil": firestore.DELETE_FIELD}
+        return await self._if_held(sid, update, frozenset({RecordingStatus.REQUESTED.value}))
+
+    async def fail(self, sid: str, error: str) -> bool:
+        """Mark a session this worker holds `failed` with the reason."""
+        return await self._if_held(sid, self._failure(error), frozenset(_IN_PROGRESS))
+
+    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
+        """Write a finished segment: the session's result when `owner_id` still holds it ("final"), else
+        one more entry of its `segments` ("segment"); "gone" when the document does not exist.
+        """
+        ref = self._ref(sid)
+
+        @firestore.async_transactional  # type: ignore[misc]
+        async def run(tx: AsyncTransaction) -> str:
+            snap = await ref.get(transaction=tx)
+            if not snap.exists:
+                return "gone"
+            doc = snap.to_dict() or {}
+            call_ref = self.db.collection(CALLS).document(call_id) if call_id else None
+            call_exists = call_ref is not None and (await call_ref.get(transaction=tx)).exists
+            entry = report.as_entry()
+            owned = doc.get("workerId") == owner_id and doc.get("status") != RecordingStatus.STOPPED.value
+            if not owned:
+                tx.update(ref, {"segments": firestore.ArrayUnion([entry]), "interrupted": True})
+                return "segment"
+            update: dict[str, Any] = {
+                "status": RecordingStatus.STOPPED.value,
+                "filename": report.filename,
+                "url": report.url,
+                "storagePath": report.storage_path,
+                "duration": report.duration_ms,
+                "fileSize": report.file_size,
+                "format": "wav",
+                "spec": dict(SPEC),
+                "stoppedAt": firestore.SERVER_TIMESTAMP,
+                "stopReason": report.stop_reason,
+                "leaseUntil": firestore.DELETE_FIELD,
+                "error": firestore.DELETE_FIELD,
+                "segments": firestore.ArrayUnion([entry]),
+            }
+            if _ts(doc.get("recordedAt")) is None:
+                update["recordedAt"] = report.recorded_at
+            if report.interrupted:
+                update["interrupted"] = True
+            if report.tracks:
+                update["tracks"] = report.tracks
+            tx.update(ref, update)
+            if call_ref is not None and call_exists:
+                tx.update(call_ref, {"recordingId": sid})
+            return "final"
+
+        outcome: str = await run(self.db.transaction())
+        return outcome
+
+    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Sessions not yet finished (for the sweep)."""
+        query = self.db.collection(RECORDINGS).where(filter=FieldFilter("status", "in", _IN_PROGRESS)).limit(limit)
+        return [(snap.id, snap.to_dict() or {}) async for snap in query.stream()]

@@ -1,0 +1,265 @@
+"""The recorder as a real subprocess, in real time, against the Firestore and Storage emulators."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, storage
+
+from memharbor import wav
+from memharbor.emulators import EmulatorSet
+from tests.support.recorders import RecorderProcess
+from tests.support.waiting import wait_for
+
+TWO_TONES = [{"uid": "101", "tone_hz": 440}, {"uid": "202", "tone_hz": 1000}]
+
+
+@pytest.fixture
+def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
+    """An admin client on the wiped emulators."""
+    client = firestore.Client(project=clean_emulators.project_id)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bucket(clean_emulators: EmulatorSet) -> storage.Bucket:
+    """The emulated recordings bucket."""
+    client = storage.Client(project=clean_emulators.project_id, credentials=AnonymousCredentials())
+    return client.bucket(clean_emulators.bucket)
+
+
+@pytest.fixture
+def recorders(clean_emulators: EmulatorSet, tmp_path: Path) -> Iterator[Any]:
+    """A factory of recorder processes (each its own RECORDINGS_DIR unless given); all stopped after the test."""
+    started: list[RecorderProcess] = []
+
+    def make(script: list[dict[str, Any]] = TWO_TONES, folder: str | None = None, **env: Any) -> RecorderProcess:
+        directory = tmp_path / (folder or f"rec-{len(started)}")
+        process = RecorderProcess(clean_emulators, directory, tmp_path, script, **env)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def request(db: firestore.Client, with_call: bool = True) -> tuple[str, str, str | None]:
+    """A recording request as the watcher or the REST shim writes it: (sid, channel, callId)."""
+    sid = uuid.uuid4().hex
+    call_id = None
+    if with_call:
+        call_id = uuid.uuid4().hex
+        channel = f"group1_alice_bob_{int(time.time() * 1000)}"
+        db.collection("calls").document(call_id).set(
+            {
+                "callId": call_id, "groupId": "group1", "callerId": "alice", "receiverId": "bob",
+                "status": "accepted", "channelName": channel,
+                "createdAt": firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP,
+            }
+        )
+    else:
+        channel = f"group{uuid.uuid4().hex[:6]}_carol_dave"
+    doc: dict[str, Any] = {
+        "channel": channel, "status": "requested", "requestedBy": "alice", "createdAt": firestore.SERVER_TIMESTAMP,
+    }
+    if call_id:
+        doc["callId"] = call_id
+    db.collection("recordings").document(sid).set(doc)
+    return sid, channel, call_id
+
+
+def session(db: firestore.Client, sid: str) -> dict[str, Any]:
+    return db.collection("recordings").document(sid).get().to_dict() or {}
+
+
+def wait_status(db: firestore.Client, sid: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+    return wait_for(lambda: (d := session(db, sid)).get("status") == status and d, timeout, what=f"{sid} {status}")
+
+
+def stop(db: firestore.Client, sid: str) -> None:
+    db.collection("recordings").document(sid).update({"stopRequested": True})
+
+
+def download(bucket: storage.Bucket, path: str) -> tuple[wav.WavInfo, np.ndarray]:
+    """Fetch an uploaded WAV, check the stdlib can play it, and return its header and samples."""
+    blob = bucket.get_blob(path)
+    assert blob is not None, path
+    assert blob.content_type == "audio/wav"
+    data = blob.download_as_bytes()
+    with wave.open(io.BytesIO(data)) as reader:
+        assert (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) == (16000, 1, 2)
+    info = wav.parse(data[:4096], len(data))
+    samples = np.frombuffer(data[info.data_offset : info.data_offset + info.data_bytes], dtype="<i2")
+    return info, samples
+
+
+def tone_energy(samples: np.ndarray, hz: float) -> float:
+    """Share of the spectrum's energy within 20 Hz of `hz`."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(samples), 1 / 16000)
+    return float(spectrum[np.abs(freqs - hz) < 20].sum() / max(spectrum.sum(), 1e-9))
+
+
+class TestRecordingEndToEnd:
+    """A requested call recording goes from `requested` to a WAV in Storage with the seed's metadata."""
+
+    def test_call_is_recorded_uploaded_and_linked(
+        self, db: firestore.Client, bucket: storage.Bucket, recorders: Any
+    ) -> None:
+        """Both participants are in the uploaded mix, the last second before the stop included."""
+        recorder = recorders().start(db)
+        sid, channel, call_id = request(db)
+        recording = wait_status(db, sid, "recording")
+        assert recording["workerId"] == recorder.worker_id(db)
+        assert recording["uid"] == 999999
+        time.sleep(2.5)
+        stop(db, sid)
+        doc = wait_status(db, sid, "stopped")
+        assert doc["filename"].startswith(f"{channel}_") and doc["filename"].endswith(".wav")
+        assert doc["storagePath"] == f"recordings/{doc['filename']}"
+        assert doc["url"] and doc["url"].endswith(doc["filename"])
+        assert (doc["groupId"], doc["user1"], doc["user2"]) == ("group1", "alice", "bob")
+        assert doc["format"] == "wav" and doc["spec"] == {"sampleRate": 16000, "channels": 1, "bitDepth": 16}
+        assert doc["stopReason"] == "requested" and doc["stoppedAt"] >= doc["recordedAt"]
+        assert "interrupted" not in doc and "leaseUntil" not in doc
+        assert len(doc["segments"]) == 1
+        assert db.collection("calls").document(call_id).get().get("recordingId") == sid
+        info, samples = download(bucket, doc["storagePath"])
+        assert doc["duration"] == info.duration_ms and doc["fileSize"] == info.data_bytes + 44
+        assert 2400 <= doc["duration"] <= 4500
+        whole, last = samples, samples[-16000:]
+        for part in (whole, last):
+            assert tone_energy(part, 440) > 0.2 and tone_energy(part, 1000) > 0.2
+        assert np.abs(samples[-1600:]).max() > 1000  # sound up to the last 100 ms
+
+    def test_legacy_channel_is_recorded_without_a_call(self, db: firestore.Client, recorders: Any) -> None:
+        """A seed-style channel `{groupId}_{user1}_{user2}` names the participants in the result."""
+        recorders().start(db)
+        sid, channel, _ = request(db, with_call=False)
+        wait_status(db, sid, "recording")
+        stop(db, sid)
+        doc = wait_status(db, sid, "stopped")
+        assert (doc["groupId"], doc["user1"], doc["user2"]) == (channel.split("_")[0], "carol", "dave")
+
+    def test_ended_call_is_refused(self, db: firestore.Client, recorders: Any) -> None:
+        """A request for a call that is no longer active fails with the reason."""
+        recorders().start(db)
+        sid, _, call_id = request(db)
+        db.collection("calls").document(call_id).update({"status": "ended"})
+        # The request may be claimed before the update lands; stop it then, it must not be left open.
+        doc = wait_for(lambda: session(db, sid).get("status") in ("failed", "recording") and session(db, sid), 30)
+        if doc["status"] == "recording":
+            stop(db, sid)
+            assert wait_status(db, sid, "stopped")
+        else:
+            assert "not active" in doc["error"]
+
+
+class TestStopConditions:
+    """Every remote participant gone for the idle time, SIGTERM, and no Storage all end in a usable file."""
+
+    def test_idle_participants_stop_the_recording(self, db: firestore.Client, recorders: Any) -> None:
+        """Participants leaving at 1 s with MEMHARBOR_RECORDER_IDLE_S=1 stop it at about 2 s."""
+        script = [{"uid": "7", "tone_hz": 440, "leave_at": 1.0}]
+        recorders(script, MEMHARBOR_RECORDER_IDLE_S="1").start(db)
+        sid, _, _ = request(db)
+        doc = wait_status(db, sid, "stopped")
+        assert doc["stopReason"] == "idle"
+        assert abs(doc["duration"] - 2000) <= 100
+
+    def test_sigterm_finalizes_and_uploads(self, db: firestore.Client, bucket: storage.Bucket, recorders: Any) -> None:
+        """SIGTERM stops the session, uploads the file and exits 0."""
+        recorder = recorders().start(db)
+        sid, _, _ = request(db)
+        wait_status(db, sid, "recording")
+        time.sleep(1.5)
+        assert recorder.terminate() == 0
+        doc = session(db, sid)
+        assert doc["status"] == "stopped" and doc["stopReason"] == "shutdown"
+        info, samples = download(bucket, doc["storagePath"])
+        assert info.duration_ms >= 1400 and tone_energy(samples[-16000:], 1000) > 0.2
+        assert not list(recorder.recordings_dir.glob("*.json"))  # nothing left to recover
+
+    def test_without_storage_the_file_stays_local(self, db: firestore.Client, recorders: Any) -> None:
+        """Without a bucket the result has null url/storagePath and the WAV stays in RECORDINGS_DIR."""
+        recorder = recorders(storage=False).start(db)
+        sid, _, _ = request(db)
+        wait_status(db, sid, "recording")
+        time.sleep(1.0)
+        stop(db, sid)
+        doc = wait_status(db, sid, "stopped")
+        assert doc["url"] is None and doc["storagePath"] is None
+        local = recorder.recordings_dir / doc["filename"]
+        assert wav.read_info(local).duration_ms == doc["duration"] >= 900
+
+
+class TestCrashes:
+    """A killed recorder's audio is recovered; several recorders record each session exactly once."""
+
+    def test_sigkill_then_restart_uploads_a_playable_file(
+        self, db: firestore.Client, bucket: storage.Bucket, recorders: Any
+    ) -> None:
+        """The restarted recorder repairs the cut file, uploads it and marks the session interrupted."""
+        first = recorders(folder="shared").start(db)
+        sid, _, call_id = request(db)
+        wait_status(db, sid, "recording")
+        time.sleep(2.5)
+        first.kill()
+        assert len(list(first.recordings_dir.glob("*.json"))) == 1
+        recorders(folder="shared").start(db)
+        doc = wait_status(db, sid, "stopped")
+        assert doc["interrupted"] is True and doc["stopReason"] == "crashed"
+        info, samples = download(bucket, doc["storagePath"])
+        assert 2000 <= info.duration_ms <= 3500 and doc["duration"] == info.duration_ms
+        assert tone_energy(samples, 440) > 0.2 and tone_energy(samples, 1000) > 0.2
+        assert db.collection("calls").document(call_id).get().get("recordingId") == sid
+        assert not list(first.recordings_dir.glob("*.json"))
+
+    def test_two_recorders_record_each_session_once(self, db: firestore.Client, recorders: Any) -> None:
+        """Three requests with two recorders running: one file per session, each claimed by one of them."""
+        a, b = recorders().start(db), recorders().start(db)
+        sids = [request(db, with_call=False)[0] for _ in range(3)]
+        docs = [wait_status(db, sid, "recording") for sid in sids]
+        assert {d["workerId"] for d in docs} <= {a.worker_id(db), b.worker_id(db)}
+        time.sleep(1.0)
+        for sid in sids:
+            stop(db, sid)
+        finished = [wait_status(db, sid, "stopped") for sid in sids]
+        files = [p.name for r in (a, b) for p in r.recordings_dir.glob("*.wav")]
+        assert sorted(files) == sorted(d["filename"] for d in finished)
+        assert all(len(d["segments"]) == 1 for d in finished)
+
+    def test_lapsed_lease_is_taken_over_in_a_new_segment(self, db: firestore.Client, recorders: Any) -> None:
+        """A killed holder's session continues in another recorder; its own segment joins on its restart."""
+        lease = {"MEMHARBOR_RECORDER_LEASE_S": "2"}
+        first = recorders(folder="a", **lease).start(db)
+        sid, _, _ = request(db)
+        held = wait_status(db, sid, "recording")
+        second = recorders(folder="b", **lease).start(db)
+        time.sleep(1.0)
+        first.kill()
+        taken = wait_for(lambda: (d := session(db, sid)).get("workerId") == second.worker_id(db) and d, 20)
+        assert taken["interrupted"] is True and taken["takeovers"] == 1
+        assert taken["previousWorkerId"] == held["workerId"]
+        wait_for(lambda: session(db, sid).get("filename") != held["filename"], 10, what="second segment")
+        time.sleep(1.0)
+        stop(db, sid)
+        doc = wait_status(db, sid, "stopped")
+        assert doc["filename"] != held["filename"] and [s["filename"] for s in doc["segments"]] == [doc["filename"]]
+        recorders(folder="a", **lease).start(db)
+        doc = wait_for(lambda: len((d := session(db, sid)).get("segments", [])) == 2 and d, 30, what="old segment")
+        assert doc["status"] == "stopped" and doc["filename"] != held["filename"]
+        old = next(s for s in doc["segments"] if s["filename"] == held["filename"])
+        assert old["interrupted"] is True and old["storagePath"] == f"recordings/{held['filename']}"
+        assert old["duration"] >= 900

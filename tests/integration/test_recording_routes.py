@@ -1,0 +1,335 @@
+"""The seed's /api/recording/* routes end to end: `memharbor http` on the Firestore emulator, real ID tokens,
+and a stand-in recorder thread that plays the recorder's side of the `recordings/{sid}` contract.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from memharbor import calls
+from memharbor.emulators import EmulatorSet
+from memharbor.recording_requests import parse_legacy_channel
+from tests.integration.test_call_routes import Api, _start_http
+from tests.support.firestore_rest import FirestoreRest
+from tests.support.waiting import wait_for
+
+ALICE, BOB, MALLORY, OPS = "alice-uid-0000000000000000001", "bob-uid-00000000000000000002", "mallory-uid", "ops"
+CHANNEL = "grp1_3f2a9c1b7d4e_1770000000000"
+LEGACY = f"grp1_{ALICE}_{BOB}"  # 63 bytes: the longest a legacy channel of two real uids can be
+START_WAIT_S = 10.0
+
+
+# ---------------------------------------------------------------------------------------------- harness
+
+
+@pytest.fixture(scope="module")
+def api(emulators: EmulatorSet) -> Iterator[Api]:
+    """token_http with Firebase ID token authentication."""
+    yield from _start_http(emulators, "firebase")
+
+
+@pytest.fixture(scope="module")
+def open_api(emulators: EmulatorSet) -> Iterator[Api]:
+    """token_http with MEMHARBOR_AUTH=none (the seed's open mode)."""
+    yield from _start_http(emulators, "none")
+
+
+@pytest.fixture
+def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
+    """The emptied Firestore emulator as the owner (bypassing the rules)."""
+    client = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id).as_owner()
+    yield client
+    client.close()
+
+
+def sid_of(doc: dict[str, Any]) -> str:
+    return str(doc["__name__"]).rsplit("/", 1)[1]
+
+
+class FakeRecorder(threading.Thread):
+    """Plays the recorder: begins requested sessions after `begin_delay_s`; on stopRequested goes through
+    stopping to stopped with the seed's metadata, and links the recording from its call.
+    """
+
+    def __init__(self, emulators: EmulatorSet, begin_delay_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.db = FirestoreRest(emulators.firestore.address, emulators.project_id).as_owner()
+        self.begin_delay_s = begin_delay_s
+        self.stop = threading.Event()
+        self.first_seen: dict[str, float] = {}
+        self.began: list[str] = []
+        self.finished: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            requested = self.db.query("recordings", [("status", "==", "requested")])
+            for doc in requested.documents if requested.ok else []:
+                self._begin(sid_of(doc), doc)
+            stopping = self.db.query("recordings", [("status", "==", "recording"), ("stopRequested", "==", True)])
+            for doc in stopping.documents if stopping.ok else []:
+                self._finish(sid_of(doc), doc)
+
+    def _begin(self, sid: str, doc: dict[str, Any]) -> None:
+        first = self.first_seen.setdefault(sid, time.monotonic())
+        if time.monotonic() - first < self.begin_delay_s:
+            return
+        now = datetime.now(UTC)
+        fields = {
+            "status": "recording",
+            "uid": 999999,
+            "filename": f"{doc['channel']}_{now.strftime('%Y-%m-%dT%H-%M-%S')}.wav",
+            "workerId": "fake-recorder",
+            "leaseUntil": now + timedelta(seconds=30),
+        }
+        if self.db.update(f"recordings/{sid}", fields, server_time=["recordedAt"]).ok:
+            self.began.append(sid)
+
+    def _finish(self, sid: str, doc: dict[str, Any]) -> None:
+        assert self.db.update(f"recordings/{sid}", {"status": "stopping"}).ok
+        # A call's recording names the call's group and participants; only a call-less one parses its channel
+        # (the compact call channel {groupId}_{digest}_{epochMillis} has three parts too).
+        call = self.db.get(f"calls/{doc['callId']}").data if doc.get("callId") else {}
+        legacy = None if call else parse_legacy_channel(doc["channel"])
+        path = f"recordings/{doc['filename']}"
+        results = {
+            "status": "stopped",
+            "groupId": legacy.group_id if legacy else call.get("groupId"),
+            "user1": legacy.user1 if legacy else call.get("callerId"),
+            "user2": legacy.user2 if legacy else call.get("receiverId"),
+            "duration": 1500,
+            "fileSize": 48044,
+            "format": "wav",
+            "spec": {"sampleRate": 16000, "channels": 1, "bitDepth": 16},
+            "storagePath": path,
+            "url": f"http://storage.test/{path}",
+        }
+        assert self.db.update(f"recordings/{sid}", results, server_time=["stoppedAt"]).ok
+        if doc.get("callId"):
+            assert self.db.update(f"calls/{doc['callId']}", {"recordingId": sid}).ok
+        self.finished.append(sid)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(5)
+        self.db.close()
+
+
+@pytest.fixture
+def recorder(clean_emulators: EmulatorSet) -> Iterator[FakeRecorder]:
+    """A stand-in recorder thread for this test."""
+    fake = FakeRecorder(clean_emulators)
+    fake.start()
+    yield fake
+    fake.close()
+
+
+def seed_call(db: FirestoreRest, call_id: str = "call-1", status: str = "accepted", **extra: Any) -> None:
+    """A call as the watcher leaves it: with its channel assigned."""
+    now = datetime.now(UTC)
+    doc = {
+        "callId": call_id,
+        "groupId": "grp1",
+        "callerId": ALICE,
+        "receiverId": BOB,
+        "status": status,
+        "channelName": CHANNEL,
+        "createdAt": now,
+        "updatedAt": now,
+        **extra,
+    }
+    assert db.create(f"calls/{call_id}", doc).ok
+
+
+def start(api: Api, channel: str, uid: str | None, admin: bool = False) -> tuple[int, Any]:
+    return api.post("/api/recording/start", {"channel": channel}, uid, admin)
+
+
+# ---------------------------------------------------------------------------------------------- start and stop
+
+
+class TestCallRecording:
+    """A participant records a live call through the routes; the recorder does the recording."""
+
+    def test_start_then_stop(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """start writes the app's request and answers once recording; stop answers the uploaded result."""
+        seed_call(db)
+        status, started = start(api, CHANNEL, ALICE)
+        assert status == 200, started
+        assert set(started) == {"sid", "channel", "uid", "filename", "status"}
+        assert started["status"] == "recording" and started["uid"] == 999999 and started["channel"] == CHANNEL
+        assert started["filename"].startswith(CHANNEL + "_") and started["filename"].endswith(".wav")
+        doc = db.get(f"recordings/{started['sid']}").data
+        assert (doc["channel"], doc["callId"], doc["requestedBy"]) == (CHANNEL, "call-1", ALICE)
+        assert isinstance(doc["createdAt"], datetime) and recorder.began == [started["sid"]]
+
+        status, stopped = api.post("/api/recording/stop", {"sid": started["sid"]}, BOB)
+        assert status == 200, stopped
+        assert stopped == {
+            "sid": started["sid"],
+            "channel": CHANNEL,
+            "groupId": "grp1",
+            "user1": ALICE,
+            "user2": BOB,
+            "filename": started["filename"],
+            "format": "wav",
+            "duration": 1500,
+            "firebase": {
+                "url": f"http://storage.test/recordings/{started['filename']}",
+                "firestoreId": started["sid"],
+                "storagePath": f"recordings/{started['filename']}",
+            },
+            "status": "stopped",
+        }
+        final = db.get(f"recordings/{started['sid']}").data
+        assert final["stopRequested"] is True and final["status"] == "stopped"
+        assert db.get("calls/call-1").data["recordingId"] == started["sid"]
+
+    def test_stop_by_channel(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """stop {channel} stops the session in progress on it."""
+        seed_call(db)
+        status, started = start(api, CHANNEL, BOB)
+        assert status == 200
+        status, stopped = api.post("/api/recording/stop", {"channel": CHANNEL}, ALICE)
+        assert status == 200 and stopped["sid"] == started["sid"] and stopped["status"] == "stopped"
+        assert api.post("/api/recording/stop", {"channel": CHANNEL}, ALICE)[0] == 404
+
+    def test_second_start_joins_the_first(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """While a session records the channel, another start answers with it instead of a duplicate."""
+        seed_call(db)
+        first = start(api, CHANNEL, ALICE)[1]
+        status, second = start(api, CHANNEL, BOB)
+        assert status == 200 and second["sid"] == first["sid"]
+        assert len(db.query("recordings").documents) == 1
+
+    def test_not_yours_is_403(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """A stranger can neither start nor stop the call's recording; without a token it is 401."""
+        seed_call(db)
+        assert start(api, CHANNEL, MALLORY)[0] == 403
+        assert start(api, CHANNEL, None)[0] == 401
+        status, started = start(api, CHANNEL, ALICE)
+        assert status == 200
+        assert api.post("/api/recording/stop", {"sid": started["sid"]}, MALLORY)[0] == 403
+        assert api.post("/api/recording/stop", {"channel": CHANNEL}, MALLORY)[0] == 403
+        assert "stopRequested" not in db.get(f"recordings/{started['sid']}").data
+
+    def test_finished_call_is_409_and_bad_channel_400(self, api: Api, db: FirestoreRest) -> None:
+        """An ended call cannot be recorded; an invalid channel is a 400 naming it; nothing is written."""
+        seed_call(db, status="ended")
+        status, data = start(api, CHANNEL, ALICE)
+        assert status == 409 and "ended" in data["error"]
+        status, data = start(api, "no/slashes", ALICE)
+        assert status == 400 and data["field"] == "channel"
+        assert db.query("recordings").documents == []
+
+
+class TestWithoutRecorder:
+    """No recorder picks the request up in time."""
+
+    def test_start_answers_503_and_the_request_stays_queued(self, api: Api, db: FirestoreRest, emulators: Any) -> None:
+        """After 10 s start answers 503 with the sid; the queued request is exactly what an app may write
+        (the same fields pass the rules as the caller), and a recorder arriving later still records it.
+        """
+        seed_call(db)
+        began = time.monotonic()
+        status, data = start(api, CHANNEL, ALICE)
+        elapsed = time.monotonic() - began
+        assert status == 503 and data["status"] == "requested" and data["sid"]
+        assert START_WAIT_S - 0.1 <= elapsed < START_WAIT_S + 6
+        assert "/api/recording/stop" in data["error"]
+        doc = db.get(f"recordings/{data['sid']}").data
+        assert set(doc) == calls.RECORDING_REQUEST_FIELDS and doc["status"] == "requested"
+        app_fields = {k: v for k, v in doc.items() if k != "createdAt"}
+        twin = db.as_user(ALICE).create("recordings/app-written-twin", app_fields, server_time=["createdAt"])
+        assert twin.ok, twin
+        assert (
+            db.as_user(MALLORY)
+            .create("recordings/stranger-twin", {**app_fields, "requestedBy": MALLORY}, server_time=["createdAt"])
+            .denied
+        )
+        late = FakeRecorder(emulators)
+        late.start()
+        try:
+            wait_for(lambda: db.get(f"recordings/{data['sid']}").data["status"] == "recording", what="late start")
+            status, stopped = api.post("/api/recording/stop", {"sid": data["sid"]}, ALICE)
+            assert status == 200 and stopped["status"] == "stopped"
+        finally:
+            late.close()
+
+
+class TestLegacyChannel:
+    """A seed-era channel `{groupId}_{user1}_{user2}` that belongs to no call."""
+
+    def test_named_users_record_it(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """user1 starts, user2 stops; the session has no callId and the result names both."""
+        status, started = start(api, LEGACY, ALICE)
+        assert status == 200, started
+        assert "callId" not in db.get(f"recordings/{started['sid']}").data
+        assert start(api, LEGACY, MALLORY)[0] == 403
+        status, stopped = api.post("/api/recording/stop", {"channel": LEGACY}, BOB)
+        assert status == 200
+        assert (stopped["groupId"], stopped["user1"], stopped["user2"]) == ("grp1", ALICE, BOB)
+
+    def test_unparseable_channel_is_403_for_users_not_admins(
+        self, api: Api, db: FirestoreRest, recorder: FakeRecorder
+    ) -> None:
+        """A channel that is no call's and names nobody is refused for users and allowed for admins."""
+        assert start(api, "lobby", ALICE)[0] == 403
+        status, data = start(api, "lobby", OPS, admin=True)
+        assert status == 200 and db.get(f"recordings/{data['sid']}").data["requestedBy"] == OPS
+
+
+# ---------------------------------------------------------------------------------------------- status and list
+
+
+class TestStatusAndList:
+    """GET /api/recording/status and /api/recording/list as different users."""
+
+    def test_status_shows_own_sessions_in_progress(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """Participants see the session, a stranger does not, an admin sees all; stopped ones drop out."""
+        seed_call(db)
+        _, started = start(api, CHANNEL, ALICE)
+        _, other = start(api, "lobby", OPS, admin=True)
+        status, mine = api.request("GET", "/api/recording/status", uid=BOB)
+        assert status == 200 and [s["sid"] for s in mine["sessions"]] == [started["sid"]]
+        assert mine["sessions"][0]["status"] == "recording" and mine["sessions"][0]["callId"] == "call-1"
+        assert api.request("GET", "/api/recording/status", uid=MALLORY)[1]["sessions"] == []
+        everyone = api.request("GET", "/api/recording/status", uid=OPS, admin=True)[1]
+        assert {s["sid"] for s in everyone["sessions"]} == {started["sid"], other["sid"]}
+        api.post("/api/recording/stop", {"sid": started["sid"]}, ALICE)
+        assert api.request("GET", "/api/recording/status", uid=BOB)[1]["sessions"] == []
+
+    def test_list_is_newest_first_and_own(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """Stored recordings come newest first, bounded by limit; a stranger's list is empty."""
+        sids = []
+        for channel in (LEGACY, CHANNEL):
+            if channel == CHANNEL:
+                seed_call(db)
+            status, started = start(api, channel, ALICE)
+            assert status == 200
+            assert api.post("/api/recording/stop", {"sid": started["sid"]}, ALICE)[0] == 200
+            sids.append(started["sid"])
+        status, listed = api.request("GET", "/api/recording/list", uid=BOB)
+        assert status == 200 and [r["sid"] for r in listed["recordings"]] == sids[::-1]
+        assert listed["recordings"][0]["url"] and listed["recordings"][0]["duration"] == 1500
+        assert api.request("GET", "/api/recording/list?limit=1", uid=ALICE)[1]["count"] == 1
+        assert api.request("GET", "/api/recording/list", uid=MALLORY)[1] == {"recordings": [], "count": 0}
+        assert api.request("GET", "/api/recording/list", uid=OPS, admin=True)[1]["count"] == 2
+        assert api.request("GET", "/api/recording/list?limit=0", uid=ALICE)[0] == 400
+
+
+class TestOpenMode:
+    """MEMHARBOR_AUTH=none: the seed's behaviour, no ID tokens."""
+
+    def test_unauthenticated_start_stop(self, open_api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """Anyone starts and stops a recording of any valid channel."""
+        status, started = open_api.post("/api/recording/start", {"channel": "groupA_u1_u2"})
+        assert status == 200 and started["status"] == "recording"
+        assert db.get(f"recordings/{started['sid']}").data["requestedBy"] == "anonymous"
+        status, stopped = open_api.post("/api/recording/stop", {"channel": "groupA_u1_u2"})
+        assert status == 200 and (stopped["user1"], stopped["user2"]) == ("u1", "u2")

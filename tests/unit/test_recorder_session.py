@@ -1,0 +1,246 @@
+"""A recording session over a SimulatedChannel, on a sped-up clock: timing, content and stop conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memharbor import wav
+from recorder.audio import TOKEN_WILL_EXPIRE, Inbox
+from recorder.clock import SessionClock
+from recorder.files import FINALIZED, RECORDING, RecordingDir
+from recorder.session import RecordingSession, Segment, SessionConfig, SessionPlan
+from recorder.simulated import ScriptError, SimParticipant, SimulatedChannel, parse_script, tone
+
+SPEED = 4.0
+
+
+class Hooks:
+    """Records what the session reported; `held` is what `started` answers."""
+
+    def __init__(self, held: bool = True) -> None:
+        self.held = held
+        self.calls: list[tuple[str, str]] = []
+
+    async def started(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
+        self.calls.append(("started", filename))
+        return self.held
+
+    async def stopping(self, plan: SessionPlan, reason: str) -> None:
+        self.calls.append(("stopping", reason))
+
+
+def make(
+    tmp_path: Path, participants: list[SimParticipant], hooks: Hooks | None = None, **config: object
+) -> RecordingSession:
+    clock = SessionClock(SPEED)
+    source = SimulatedChannel(participants, clock)
+    settings = SessionConfig(**config)  # type: ignore[arg-type]
+    return RecordingSession(
+        SessionPlan("sid-1", "group1_alice_bob", "worker-1", "call-1"),
+        source,
+        RecordingDir(tmp_path),
+        clock,
+        settings,
+        lambda channel, uid, ttl: f"token-{channel}-{uid}-{ttl}",
+        hooks or Hooks(),
+    )
+
+
+def pcm(tmp_path: Path, segment: Segment, name: str | None = None) -> np.ndarray:
+    return np.frombuffer(wav.read_pcm(tmp_path / (name or segment.mix.filename))[1], dtype="<i2")
+
+
+def energy(x: np.ndarray, hz: float) -> float:
+    spectrum = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / 16000)
+    return float(spectrum[np.abs(freqs - hz) < 20].sum() / max(spectrum.sum(), 1e-9))
+
+
+def sound_span(x: np.ndarray) -> tuple[float, float]:
+    loud = np.nonzero(np.abs(x) > 200)[0]
+    return loud[0] / 16000, (loud[-1] + 1) / 16000
+
+
+async def stop_after(session: RecordingSession, seconds: float) -> float:
+    """Request a stop `seconds` after the recording began; returns the recording time of the request."""
+    while session.mixer is None:
+        await asyncio.sleep(0.001)
+    while session.now() < seconds:
+        await asyncio.sleep(0.002)
+    at = session.now()
+    session.request_stop("requested")
+    return at
+
+
+class TestTimeline:
+    """The file's timeline matches the simulated talk."""
+
+    async def test_talk_time_is_exact_within_50_ms(self, tmp_path: Path) -> None:
+        """Talk from 0.5 s to 2.5 s appears from 0.5 s to 2.5 s (±50 ms); idle 0.5 s then stops it."""
+        session = make(
+            tmp_path,
+            [SimParticipant("1", 440.0, talk=((0.5, 2.5),), leave_at=2.5)],
+            idle_s=0.5,
+        )
+        segment = await session.run()
+        x = pcm(tmp_path, segment)
+        start, end = sound_span(x)
+        assert abs(start - 0.5) <= 0.05 and abs(end - 2.5) <= 0.05
+        assert abs((end - start) - 2.0) <= 0.05
+        assert segment.stop_reason == "idle"
+        assert 3.0 - 0.05 <= segment.mix.duration_ms / 1000 <= 3.3
+        assert segment.late_frames == 0 and segment.dropped_frames == 0
+
+    async def test_both_participants_audible_in_the_mix(self, tmp_path: Path) -> None:
+        """A 440 Hz and a 1000 Hz speaker both carry a large share of the mix's spectrum."""
+        session = make(tmp_path, [SimParticipant("1", 440.0), SimParticipant("2", 1000.0)])
+        task = asyncio.create_task(stop_after(session, 1.5))
+        segment = await session.run()
+        await task
+        x = pcm(tmp_path, segment)
+        assert energy(x, 440) > 0.3 and energy(x, 1000) > 0.3
+        assert energy(x, 700) < 0.01
+
+    async def test_last_second_before_a_stop_is_in_the_file(self, tmp_path: Path) -> None:
+        """Speech up to the stop request is written: the last second holds both voices."""
+        session = make(tmp_path, [SimParticipant("1", 440.0), SimParticipant("2", 1000.0)])
+        task = asyncio.create_task(stop_after(session, 2.0))
+        segment = await session.run()
+        stopped_at = await task
+        x = pcm(tmp_path, segment)
+        assert abs(len(x) / 16000 - stopped_at) <= 0.05
+        last = x[-16000:]
+        assert energy(last, 440) > 0.3 and energy(last, 1000) > 0.3
+        assert np.abs(x[-160:]).max() > 1000
+
+    async def test_pause_in_speech_stays_silent(self, tmp_path: Path) -> None:
+        """Talk spans [0, 1) and [2, 3) leave the second in between silent."""
+        session = make(tmp_path, [SimParticipant("1", 440.0, talk=((0, 1), (2, 3)), leave_at=3)], idle_s=0.2)
+        segment = await session.run()
+        x = pcm(tmp_path, segment)
+        assert np.abs(x[int(1.05 * 16000) : int(1.95 * 16000)]).max() == 0
+        assert np.abs(x[int(2.05 * 16000) : int(2.95 * 16000)]).max() > 1000
+
+
+class TestStops:
+    """Each stop condition ends the session with its reason."""
+
+    async def test_max_duration(self, tmp_path: Path) -> None:
+        """max_s=1 stops at one second."""
+        segment = await make(tmp_path, [SimParticipant("1")], max_s=1.0).run()
+        assert segment.stop_reason == "max_duration"
+        assert abs(segment.mix.duration_ms - 1000) <= 100
+
+    async def test_nobody_ever_joins(self, tmp_path: Path) -> None:
+        """An empty channel is idle from the start."""
+        segment = await make(tmp_path, [], idle_s=0.3).run()
+        assert segment.stop_reason == "idle" and segment.frames == 0
+
+    async def test_idle_waits_for_the_last_participant(self, tmp_path: Path) -> None:
+        """One leaving does not stop it while the other stays; the stop comes idle_s after the last left."""
+        people = [SimParticipant("1", leave_at=0.5), SimParticipant("2", 1000.0, leave_at=1.5)]
+        segment = await make(tmp_path, people, idle_s=0.5).run()
+        assert segment.stop_reason == "idle" and segment.mix.duration_ms >= 1950
+
+    async def test_lost_claim_stops_at_once(self, tmp_path: Path) -> None:
+        """When `started` says the session is no longer ours, it stops with lease_lost."""
+        hooks = Hooks(held=False)
+        segment = await make(tmp_path, [SimParticipant("1")], hooks).run()
+        assert segment.stop_reason == "lease_lost"
+        assert hooks.calls[0][0] == "started" and hooks.calls[1] == ("stopping", "lease_lost")
+
+
+class TestTokensAndFiles:
+    """Token renewal, the sidecar and per-participant tracks."""
+
+    async def test_token_is_renewed_before_it_expires(self, tmp_path: Path) -> None:
+        """With a 2 s token, a new one is handed over at 1.6 s (not again by 2.5 s); Agora's warning renews at once."""
+        session = make(tmp_path, [SimParticipant("1")], token_ttl_s=2)
+        source = session.source
+        assert isinstance(source, SimulatedChannel)
+        task = asyncio.create_task(stop_after(session, 2.5))
+        run = asyncio.create_task(session.run())
+        await task
+        await run
+        assert source.tokens == ["token-group1_alice_bob-999999-2"] * 2
+        session2 = make(tmp_path, [SimParticipant("1")])
+        source2 = session2.source
+        assert isinstance(source2, SimulatedChannel)
+        run2 = asyncio.create_task(session2.run())
+        await asyncio.sleep(0.05)
+        source2.inbox.event(TOKEN_WILL_EXPIRE, "", 0.0)
+        await stop_after(session2, 0.5)
+        await run2
+        assert len(source2.tokens) == 2
+
+    async def test_sidecar_marks_the_file_until_finalized(self, tmp_path: Path) -> None:
+        """While recording the sidecar names the session and state `recording`; then `finalized`."""
+        session = make(tmp_path, [SimParticipant("1")])
+        run = asyncio.create_task(session.run())
+        await asyncio.sleep(0.1)
+        [sidecar] = RecordingDir(tmp_path).sidecars()
+        assert (sidecar.sid, sidecar.call_id, sidecar.state) == ("sid-1", "call-1", RECORDING)
+        assert wav.try_lock(tmp_path / sidecar.filename) is None
+        session.request_stop("requested")
+        segment = await run
+        [done] = RecordingDir(tmp_path).sidecars()
+        assert done.state == FINALIZED and done.stop_reason == "requested"
+        assert segment.mix.filename == sidecar.filename and sidecar.filename.startswith("group1_alice_bob_")
+
+    async def test_tracks_hold_one_participant_each(self, tmp_path: Path) -> None:
+        """MEMHARBOR_RECORD_TRACKS: each track has its own tone only, on the mix's timeline."""
+        session = make(tmp_path, [SimParticipant("1", 440.0), SimParticipant("2", 1000.0)], record_tracks=True)
+        task = asyncio.create_task(stop_after(session, 1.0))
+        segment = await session.run()
+        await task
+        by_uid = {t.uid: t for t in segment.tracks}
+        assert set(by_uid) == {"1", "2"}
+        one, two = pcm(tmp_path, segment, by_uid["1"].filename), pcm(tmp_path, segment, by_uid["2"].filename)
+        assert len(one) == len(two) == len(pcm(tmp_path, segment))
+        assert energy(one, 440) > 0.9 and energy(one, 1000) < 0.01
+        assert energy(two, 1000) > 0.9 and energy(two, 440) < 0.01
+
+
+class TestSimulation:
+    """Scripts, WAV-file participants and the inbox bound."""
+
+    def test_script_is_parsed(self) -> None:
+        """Every field of a participant is read; numbers become seconds."""
+        [p] = parse_script(json.dumps({"participants": [{"uid": 5, "tone_hz": 300, "join_at": 1, "talk": [[1, 2]]}]}))
+        assert (p.uid, p.tone_hz, p.join_at, p.talk) == ("5", 300.0, 1.0, ((1.0, 2.0),))
+
+    @pytest.mark.parametrize("text", ["nope", "{}", '[{"tone_hz": 1}]', '[{"uid": "1", "join_at": -1}]'])
+    def test_bad_script_is_refused(self, text: str) -> None:
+        """Not JSON, no list, no uid, negative times: ScriptError."""
+        with pytest.raises(ScriptError):
+            parse_script(text)
+
+    async def test_wav_file_participant_plays_its_file_once(self, tmp_path: Path) -> None:
+        """A WAV participant with loop false talks for the file's length only."""
+        source = tmp_path / "voice.wav"
+        writer = wav.WavWriter(source)
+        writer.write(tone(1000.0, seconds=0.5))
+        writer.close()
+        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
+        out = tmp_path / "out"
+        task = None
+        session = make(out, [p])
+        task = asyncio.create_task(stop_after(session, 1.2))
+        segment = await session.run()
+        await task
+        start, end = sound_span(pcm(out, segment))
+        assert start <= 0.01 and abs(end - 0.5) <= 0.02
+
+    def test_inbox_counts_what_it_cannot_hold(self) -> None:
+        """Beyond max_items frames are dropped and counted; events always fit."""
+        inbox = Inbox(max_items=2)
+        for _ in range(4):
+            inbox.frame("1", 0.0, b"\x00" * 320)
+        inbox.event("joined", "1", 0.0)
+        assert inbox.dropped == 2 and len(inbox.drain()) == 3 and len(inbox) == 0

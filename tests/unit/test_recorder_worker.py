@@ -1,0 +1,151 @@
+"""The worker's recovery of left-behind files and its reaction to session events, with fake ports."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memharbor import wav
+from recorder.clock import SessionClock
+from recorder.files import FINALIZED, RecordingDir, Sidecar
+from recorder.listener import SessionEvent
+from recorder.session import SessionConfig
+from recorder.store import SegmentReport
+from recorder.upload import UploadError
+from recorder.worker import Recorder, RecorderConfig
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.completed: list[tuple[str, str, SegmentReport, str | None]] = []
+
+    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
+        self.completed.append((sid, owner_id, report, call_id))
+        return "final"
+
+
+class FakeUploader:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.uploaded: list[tuple[str, bytes]] = []
+
+    async def upload(self, path: Path) -> tuple[str, str] | None:
+        if self.fail:
+            raise UploadError("storage down")
+        self.uploaded.append((path.name, path.read_bytes()))
+        return f"http://storage/{path.name}", f"recordings/{path.name}"
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.stops: list[str] = []
+
+    def request_stop(self, reason: str, at: float | None = None) -> None:
+        self.stops.append(reason)
+
+
+def recorder(root: Path, store: Any = None, uploader: Any = None) -> Recorder:
+    return Recorder(
+        store or FakeStore(), None, uploader or FakeUploader(), lambda: None,  # type: ignore[arg-type,return-value]
+        RecordingDir(root), None, SessionClock(), RecorderConfig(worker_id="me", session=SessionConfig()),  # type: ignore[arg-type]
+        lambda c, u, t: "",
+    )
+
+
+def leave_crashed_file(root: Path, worker_id: str, seconds: float = 1.0, state: str = "recording") -> Sidecar:
+    """What a recorder killed mid-recording leaves: an unfinished WAV (header sizes 0) and its sidecar."""
+    files = RecordingDir(root)
+    files.ensure()
+    name = files.new_name("group1_alice_bob", datetime(2026, 2, 3, 12, 0, tzinfo=UTC))
+    with open(root / name, "wb") as f:
+        f.write(wav.header(0) + b"\x10\x00" * int(16000 * seconds))
+    sidecar = Sidecar(sid="sid-9", channel="group1_alice_bob", filename=name, worker_id=worker_id,
+                      started_at=1770120000.0, call_id="call-9", state=state)
+    files.write_sidecar(sidecar)
+    return sidecar
+
+
+class TestRecovery:
+    """Files of dead recorders are finalized, uploaded and reported; others are left alone."""
+
+    async def test_crashed_file_is_repaired_uploaded_and_reported(self, tmp_path: Path) -> None:
+        """The dead worker's segment becomes a playable upload reported as interrupted, under its owner id."""
+        sidecar = leave_crashed_file(tmp_path, "dead-worker")
+        store, uploader = FakeStore(), FakeUploader()
+        assert await recorder(tmp_path, store, uploader).recover() == 1
+        [(name, data)] = uploader.uploaded
+        assert name == sidecar.filename == "group1_alice_bob_2026-02-03T12-00-00.wav"
+        assert wav.parse(data, len(data)).duration_ms == 1000
+        [(sid, owner, report, call_id)] = store.completed
+        assert (sid, owner, call_id) == ("sid-9", "dead-worker", "call-9")
+        assert report.interrupted and report.stop_reason == "crashed" and report.duration_ms == 1000
+        assert report.storage_path == f"recordings/{name}" and report.file_size == 44 + 32000
+        assert report.recorded_at == datetime.fromtimestamp(1770120000.0, UTC)
+        assert RecordingDir(tmp_path).sidecars() == []
+
+    async def test_finalized_file_is_delivered_not_interrupted(self, tmp_path: Path) -> None:
+        """A finished segment whose upload failed earlier is delivered as a normal result."""
+        leave_crashed_file(tmp_path, "dead-worker", state=FINALIZED)
+        store = FakeStore()
+        await recorder(tmp_path, store).recover()
+        assert not store.completed[0][2].interrupted
+
+    async def test_live_worker_files_are_left_alone(self, tmp_path: Path) -> None:
+        """A sidecar whose worker still holds its lock file is not touched."""
+        leave_crashed_file(tmp_path, "alive")
+        fd = os.open(tmp_path / ".alive.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            store = FakeStore()
+            assert await recorder(tmp_path, store).recover() == 0
+            assert store.completed == [] and len(RecordingDir(tmp_path).sidecars()) == 1
+        finally:
+            os.close(fd)
+
+    async def test_failed_upload_keeps_the_sidecar_for_later(self, tmp_path: Path) -> None:
+        """When Storage is down nothing is reported and the file stays marked for the next attempt."""
+        leave_crashed_file(tmp_path, "dead-worker")
+        store = FakeStore()
+        assert await recorder(tmp_path, store, FakeUploader(fail=True)).recover() == 0
+        assert store.completed == [] and len(RecordingDir(tmp_path).sidecars()) == 1
+
+
+def event(sid: str, status: str, *, stop: bool = False, worker: str | None = None, lease_s: float | None = None,
+          change: str = "MODIFIED") -> SessionEvent:
+    lease = datetime.now(UTC) + timedelta(seconds=lease_s) if lease_s is not None else None
+    return SessionEvent(sid, change, status, stop, worker, lease)
+
+
+class TestEvents:
+    """Listener events stop held sessions and start claims only where a claim can succeed."""
+
+    def test_stop_request_and_foreign_holder_stop_a_held_session(self, tmp_path: Path) -> None:
+        """stopRequested stops with `requested`; another workerId stops with `lease_lost`."""
+        rec = recorder(tmp_path)
+        one, two = FakeSession(), FakeSession()
+        rec.sessions.update({"a": one, "b": two})  # type: ignore[dict-item]
+        rec.on_events([event("a", "recording", stop=True, worker="me"), event("b", "recording", worker="other")])
+        assert one.stops == ["requested"] and two.stops == ["lease_lost"]
+
+    @pytest.mark.parametrize(
+        ("status", "worker", "lease_s", "claimable"),
+        [
+            ("requested", None, None, True),
+            ("requested", "other", 10.0, False),
+            ("requested", "other", -1.0, True),
+            ("recording", "other", 10.0, False),
+            ("recording", "other", -1.0, True),
+            ("stopping", "other", -1.0, True),
+            ("stopped", None, None, False),
+        ],
+    )
+    def test_claimable(self, tmp_path: Path, status: str, worker: str | None, lease_s: float | None,
+                       claimable: bool) -> None:
+        """Requested and unheld, or held under a lapsed lease: claimable; anything else is not."""
+        e = event("x", status, worker=worker, lease_s=lease_s)
+        assert recorder(tmp_path)._claimable(e.status, e.worker_id, e.lease_until) is claimable

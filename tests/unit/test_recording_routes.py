@@ -1,0 +1,877 @@
+"""Unit tests for the seed's /api/recording/* routes over an in-memory RecordingService and a scripted recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from memharbor import calls
+from memharbor.access import Principal
+from memharbor.call_service import StoreUnavailable
+from memharbor.calls import CallError
+from memharbor.recording_requests import (
+    DEFAULT_RECORDER_UID,
+    call_session_id,
+    may_access,
+    new_request,
+    parse_legacy_channel,
+)
+from memharbor.recording_service import FirestoreRecordingService, Session, created_at
+from tests.unit.test_call_routes import FakeClock, Unused, make_settings
+from token_http import openapi, recording_routes
+from token_http.app import create_app
+from token_http.auth import OpenAccess
+from token_http.errors import ApiError
+from token_http.keys import Deps
+
+Client = TestClient[web.Request, web.Application]
+
+ALICE, BOB, CAROL, MALLORY, ADMIN = "alice", "bob", "carol", "mallory", "admin-1"
+TOKENS = {
+    "tok-alice": Principal(uid=ALICE),
+    "tok-bob": Principal(uid=BOB),
+    "tok-carol": Principal(uid=CAROL),
+    "tok-mallory": Principal(uid=MALLORY),
+    "tok-admin": Principal(uid=ADMIN, admin=True),
+}
+AS_ALICE = {"Authorization": "Bearer tok-alice"}
+AS_BOB = {"Authorization": "Bearer tok-bob"}
+AS_CAROL = {"Authorization": "Bearer tok-carol"}
+AS_MALLORY = {"Authorization": "Bearer tok-mallory"}
+AS_ADMIN = {"Authorization": "Bearer tok-admin"}
+NOW_DT = datetime.fromtimestamp(1_770_000_000.0, UTC)  # FakeClock's time
+CHANNEL = "g1_alice_bob_1770000000000"
+LEGACY = "g1_alice_bob"
+START_KEYS = {"sid", "channel", "uid", "filename", "status"}
+STOP_KEYS = {"sid", "channel", "groupId", "user1", "user2", "filename", "format", "duration", "firebase", "status"}
+
+
+# ---------------------------------------------------------------------------------------------- fakes
+
+
+class FakeAuthenticator:
+    """Bearer tokens from a fixed table; anything else is a 401."""
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        principal = TOKENS.get((authorization or "").removeprefix("Bearer "))
+        if principal is None:
+            raise ApiError(401, "missing or invalid Firebase ID token", field="Authorization")
+        return principal
+
+
+@dataclass
+class FakeRecorder:
+    """Plays the recorder on each read of a session: begins a request, finishes a stop, or neither."""
+
+    begins: bool = True
+    finishes: bool = True
+    fail_with: str | None = None  # the request fails instead of beginning
+    storage: bool = True  # Storage configured: url and storagePath written
+    reads_before_acting: int = 0
+
+    def step(self, sid: str, doc: dict[str, Any], reads: int, now: datetime) -> None:
+        if reads <= self.reads_before_acting:
+            return
+        if doc["status"] == "requested" and self.fail_with is not None:
+            doc.update({"status": "failed", "error": self.fail_with, "stoppedAt": now})
+        elif doc["status"] == "requested" and self.begins:
+            stamp = now.strftime("%Y-%m-%dT%H-%M-%S")
+            doc.update(
+                {"status": "recording", "uid": 999999, "filename": f"{doc['channel']}_{stamp}.wav", "recordedAt": now}
+            )
+        if doc["status"] in ("recording", "stopping") and doc.get("stopRequested") and self.finishes:
+            legacy = parse_legacy_channel(doc["channel"])
+            doc.update(
+                {
+                    "status": "stopped",
+                    "groupId": "g1",
+                    "user1": legacy.user1 if legacy else ALICE,
+                    "user2": legacy.user2 if legacy else BOB,
+                    "duration": 120000,
+                    "fileSize": 3840044,
+                    "format": "wav",
+                    "spec": {"sampleRate": 16000, "channels": 1, "bitDepth": 16},
+                    "stoppedAt": now,
+                }
+            )
+            if self.storage:
+                doc["storagePath"] = f"recordings/{doc['filename']}"
+                doc["url"] = f"http://storage.test/{doc['storagePath']}"
+
+
+class FakeRecordingService:
+    """An in-memory recordings collection (and calls to look up) with FirestoreRecordingService's semantics."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.created: list[tuple[str, dict[str, Any]]] = []  # each request as it was written
+        self.stops: list[str] = []
+        self.reads: dict[str, int] = {}
+        self.stored_calls: list[tuple[int, str | None]] = []
+        self.failure: Exception | None = None
+        self.recorder = FakeRecorder()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.time(), UTC)
+
+    def _fail(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def add_call(self, call_id: str = "c1", status: str = "accepted", **fields: Any) -> dict[str, Any]:
+        doc = {
+            "callId": call_id,
+            "groupId": "g1",
+            "callerId": ALICE,
+            "receiverId": BOB,
+            "status": status,
+            "channelName": CHANNEL,
+            **fields,
+        }
+        self.calls[call_id] = doc
+        return doc
+
+    def add_session(self, sid: str, status: str, age_s: float = 0.0, **fields: Any) -> dict[str, Any]:
+        doc = {
+            "channel": CHANNEL,
+            "callId": "c1",
+            "status": status,
+            "requestedBy": ALICE,
+            "createdAt": self.now() - timedelta(seconds=age_s),
+            **fields,
+        }
+        self.sessions[sid] = doc
+        return doc
+
+    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
+        self._fail()
+        return [dict(c) for c in self.calls.values() if c.get("channelName") == channel]
+
+    async def get_calls(self, call_ids: Any) -> dict[str, dict[str, Any]]:
+        self._fail()
+        return {i: dict(self.calls[i]) for i in set(call_ids) if i in self.calls}
+
+    async def create(self, sid: str, doc: dict[str, Any]) -> None:
+        self._fail()
+        if sid in self.sessions:
+            raise CallError(409, "a recording session with this id already exists", field="sid")
+        stored = {k: self.now() if v is firestore.SERVER_TIMESTAMP else v for k, v in doc.items()}
+        self.created.append((sid, dict(stored)))
+        self.sessions[sid] = stored
+
+    async def get(self, sid: str) -> dict[str, Any] | None:
+        self._fail()
+        doc = self.sessions.get(sid)
+        if doc is None:
+            return None
+        self.reads[sid] = self.reads.get(sid, 0) + 1
+        self.recorder.step(sid, doc, self.reads[sid], self.now())
+        return dict(doc)
+
+    async def request_stop(self, sid: str) -> None:
+        self._fail()
+        if sid not in self.sessions:
+            raise CallError(404, "unknown recording session", field="sid")
+        self.stops.append(sid)
+        self.sessions[sid]["stopRequested"] = True
+
+    async def in_progress(self, channel: str | None = None) -> list[Session]:
+        self._fail()
+        found = [
+            (sid, dict(doc))
+            for sid, doc in self.sessions.items()
+            if doc["status"] in ("requested", "recording", "stopping") and channel in (None, doc["channel"])
+        ]
+        return sorted(found, key=created_at, reverse=True)
+
+    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
+        self._fail()
+        self.stored_calls.append((limit, uid))
+        found = [
+            (sid, dict(doc))
+            for sid, doc in self.sessions.items()
+            if doc["status"] == "stopped" and (uid is None or uid in (doc.get("user1"), doc.get("user2")))
+        ]
+        return sorted(found, key=created_at, reverse=True)[:limit]
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.service = FakeRecordingService(self.clock)
+
+    def deps(self, open_access: bool = False, with_service: bool = True) -> Deps:
+        return Deps(
+            authenticator=OpenAccess() if open_access else FakeAuthenticator(),
+            calls=Unused(),
+            health=Unused(),
+            clock=self.clock,
+            recording_service=self.service if with_service else None,
+        )
+
+
+@pytest.fixture(autouse=True)
+def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """start waits 0.3 s and stop 0.5 s instead of 10 s and 60 s, polling every 10 ms, so tests stay fast."""
+    monkeypatch.setattr(recording_routes, "START_WAIT_S", 0.3)
+    monkeypatch.setattr(recording_routes, "START_POLL_S", 0.01)
+    monkeypatch.setattr(recording_routes, "STOP_WAIT_S", 0.5)
+    monkeypatch.setattr(recording_routes, "STOP_POLL_S", 0.01)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(create_app(make_settings(), world.deps()))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def open_client(world: World) -> AsyncIterator[Client]:
+    app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def post(client: Client, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    response = await client.post(path, json=body, headers=headers or {})
+    assert response.content_type == "application/json"
+    return response.status, await response.json()
+
+
+async def get(client: Client, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    response = await client.get(path, headers=headers or {})
+    assert response.content_type == "application/json"
+    return response.status, await response.json()
+
+
+# ---------------------------------------------------------------------------------------------- start
+
+
+class TestStart:
+    """POST /api/recording/start creates a request as an app would and waits for the recorder to begin."""
+
+    async def test_participant_starts_a_call_recording(self, client: Client, world: World) -> None:
+        """The caller gets the seed's shape with a .wav filename; the request has exactly the request fields."""
+        world.service.add_call()
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200
+        assert set(data) == START_KEYS
+        assert data["status"] == "recording" and data["channel"] == CHANNEL and data["uid"] == 999999
+        assert data["filename"].startswith(CHANNEL + "_") and data["filename"].endswith(".wav")
+        assert uuid.UUID(data["sid"]).version == 4
+        [(sid, request)] = world.service.created
+        assert sid == data["sid"]
+        assert set(request) == calls.RECORDING_REQUEST_FIELDS
+        assert request == {
+            "channel": CHANNEL,
+            "callId": "c1",
+            "status": "requested",
+            "requestedBy": ALICE,
+            "createdAt": world.service.now(),
+        }
+
+    async def test_receiver_may_start(self, client: Client, world: World) -> None:
+        """The receiver is a participant too; requestedBy names them."""
+        world.service.add_call(status="pending")
+        status, _ = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_BOB)
+        assert status == 200
+        assert world.service.created[0][1]["requestedBy"] == BOB
+
+    async def test_waits_for_the_recorder(self, client: Client, world: World) -> None:
+        """The route polls until the recorder moves the request to recording."""
+        world.service.add_call()
+        world.service.recorder.reads_before_acting = 5
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200 and data["status"] == "recording"
+        assert world.service.reads[data["sid"]] == 6
+
+    async def test_stranger_is_403(self, client: Client, world: World) -> None:
+        """Someone outside the call on the channel gets 403 naming channel; nothing is requested."""
+        world.service.add_call()
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_MALLORY)
+        assert status == 403 and data["field"] == "channel"
+        assert world.service.created == []
+
+    @pytest.mark.parametrize("call_status", ["declined", "cancelled", "missed", "ended"])
+    async def test_finished_call_is_409(self, client: Client, world: World, call_status: str) -> None:
+        """A call that can no longer be joined cannot be recorded: 409 naming its status."""
+        world.service.add_call(status=call_status)
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 409 and call_status in data["error"]
+        assert world.service.created == []
+
+    @pytest.mark.parametrize(("who", "expected"), [(AS_ALICE, 200), (AS_BOB, 200), (AS_MALLORY, 403)])
+    async def test_legacy_channel_names_its_users(
+        self, client: Client, world: World, who: dict[str, str], expected: int
+    ) -> None:
+        """On {groupId}_{user1}_{user2} with no call, user1 and user2 may record (without callId); others not."""
+        status, _ = await post(client, "/api/recording/start", {"channel": LEGACY}, who)
+        assert status == expected
+        if expected == 200:
+            [(_, request)] = world.service.created
+            assert "callId" not in request and request["channel"] == LEGACY
+        else:
+            assert world.service.created == []
+
+    @pytest.mark.parametrize("channel", ["random-channel", "g1_alice_bob_extra", "g1__alice", "g1_alice_bob_17700"])
+    async def test_channel_of_no_call_and_no_legacy_shape_is_403(
+        self, client: Client, world: World, channel: str
+    ) -> None:
+        """A channel that is neither a call's nor parseable as {groupId}_{user1}_{user2} is refused for users."""
+        status, data = await post(client, "/api/recording/start", {"channel": channel}, AS_ALICE)
+        assert status == 403 and data["field"] == "channel"
+        assert world.service.created == []
+
+    async def test_admin_may_record_any_channel(self, client: Client, world: World) -> None:
+        """An admin may record a channel that is no call's and names nobody."""
+        status, data = await post(client, "/api/recording/start", {"channel": "ops-check"}, AS_ADMIN)
+        assert status == 200 and data["channel"] == "ops-check"
+        assert world.service.created[0][1]["requestedBy"] == "admin-1"
+
+    async def test_open_mode_records_anything(self, open_client: Client, world: World) -> None:
+        """MEMHARBOR_AUTH=none: no Authorization needed, as the seed."""
+        status, data = await post(open_client, "/api/recording/start", {"channel": "any_old_thing_1"})
+        assert status == 200 and data["status"] == "recording"
+        assert world.service.created[0][1]["requestedBy"] == "anonymous"
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {},
+            {"channel": ""},
+            {"channel": None},
+            {"channel": 5},
+            {"channel": "c" * 64},
+            {"channel": "a/b"},
+            {"channel": "é"},
+            {"channel": ["g1"]},
+        ],
+    )
+    async def test_bad_channel_is_400(self, client: Client, world: World, body: dict[str, Any]) -> None:
+        """A missing, non-string, too long or non-Agora channel is a 400 naming channel."""
+        status, data = await post(client, "/api/recording/start", body, AS_ADMIN)
+        assert status == 400 and data["field"] == "channel"
+        assert world.service.created == []
+
+    async def test_bad_bodies(self, client: Client) -> None:
+        """Invalid JSON is 400 naming body, a non-object 400, a wrong content type 415."""
+        response = await client.post(
+            "/api/recording/start", data=b"{oops", headers={**AS_ALICE, "Content-Type": "application/json"}
+        )
+        assert response.status == 400 and (await response.json())["field"] == "body"
+        status, _ = await post(client, "/api/recording/start", ["g1"], AS_ALICE)
+        assert status == 400
+        response = await client.post("/api/recording/start", data=b"channel=x", headers=AS_ALICE)
+        assert response.status == 415
+
+    async def test_no_authorization_is_401(self, client: Client, world: World) -> None:
+        """Without a bearer token nothing is requested."""
+        world.service.add_call()
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL})
+        assert status == 401 and data["field"] == "Authorization"
+        assert world.service.created == []
+
+    async def test_recorder_not_beginning_is_503_with_the_sid(self, client: Client, world: World) -> None:
+        """After the wait, 503 names the sid and status and says how to follow up; the request stays queued."""
+        world.service.add_call()
+        world.service.recorder.begins = False
+        started = time.monotonic()
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 503
+        assert time.monotonic() - started >= 0.3
+        assert data["sid"] == world.service.created[0][0] and data["status"] == "requested"
+        assert "/api/recording/stop" in data["error"] and "/api/recording/status" in data["error"]
+        assert world.service.sessions[data["sid"]]["status"] == "requested"
+        assert "stopRequested" not in world.service.sessions[data["sid"]]
+
+    async def test_recorder_failure_is_503_with_its_reason(self, client: Client, world: World) -> None:
+        """A request the recorder failed is a 503 carrying the sid, status failed and the reason."""
+        world.service.add_call()
+        world.service.recorder.fail_with = "agora_join_failed"
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 503
+        assert data["status"] == "failed" and data["reason"] == "agora_join_failed" and data["sid"]
+
+    async def test_joins_a_recording_already_in_progress(self, client: Client, world: World) -> None:
+        """With a session already recording the channel (e.g. the watcher's), start answers with it."""
+        world.service.add_call()
+        world.service.add_session("call-c1", "recording", requestedBy="server", uid=999999, filename="f.wav")
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_BOB)
+        assert status == 200
+        assert data == {"sid": "call-c1", "channel": CHANNEL, "uid": 999999, "filename": "f.wav", "status": "recording"}
+        assert world.service.created == []
+
+    async def test_a_stopping_session_is_not_joined(self, client: Client, world: World) -> None:
+        """A session already asked to stop is not reused: a new request is made."""
+        world.service.add_call()
+        world.service.add_session("old", "recording", stopRequested=True)
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200 and data["sid"] != "old"
+        assert len(world.service.created) == 1
+
+    async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
+        """A Firestore failure while checking the channel is a 503, never a 500."""
+        world.service.failure = StoreUnavailable("down")
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 503 and "Firestore" in data["error"]
+
+    async def test_unconfigured_service_is_503(self, world: World) -> None:
+        """An app built without a recording service answers with 503."""
+        app = create_app(make_settings(), world.deps(with_service=False))
+        async with TestClient(TestServer(app)) as test_client:
+            status, _ = await post(test_client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 503
+
+
+# ---------------------------------------------------------------------------------------------- stop
+
+
+class TestStop:
+    """POST /api/recording/stop sets stopRequested and waits for the recorder to finish."""
+
+    async def test_stop_by_sid_has_the_seed_shape(self, client: Client, world: World) -> None:
+        """The answer has the seed's keys, duration in ms and firebase {url, firestoreId, storagePath}."""
+        world.service.add_call()
+        world.service.add_session("s1", "recording", filename=f"{CHANNEL}_2026.wav")
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_BOB)
+        assert status == 200
+        assert set(data) == STOP_KEYS
+        assert data == {
+            "sid": "s1",
+            "channel": CHANNEL,
+            "groupId": "g1",
+            "user1": ALICE,
+            "user2": BOB,
+            "filename": f"{CHANNEL}_2026.wav",
+            "format": "wav",
+            "duration": 120000,
+            "firebase": {
+                "url": f"http://storage.test/recordings/{CHANNEL}_2026.wav",
+                "firestoreId": "s1",
+                "storagePath": f"recordings/{CHANNEL}_2026.wav",
+            },
+            "status": "stopped",
+        }
+        assert world.service.stops == ["s1"]
+
+    async def test_without_storage_firebase_is_null(self, client: Client, world: World) -> None:
+        """A recording kept locally (no Storage) answers firebase: null, as the seed did."""
+        world.service.add_call()
+        world.service.add_session("s1", "recording", filename="f.wav")
+        world.service.recorder.storage = False
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
+        assert status == 200 and data["firebase"] is None and data["status"] == "stopped"
+
+    async def test_stop_by_channel_stops_every_session_on_it(self, client: Client, world: World) -> None:
+        """By channel, each in-progress session on it is asked to stop; the newest is reported."""
+        world.service.add_call()
+        world.service.add_session("older", "recording", age_s=30, filename="a.wav")
+        world.service.add_session("newer", "recording", age_s=5, filename="b.wav")
+        world.service.add_session("elsewhere", "recording", channel="g1_x_y", callId=None)
+        status, data = await post(client, "/api/recording/stop", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200 and data["sid"] == "newer" and data["filename"] == "b.wav"
+        assert sorted(world.service.stops) == ["newer", "older"]
+        assert world.service.sessions["elsewhere"]["status"] == "recording"
+
+    async def test_stop_by_channel_reports_the_session_that_records(self, client: Client, world: World) -> None:
+        """A newer request the recorder never began is asked to stop too, but the recording one is reported."""
+        world.service.add_call()
+        world.service.add_session("recording", "recording", age_s=30, filename="a.wav")
+        world.service.add_session("queued", "requested", age_s=5)
+        world.service.recorder.begins = False
+        status, data = await post(client, "/api/recording/stop", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200 and data["sid"] == "recording" and data["status"] == "stopped"
+        assert sorted(world.service.stops) == ["queued", "recording"]
+        assert world.service.sessions["queued"]["status"] == "requested"
+
+    async def test_sid_wins_over_channel(self, client: Client, world: World) -> None:
+        """With both sid and channel, only the session named by sid is stopped."""
+        world.service.add_call()
+        world.service.add_session("s1", "recording", filename="a.wav")
+        world.service.add_session("s2", "recording", filename="b.wav")
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1", "channel": CHANNEL}, AS_ALICE)
+        assert status == 200 and data["sid"] == "s1"
+        assert world.service.stops == ["s1"]
+
+    async def test_nothing_on_the_channel_is_404(self, client: Client, world: World) -> None:
+        """A channel with no session in progress is a 404 naming channel."""
+        world.service.add_call()
+        world.service.add_session("done", "stopped")
+        status, data = await post(client, "/api/recording/stop", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 404 and data["field"] == "channel"
+
+    async def test_unknown_sid_is_404(self, client: Client) -> None:
+        """An unknown sid is a 404 naming sid."""
+        status, data = await post(client, "/api/recording/stop", {"sid": "nope"}, AS_ALICE)
+        assert status == 404 and data["field"] == "sid"
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({}, "sid"),
+            ({"sid": ""}, "sid"),
+            ({"sid": "a/b"}, "sid"),
+            ({"sid": 5}, "sid"),
+            ({"sid": "s" * 129}, "sid"),
+            ({"channel": "a/b"}, "channel"),
+            ({"channel": 7}, "channel"),
+            ({"channel": "c" * 64}, "channel"),
+        ],
+    )
+    async def test_bad_input_is_400(self, client: Client, body: dict[str, Any], field: str) -> None:
+        """Neither sid nor channel, or a malformed one, is a 400 naming the field."""
+        status, data = await post(client, "/api/recording/stop", body, AS_ALICE)
+        assert status == 400 and data["field"] == field
+
+    async def test_stranger_is_403_and_nothing_stops(self, client: Client, world: World) -> None:
+        """A user outside the call may not stop its recording, by sid or by channel."""
+        world.service.add_call()
+        world.service.add_session("s1", "recording")
+        assert (await post(client, "/api/recording/stop", {"sid": "s1"}, AS_MALLORY))[0] == 403
+        assert (await post(client, "/api/recording/stop", {"channel": CHANNEL}, AS_MALLORY))[0] == 403
+        assert world.service.stops == [] and "stopRequested" not in world.service.sessions["s1"]
+
+    async def test_legacy_users_may_stop(self, client: Client, world: World) -> None:
+        """user2 of a legacy channel stops its session; carol, whom it does not name, may not."""
+        world.service.add_session("leg", "recording", channel=LEGACY, callId=None, filename="l.wav")
+        assert (await post(client, "/api/recording/stop", {"sid": "leg"}, AS_CAROL))[0] == 403
+        status, data = await post(client, "/api/recording/stop", {"channel": LEGACY}, AS_BOB)
+        assert status == 200 and data["user1"] == ALICE and data["user2"] == BOB and data["groupId"] == "g1"
+
+    async def test_user_named_as_user1_may_stop(self, client: Client, world: World) -> None:
+        """A session whose user1 is the caller is theirs even when its channel names nobody; others' not."""
+        world.service.add_session("x", "recording", channel="ops", callId=None, user1=CAROL, filename="x.wav")
+        assert (await post(client, "/api/recording/stop", {"sid": "x"}, AS_BOB))[0] == 403
+        status, data = await post(client, "/api/recording/stop", {"sid": "x"}, AS_CAROL)
+        assert status == 200 and data["status"] == "stopped"
+
+    async def test_already_stopped_answers_at_once(self, client: Client, world: World) -> None:
+        """Stopping a finished session reports it without asking the recorder again."""
+        world.service.add_call()
+        world.service.add_session(
+            "s1", "stopped", filename="f.wav", format="wav", duration=5000, url="u", storagePath="recordings/f.wav"
+        )
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
+        assert status == 200 and data["duration"] == 5000 and data["firebase"]["storagePath"] == "recordings/f.wav"
+        assert world.service.stops == []
+
+    async def test_recorder_not_finishing_is_503_with_the_sid(self, client: Client, world: World) -> None:
+        """After the wait, 503 names the sid and status; the stop stays requested."""
+        world.service.add_call()
+        world.service.add_session("s1", "recording")
+        world.service.recorder.finishes = False
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
+        assert status == 503 and data["sid"] == "s1" and data["status"] == "recording"
+        assert "call stop again" in data["error"]
+        assert world.service.sessions["s1"]["stopRequested"] is True
+
+    async def test_failed_recording_reports_failed(self, client: Client, world: World) -> None:
+        """A session that ended failed is reported with status failed and its error."""
+        world.service.add_call()
+        world.service.add_session("s1", "failed", error="upload_failed")
+        status, data = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
+        assert status == 200 and data["status"] == "failed" and data["error"] == "upload_failed"
+        assert set(data) == STOP_KEYS | {"error"} and data["firebase"] is None
+
+    async def test_admin_and_open_mode_may_stop_anything(
+        self, client: Client, open_client: Client, world: World
+    ) -> None:
+        """An admin and the open mode stop sessions that are not theirs."""
+        world.service.add_session("a", "recording", channel="ops", callId=None, filename="a.wav")
+        world.service.add_session("b", "recording", channel="ops2", callId=None, filename="b.wav")
+        assert (await post(client, "/api/recording/stop", {"sid": "a"}, AS_ADMIN))[0] == 200
+        assert (await post(open_client, "/api/recording/stop", {"channel": "ops2"}))[0] == 200
+        assert sorted(world.service.stops) == ["a", "b"]
+
+    async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
+        """A Firestore failure is a 503."""
+        world.service.failure = StoreUnavailable("down")
+        status, _ = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
+        assert status == 503
+
+    async def test_no_authorization_is_401(self, client: Client, world: World) -> None:
+        """Without a bearer token nothing stops."""
+        world.service.add_session("s1", "recording")
+        status, _ = await post(client, "/api/recording/stop", {"sid": "s1"})
+        assert status == 401 and world.service.stops == []
+
+
+# ---------------------------------------------------------------------------------------------- status, list
+
+
+class TestStatus:
+    """GET /api/recording/status lists sessions in progress that the caller may see."""
+
+    def seed(self, world: World) -> None:
+        world.service.add_call()
+        world.service.add_call("c2", callerId=CAROL, receiverId="dave", channelName="g2_carol_dave_1")
+        world.service.add_session("mine", "recording", age_s=1, uid=999999, filename="m.wav", recordedAt=NOW_DT)
+        world.service.add_session("theirs", "requested", channel="g2_carol_dave_1", callId="c2", requestedBy=CAROL)
+        world.service.add_session("legacy", "stopping", age_s=2, channel="g9_bob_zed", callId=None)
+        world.service.add_session("finished", "stopped")
+
+    async def test_user_sees_only_their_sessions(self, client: Client, world: World) -> None:
+        """Bob sees his call's and his legacy channel's sessions, newest first, not others' or finished ones."""
+        self.seed(world)
+        status, data = await get(client, "/api/recording/status", AS_BOB)
+        assert status == 200
+        assert [s["sid"] for s in data["sessions"]] == ["mine", "legacy"] and data["count"] == 2
+        mine = data["sessions"][0]
+        assert mine == {
+            "sid": "mine",
+            "channel": CHANNEL,
+            "callId": "c1",
+            "uid": 999999,
+            "filename": "m.wav",
+            "status": "recording",
+            "requestedBy": ALICE,
+            "stopRequested": False,
+            "createdAt": "2026-02-02T02:39:59.000000Z",
+            "recordedAt": "2026-02-02T02:40:00.000000Z",
+        }
+        assert data["sessions"][1]["callId"] is None and data["sessions"][1]["uid"] == DEFAULT_RECORDER_UID
+
+    async def test_admin_and_open_mode_see_all(self, client: Client, open_client: Client, world: World) -> None:
+        """Admins and the open mode see every session in progress."""
+        self.seed(world)
+        for who, headers in ((client, AS_ADMIN), (open_client, {})):
+            status, data = await get(who, "/api/recording/status", headers)
+            assert status == 200 and {s["sid"] for s in data["sessions"]} == {"mine", "theirs", "legacy"}
+
+    async def test_stranger_sees_nothing(self, client: Client, world: World) -> None:
+        """Mallory takes part in nothing, so the list is empty."""
+        self.seed(world)
+        status, data = await get(client, "/api/recording/status", AS_MALLORY)
+        assert status == 200 and data == {"sessions": [], "count": 0}
+
+    async def test_errors(self, client: Client, world: World) -> None:
+        """No token is 401; Firestore down is 503."""
+        assert (await get(client, "/api/recording/status"))[0] == 401
+        world.service.failure = StoreUnavailable("down")
+        assert (await get(client, "/api/recording/status", AS_ALICE))[0] == 503
+
+
+class TestList:
+    """GET /api/recording/list lists stored recordings, newest first, the caller's own unless admin."""
+
+    def seed(self, world: World) -> None:
+        for index, (user1, user2) in enumerate([(ALICE, BOB), (BOB, CAROL), (CAROL, "dave"), (ALICE, BOB)]):
+            world.service.add_session(
+                f"r{index}",
+                "stopped",
+                age_s=100 - index,
+                user1=user1,
+                user2=user2,
+                groupId="g1",
+                filename=f"r{index}.wav",
+                url=f"u{index}",
+                storagePath=f"recordings/r{index}.wav",
+                duration=1000,
+                fileSize=32044,
+                format="wav",
+                spec={"sampleRate": 16000, "channels": 1, "bitDepth": 16},
+                recordedAt=NOW_DT,
+                stoppedAt=NOW_DT,
+            )
+        world.service.add_session("live", "recording", user1=ALICE, user2=BOB)
+
+    async def test_user_gets_their_own_newest_first(self, client: Client, world: World) -> None:
+        """Bob gets the three naming him, newest first, with the seed's metadata."""
+        self.seed(world)
+        status, data = await get(client, "/api/recording/list", AS_BOB)
+        assert status == 200
+        assert [r["sid"] for r in data["recordings"]] == ["r3", "r1", "r0"] and data["count"] == 3
+        first = data["recordings"][0]
+        assert first["filename"] == "r3.wav" and first["url"] == "u3" and first["duration"] == 1000
+        assert first["spec"] == {"sampleRate": 16000, "channels": 1, "bitDepth": 16} and first["interrupted"] is False
+        assert world.service.stored_calls == [(50, BOB)]
+
+    async def test_admin_gets_all_and_limit_applies(self, client: Client, world: World) -> None:
+        """An admin lists everyone's recordings; limit bounds the answer."""
+        self.seed(world)
+        status, data = await get(client, "/api/recording/list?limit=2", AS_ADMIN)
+        assert status == 200 and [r["sid"] for r in data["recordings"]] == ["r3", "r2"]
+        assert world.service.stored_calls == [(2, None)]
+
+    @pytest.mark.parametrize("limit", ["0", "201", "-1", "abc", "1.5", "²", "9" * 30])
+    async def test_bad_limit_is_400(self, client: Client, limit: str) -> None:
+        """A limit outside 1..200 or not an integer is a 400 naming limit."""
+        status, data = await get(client, f"/api/recording/list?limit={limit}", AS_ALICE)
+        assert status == 400 and data["field"] == "limit"
+
+    async def test_errors(self, client: Client, world: World) -> None:
+        """No token is 401; Firestore down is 503."""
+        assert (await get(client, "/api/recording/list"))[0] == 401
+        world.service.failure = StoreUnavailable("down")
+        assert (await get(client, "/api/recording/list", AS_ALICE))[0] == 503
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class TestRecordingModel:
+    """The pure rules of memharbor.recording_requests."""
+
+    @pytest.mark.parametrize(
+        ("channel", "expected"),
+        [
+            ("g1_alice_bob", ("g1", "alice", "bob")),
+            ("group-1_u-1_u-2", ("group-1", "u-1", "u-2")),
+            ("g1_alice_bob_1770000000000", None),
+            ("g1_alice", None),
+            ("g1__bob", None),
+            ("g1_al ice_bob", None),
+            ("g" * 37 + "_a_b", None),
+        ],
+    )
+    def test_parse_legacy_channel(self, channel: str, expected: tuple[str, str, str] | None) -> None:
+        """Exactly three id-shaped parts parse; anything else names nobody."""
+        parsed = parse_legacy_channel(channel)
+        assert (None if parsed is None else (parsed.group_id, parsed.user1, parsed.user2)) == expected
+
+    def test_new_request_has_the_contract_fields(self) -> None:
+        """A request has exactly the request fields with callId, and all but callId without."""
+        with_call = new_request("ch", "server", "c1")
+        assert set(with_call) == calls.RECORDING_REQUEST_FIELDS
+        assert with_call["status"] == "requested" and with_call["createdAt"] is firestore.SERVER_TIMESTAMP
+        assert set(new_request("g_a_b", "u")) == calls.RECORDING_REQUEST_FIELDS - {"callId"}
+        assert call_session_id("c1") == "call-c1"
+
+    def test_may_access(self) -> None:
+        """user1/user2, call participants and legacy-named users may; strangers and dangling calls may not."""
+        alice, mallory = Principal(uid=ALICE), Principal(uid=MALLORY)
+        call = {"callerId": ALICE, "receiverId": BOB}
+        assert may_access(alice, {"callId": "c1", "channel": "x"}, call)
+        assert not may_access(mallory, {"callId": "c1", "channel": "x"}, call)
+        assert not may_access(alice, {"callId": "c1", "channel": "g1_alice_bob"}, None)
+        assert may_access(alice, {"channel": "g1_bob_alice"}, None)
+        assert not may_access(mallory, {"channel": "g1_bob_alice"}, None)
+        assert may_access(mallory, {"channel": "x", "user2": MALLORY}, None)
+        assert may_access(Principal(uid="ops", admin=True), {"channel": "x"}, None)
+        assert may_access(Principal.anyone(), {"channel": "x"}, None)
+
+
+# ---------------------------------------------------------------------------------------------- adapter errors
+
+
+class _Boom:
+    """A stand-in Firestore client whose document operations raise `error` (or hang)."""
+
+    def __init__(self, error: BaseException | None, hang: bool = False) -> None:
+        self.error = error
+        self.hang = hang
+
+    def collection(self, _: str) -> _Boom:
+        return self
+
+    def document(self, _: str) -> _Boom:
+        return self
+
+    async def _act(self, *_: Any, **__: Any) -> Any:
+        if self.hang:
+            await asyncio.sleep(10)
+        assert self.error is not None
+        raise self.error
+
+    create = get = update = _act
+
+
+def _service(error: BaseException | None, hang: bool = False) -> FirestoreRecordingService:
+    return FirestoreRecordingService(lambda: _Boom(error, hang), timeout_s=0.05)  # type: ignore[arg-type,return-value]
+
+
+class TestFirestoreRecordingServiceErrors:
+    """FirestoreRecordingService turns client failures into StoreUnavailable or CallError."""
+
+    @pytest.mark.parametrize("error", [gexc.ServiceUnavailable("down"), gexc.DeadlineExceeded("slow"), OSError()])
+    async def test_unavailable(self, error: BaseException) -> None:
+        """Transport and API errors become StoreUnavailable (answered 503)."""
+        with pytest.raises(StoreUnavailable):
+            await _service(error).get("s1")
+
+    async def test_timeout(self) -> None:
+        """A Firestore call that does not answer in time becomes StoreUnavailable."""
+        with pytest.raises(StoreUnavailable):
+            await _service(None, hang=True).get("s1")
+
+    async def test_existing_sid_is_409_and_missing_is_404(self) -> None:
+        """Creating over an existing session is 409; stopping a missing one is 404."""
+        with pytest.raises(CallError) as exists:
+            await _service(gexc.AlreadyExists("exists")).create("s1", {})
+        assert exists.value.status == 409
+        with pytest.raises(CallError) as missing:
+            await _service(gexc.NotFound("missing")).request_stop("s1")
+        assert missing.value.status == 404
+
+    async def test_no_call_ids_reads_nothing(self) -> None:
+        """get_calls with no ids answers {} without touching the client."""
+        assert await _service(AssertionError("must not read")).get_calls([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+
+def _documented(path: str, method: str, code: str = "200") -> dict[str, Any]:
+    responses = openapi.document()["paths"][path][method]["responses"]
+    schema: dict[str, Any] = responses[code]["content"]["application/json"]["schema"]
+    return schema
+
+
+def _fits(data: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Every required key present, no undocumented key, nulls only where nullable, enums respected."""
+    assert set(schema["required"]) <= set(data) <= set(schema["properties"])
+    for key, value in data.items():
+        prop = schema["properties"][key]
+        if value is None:
+            assert prop.get("nullable") is True, key
+        elif "enum" in prop:
+            assert value in prop["enum"], key
+        elif prop.get("type") == "array":
+            for item in value:
+                _fits(item, prop["items"])
+        elif prop.get("type") == "object" and "properties" in prop:
+            _fits(value, prop)
+
+
+class TestResponsesMatchOpenApi:
+    """Each recording route's bodies fit the documented schemas."""
+
+    async def test_start_stop_and_their_503s(self, client: Client, world: World) -> None:
+        """start, stop (stopped and failed) and the 503 bodies with a sid fit their schemas."""
+        world.service.add_call()
+        _, started = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        _fits(started, _documented("/api/recording/start", "post"))
+        _, stopped = await post(client, "/api/recording/stop", {"sid": started["sid"]}, AS_ALICE)
+        _fits(stopped, _documented("/api/recording/stop", "post"))
+        world.service.add_session("f", "failed", error="x")
+        _, failed = await post(client, "/api/recording/stop", {"sid": "f"}, AS_ALICE)
+        _fits(failed, _documented("/api/recording/stop", "post"))
+        world.service.recorder.begins = False
+        status, late = await post(client, "/api/recording/start", {"channel": "g1_alice_bob"}, AS_ALICE)
+        assert status == 503
+        _fits(late, _documented("/api/recording/start", "post", "503"))
+
+    async def test_status_and_list(self, client: Client, world: World) -> None:
+        """status and list bodies (with items) fit their schemas."""
+        TestList().seed(world)
+        world.service.add_call()
+        _fits((await get(client, "/api/recording/status", AS_ADMIN))[1], _documented("/api/recording/status", "get"))
+        _fits((await get(client, "/api/recording/list", AS_ADMIN))[1], _documented("/api/recording/list", "get"))
