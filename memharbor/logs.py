@@ -131,7 +131,12 @@ def configure(fmt: str = "json", level: str = "info", file: Path | None = None, 
     # aiohttp's own access logger would duplicate our canonical request line.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for noisy in ("google", "grpc", "urllib3", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(levelno, logging.WARNING))
+        library = logging.getLogger(noisy)
+        library.setLevel(max(levelno, logging.WARNING))
+        # Google's client libraries can install their own handler and stop propagation; take it back.
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.propagate = True
 
 
 def _as_kwargs(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
