@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from memharbor import firebase, logs
+from memharbor import firebase, logs, runtime
 from memharbor.call_service import FirestoreCallService
 from memharbor.clock import SystemClock
 from memharbor.recording_service import FirestoreRecordingService
@@ -51,22 +51,13 @@ def bootstrap(settings: Settings) -> web.Application:
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where available (about twice the requests per core), else the standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def _serve(settings: Settings, reuse_port: bool) -> None:
     logs.configure(settings.log_format, settings.log_level, settings.log_file)
     app = bootstrap(settings)
     log.info("http.listening", host=settings.http_host, port=settings.http_port, pid=os.getpid())
     web.run_app(
         app,
-        loop=new_event_loop(),
+        loop=runtime.new_event_loop(),
         host=settings.http_host,
         port=settings.http_port,
         reuse_port=reuse_port,

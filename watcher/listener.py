@@ -33,6 +33,14 @@ class CallEvent:
     change: str  # ADDED | MODIFIED | REMOVED (REMOVED carries the last matching version)
     status: str | None
     update_time: datetime | None
+    receiver_id: str | None = None
+
+
+def _field(snapshot: Any, name: str) -> Any:
+    try:
+        return snapshot.get(name) if snapshot.exists else None
+    except KeyError:
+        return None
 
 
 def by_document_name(doc1: Any, doc2: Any) -> int:
@@ -78,8 +86,9 @@ class CallListener:
             CallEvent(
                 call_id=change.document.id,
                 change=change.type.name,
-                status=(change.document.get("status") if change.document.exists else None),
+                status=_field(change.document, "status"),
                 update_time=change.document.update_time,
+                receiver_id=_field(change.document, "receiverId"),
             )
             for change in changes
         ]

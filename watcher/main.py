@@ -8,7 +8,7 @@ import signal
 import socket
 import uuid
 
-from memharbor import firebase, logs
+from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.settings import Settings
@@ -92,5 +92,5 @@ async def _run(settings: Settings) -> None:
 def main(settings: Settings) -> int:
     """Run the watcher; exits 0 after a clean drain."""
     logs.configure(settings.log_format, settings.log_level, settings.log_file)
-    asyncio.run(_run(settings))
+    runtime.run(_run(settings))
     return 0

@@ -8,16 +8,18 @@ work is taken over by the periodic sweep once the lease lapses.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
+import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
 from memharbor import calls
 from memharbor.calls import Actor, CallError, Status
@@ -41,6 +43,22 @@ class Claim(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ClaimRace(RuntimeError):
+    """The call changed under every claim attempt; the sweep will try again."""
+
+
+def _nest(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn `effects.`x`` style keys into nested maps, for a create (which takes no field paths)."""
+    nested: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key.startswith("effects."):
+            nested.setdefault("effects", {})[key.split(".", 1)[1].strip("`")] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+@dataclass(frozen=True)
 class Claimed:
     """The outcome of a claim, with the call as read inside it (and the receiver, when a push follows)."""
 
@@ -50,6 +68,7 @@ class Claimed:
 
 
 _FINAL_MEMORY = 10_000
+_CLAIM_ATTEMPTS = 5
 # Statuses whose effects push to the receiver's device.
 _PUSHING = frozenset({Status.PENDING, Status.CANCELLED, Status.MISSED})
 
@@ -119,9 +138,13 @@ class CallReactor:
         for call_id in [c for c in self._done if c not in active_ids]:
             del self._done[call_id]
 
-    async def handle(self, call_id: str) -> Claim:
-        """Bring the call's side effects up to date with its current document."""
-        claimed = await self._claim(call_id)
+    async def handle(self, call_id: str, receiver_hint: str | None = None) -> Claim:
+        """Bring the call's side effects up to date with its current document.
+
+        `receiver_hint` (the receiverId the listener saw) lets the receiver's user document be read in
+        the same round trip as the call.
+        """
+        claimed = await self._claim(call_id, receiver_hint)
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
@@ -141,54 +164,78 @@ class CallReactor:
         elif call.get("status") != Status.PENDING:
             self._cancel_timeout(call_id)
 
-    async def _claim(self, call_id: str) -> Claimed:
+    async def _claim(self, call_id: str, receiver_hint: str | None = None) -> Claimed:
+        """Claim with optimistic concurrency: read, decide, write under preconditions, retry on a race.
+
+        A Firestore transaction would do the same in four round trips with locks held in between; this
+        takes two (three when the receiver was not known in advance) and never blocks an app's write.
+        """
+        for attempt in range(_CLAIM_ATTEMPTS):
+            try:
+                return await self._claim_once(call_id, receiver_hint)
+            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
+                # Someone wrote between our read and our write: read again.
+                await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+        raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
+
+    async def _claim_once(self, call_id: str, receiver_hint: str | None) -> Claimed:
         call_ref = self._db.collection(CALLS).document(call_id)
         server_ref = self._db.collection(CALL_SERVER).document(call_id)
+        refs = [call_ref, server_ref]
+        if receiver_hint and calls.ID_PATTERN.fullmatch(receiver_hint):
+            refs.append(self._db.collection(USERS).document(receiver_hint))
+        snaps = {snap.reference.path: snap async for snap in self._db.get_all(refs)}
+        call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
+        if not call_snap.exists:
+            return Claimed(Claim.GONE, {})
+        call = call_snap.to_dict() or {}
+        server = server_snap.to_dict() if server_snap.exists else None
         now = datetime.fromtimestamp(self._clock.time(), UTC)
+        guard_call = self._db.write_option(last_update_time=call_snap.update_time)
+        batch = self._db.batch()
+        verdict = self._judge(call, server)
+        if verdict is not None:
+            claim, write = verdict
+            if write is not None:
+                batch.update(call_ref, write, option=guard_call)
+            if claim is Claim.INVALID:
+                self._write_server(
+                    batch, server_snap, {"callId": call_id, "invalid": True, "status": call.get("status")}
+                )
+            if write is not None or claim is Claim.INVALID:
+                await batch.commit()
+            return Claimed(claim, call)
+        if not self._may_claim(call, server, now):
+            return Claimed(Claim.DONE if self._is_done(call, server) else Claim.BUSY, call)
+        self._write_server(batch, server_snap, self._lease(call_id, call, now))
+        ring = self._ring_setup(call_id, call)
+        if ring:
+            batch.update(call_ref, ring, option=guard_call)
+        user = await self._user_for_push(call, snaps)
+        await batch.commit()
+        call.update(ring)
+        return Claimed(Claim.RUN, call, user)
 
-        @firestore.async_transactional  # type: ignore[misc]
-        async def run(tx: AsyncTransaction) -> Claimed:
-            # One round trip for both documents; every read precedes every write, as transactions require.
-            # (AsyncTransaction.get_all awaits an async generator and fails; the client's get_all works.)
-            refs = [call_ref, server_ref]
-            snaps = {snap.reference.path: snap async for snap in self._db.get_all(refs, transaction=tx)}
-            call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
-            if not call_snap.exists:
-                return Claimed(Claim.GONE, {})
-            call = call_snap.to_dict() or {}
-            server = server_snap.to_dict() if server_snap.exists else None
-            verdict = self._judge(call, server)
-            if verdict is not None:
-                claim, write = verdict
-                if write is not None:
-                    tx.update(call_ref, write)
-                if claim is Claim.INVALID:
-                    tx.set(server_ref, {"callId": call_id, "invalid": True, "status": call.get("status")})
-                return Claimed(claim, call)
-            if not self._may_claim(call, server, now):
-                return Claimed(Claim.DONE if self._is_done(call, server) else Claim.BUSY, call)
-            # The effects' reads happen inside the claim, and the ring set-up commits with it:
-            # one round trip fewer each, which is most of a new call's latency.
-            user = await self._user_for_push(tx, call)
-            self._take_lease(tx, server_ref, call_id, call, now)
-            ring = self._ring_setup(call_id, call)
-            if ring:
-                tx.update(call_ref, ring)
-                call.update(ring)
-            return Claimed(Claim.RUN, call, user)
+    def _write_server(self, batch: Any, server_snap: Any, fields: dict[str, Any]) -> None:
+        """Create the server document, or update it only if nobody changed it since we read it."""
+        if server_snap.exists:
+            guard = self._db.write_option(last_update_time=server_snap.update_time)
+            batch.update(server_snap.reference, fields, option=guard)
+        else:
+            batch.create(server_snap.reference, _nest(fields))
 
-        result: Claimed = await run(self._db.transaction())
-        return result
-
-    async def _user_for_push(self, tx: AsyncTransaction, call: Mapping[str, Any]) -> dict[str, Any] | None:
-        if call.get("status") not in _PUSHING or not isinstance(call.get("receiverId"), str):
+    async def _user_for_push(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
+        receiver = call.get("receiverId")
+        if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
             return None
-        snap = await self._db.collection(USERS).document(call["receiverId"]).get(transaction=tx)
+        ref = self._db.collection(USERS).document(receiver)
+        snap = snaps.get(ref.path) or await ref.get()
         return snap.to_dict() if snap.exists else None
 
     def _ring_setup(self, call_id: str, call: Mapping[str, Any]) -> dict[str, Any]:
-        """channelName and ringDeadline for a new pending call, when not already assigned."""
-        if call.get("status") != Status.PENDING:
+        """channelName (for any live call that lacks one, e.g. accepted before we saw it ring) and
+        ringDeadline (for a pending call), when not already assigned."""
+        if call.get("status") not in calls.ACTIVE:
             return {}
         created = _ts(call.get("createdAt")) or datetime.fromtimestamp(self._clock.time(), UTC)
         update: dict[str, Any] = {}
@@ -197,7 +244,7 @@ class CallReactor:
             update["channelName"] = calls.channel_name(
                 call["groupId"], call["callerId"], call["receiverId"], call_id, epoch_ms
             )
-        if _ts(call.get("ringDeadline")) is None:
+        if call.get("status") == Status.PENDING and _ts(call.get("ringDeadline")) is None:
             update["ringDeadline"] = created + timedelta(seconds=self._config.ring_timeout_s)
         return update
 
@@ -238,20 +285,19 @@ class CallReactor:
         held = effect.get("state") == "claimed" and lease is not None and lease > now
         return not held or effect.get("by") == self._config.instance_id
 
-    def _take_lease(
-        self, tx: AsyncTransaction, server_ref: Any, call_id: str, call: Mapping[str, Any], now: datetime
-    ) -> None:
+    def _lease(self, call_id: str, call: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+        """The server-document fields that claim the effects of the call's current status."""
         status = str(call.get("status"))
-        claim = {
-            "state": "claimed",
-            "by": self._config.instance_id,
-            "leaseUntil": now + timedelta(seconds=self._config.lease_s),
+        return {
+            "callId": call_id,
+            "status": status,
+            "effectOpen": True,
+            f"effects.`{status}`": {
+                "state": "claimed",
+                "by": self._config.instance_id,
+                "leaseUntil": now + timedelta(seconds=self._config.lease_s),
+            },
         }
-        tx.set(
-            server_ref,
-            {"callId": call_id, "status": status, "effectOpen": True, "effects": {status: claim}},
-            merge=True,
-        )
 
     async def _finish(self, call_id: str, status: str, call_update: dict[str, Any]) -> None:
         """Record the effects' results on the call and mark them done, in one write."""

@@ -73,8 +73,10 @@ class Watcher:
                 self._seen.pop(event.call_id, None)  # left the active set: nothing more to compare
             elif event.update_time is not None:
                 self._seen[event.call_id] = max(event.update_time, self._seen.get(event.call_id, event.update_time))
-            self._latest[event.call_id] = event
-            if not self._is_echo(event):
+            echo = self._is_echo(event)
+            if not echo or event.call_id in self._running:
+                self._latest[event.call_id] = event  # read by the handler; dropped when it finishes
+            if not echo:
                 self.submit(event.call_id)
 
     def _is_echo(self, event: CallEvent) -> bool:
@@ -117,7 +119,9 @@ class Watcher:
                 log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
                 asyncio.get_running_loop().call_later(random.uniform(0.5, 1.5), self._fire, call_id)
         try:
-            claim = await self.reactor.handle(call_id)
+            latest = self._latest.get(call_id)
+            receiver = latest.receiver_id if latest is not None and isinstance(latest.receiver_id, str) else None
+            claim = await self.reactor.handle(call_id, receiver)
             log.debug("call.handled", call_id=call_id, claim=claim.value)
         except Exception:
             # The claim's lease lapses and the sweep retries; the watcher itself lives on.
