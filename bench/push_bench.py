@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the local servers live in tests/support
 
+from memharbor import logs  # noqa: E402
 from memharbor.settings import ApnsSettings, FcmSettings, Secret  # noqa: E402
 from tests.support.push_keys import ApnsKey, Tls, make_apns_key, make_service_account, make_tls  # noqa: E402
 from watcher.apns import ApnsTransport  # noqa: E402
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-s", type=float, default=5.0)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args(argv)
+    logs.configure("console", "warning")
 
     key, tls = make_apns_key(), make_tls()
     ca_dir = Path(tempfile.mkdtemp(prefix="push-bench-"))

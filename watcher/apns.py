@@ -304,8 +304,10 @@ class ApnsTransport:
     async def _attempt(self, request: NotificationRequest) -> Attempt:
         async with self._sem:
             # On timeout the request is not cancelled but left to finish in the background: aioapns
-            # would otherwise fail on the late answer and drop the connection with every stream on it.
-            # It is cancelled only after three timeouts (e.g. a proxy that never answers).
+            # would otherwise fail on the late answer (InvalidStateError in its protocol) and drop the
+            # connection with every stream on it. An orphan ends with the late answer, or with
+            # ConnectionClosed when the connection goes (aioapns closes it after 10 s without traffic);
+            # connecting itself is bounded by the pool's connect timeout.
             task = asyncio.ensure_future(self._get_pool().send_notification(request))
             done, _ = await asyncio.wait((task,), timeout=self._timeout)
             if not done:
@@ -326,7 +328,6 @@ class ApnsTransport:
     def _orphan(self, task: asyncio.Task[NotificationResult]) -> None:
         self._orphans.add(task)
         task.add_done_callback(self._orphan_done)
-        asyncio.get_running_loop().call_later(2 * self._timeout, task.cancel)
 
     def _orphan_done(self, task: asyncio.Task[NotificationResult]) -> None:
         self._orphans.discard(task)
@@ -349,4 +350,3 @@ class ApnsTransport:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-

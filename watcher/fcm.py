@@ -254,4 +254,3 @@ class FcmTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
-

@@ -20,6 +20,7 @@ from memharbor.emulators import EmulatorSet
 from tests.support.apns_server import ApnsServer, apns_token
 from tests.support.fcm_server import FcmRecord, FcmServer, fcm_token
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.google_logging import google_logger_configured
 from tests.support.push_keys import ApnsKey, ServiceAccount, Tls, make_apns_key, make_service_account, make_tls
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -27,6 +28,13 @@ from tests.support.watchers import WatcherProcess
 BUNDLE = "com.memharbor.app"
 FCM_PROJECT = "demo-memharbor-fcm"
 SEED_KEYS = {"type", "callId", "channelName", "callerName", "callerID", "groupId", "receiverId"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def google_logs_keep_propagating() -> Iterator[None]:
+    """The in-process Firestore client must not silence the `google` logger for later tests."""
+    with google_logger_configured():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from aioapns.common import NotificationRequest, PushType
 from memharbor.settings import ApnsSettings, FcmSettings, Secret
 from tests.support.apns_server import ApnsServer, apns_token
 from tests.support.fcm_server import SCOPE, FcmServer, fcm_token
+from tests.support.google_logging import google_logger_configured
 from tests.support.push_keys import ApnsKey, ServiceAccount, Tls, make_apns_key, make_service_account, make_tls
 from watcher.apns import ApnsTransport, ProviderToken, open_tunnel
 from watcher.fcm import FcmTransport
@@ -44,6 +45,13 @@ class Offset:
 
     def __call__(self) -> float:
         return time.time() + self.seconds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def google_logs_keep_propagating() -> Iterator[None]:
+    """google-auth's first request must not silence the `google` logger for later tests."""
+    with google_logger_configured():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +236,27 @@ class TestApnsErrors:
         assert result.sent is False
         assert result.error is not None and result.error.startswith("apns:connection_error")
         assert apns.records() == [] and apns.connections_opened == 0
+
+
+class TestApnsTimeouts:
+    """A slow APNs costs a timeout, not the connection: late answers are absorbed."""
+
+    async def test_a_slow_answer_times_out_and_the_connection_survives(
+        self, apns_key: ApnsKey, apns: ApnsServer, ca_file: Path
+    ) -> None:
+        """Answers 0.6 s late with a 0.2 s timeout: apns:timeout, and later pushes still use the same connection."""
+        transport = ApnsTransport(apns_settings(apns_key, apns, ca_file), policy=FAST, request_timeout_s=0.2)
+        try:
+            assert (await transport.send(ios(apns_token()), "incoming_call", {"callId": "a"}, time.time() + 30)).sent
+            apns.delay_s = 0.6
+            slow = await transport.send(ios(apns_token()), "incoming_call", {"callId": "b"}, time.time() + 0.5)
+            assert (slow.sent, slow.error) == (False, "apns:timeout")
+            await asyncio.sleep(0.8)  # the late answers arrive on the open connection
+            apns.delay_s = 0.0
+            assert (await transport.send(ios(apns_token()), "incoming_call", {"callId": "c"}, time.time() + 30)).sent
+        finally:
+            await transport.close()
+        assert apns.connections_opened == 1
 
 
 class TestApnsProviderToken:
@@ -428,6 +457,36 @@ class TestFcmDelivery:
         assert len(fcm.delivered()) == 100
         assert len(fcm.grants) == 1
         assert len(fcm.connections_seen) <= 25
+
+
+class TestFcmLimits:
+    """At most max_in_flight requests at once, each bounded by the request timeout."""
+
+    async def test_concurrency_is_bounded(self, fcm: FcmServer, account: ServiceAccount) -> None:
+        """Twelve simultaneous pushes with max_in_flight=3 never put more than 3 requests on the server."""
+        fcm.delay_s = 0.05
+        transport = FcmTransport(fcm_settings(fcm, account), policy=FAST, max_in_flight=3)
+        try:
+            results = await asyncio.gather(
+                *(transport.send(android(fcm_token()), "incoming_call", {}, time.time() + 30) for _ in range(12))
+            )
+        finally:
+            await transport.close()
+        assert all(r.sent for r in results)
+        assert fcm.max_in_flight == 3
+
+    async def test_a_slow_server_times_out(self, fcm: FcmServer, account: ServiceAccount) -> None:
+        """Answers slower than the request timeout end as fcm:timeout once the deadline is near."""
+        transport = FcmTransport(fcm_settings(fcm, account), policy=FAST, request_timeout_s=0.2)
+        try:
+            assert (await transport.send(android(fcm_token()), "incoming_call", {"a": "b"}, time.time() + 30)).sent
+            fcm.delay_s = 1.0
+            started = time.monotonic()
+            result = await transport.send(android(fcm_token()), "incoming_call", {"a": "b"}, time.time() + 0.5)
+        finally:
+            await transport.close()
+        assert (result.sent, result.error) == (False, "fcm:timeout")
+        assert time.monotonic() - started < 0.9
 
 
 class TestFcmAccessToken:

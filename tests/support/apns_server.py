@@ -114,6 +114,7 @@ class ApnsServer:
         self.bundle_id = bundle_id
         self.tls = tls
         self.max_streams = max_streams
+        self.delay_s = 0.0  # answer every request this much later (timeouts, late answers)
         self.clock_offset = 0.0  # seconds added to the server's clock (tests that move time)
         self.port = 0
         self.connections_opened = 0
@@ -271,7 +272,11 @@ class ApnsServer:
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, StreamEnded):
                     headers, body = streams.pop(event.stream_id)
-                    self._answer(conn, event.stream_id, conn_state, headers, bytes(body))
+                    if self.delay_s > 0:
+                        late = (conn, writer, event.stream_id, conn_state, headers, bytes(body))
+                        asyncio.get_running_loop().call_later(self.delay_s, self._answer_late, *late)
+                    else:
+                        self._answer(conn, event.stream_id, conn_state, headers, bytes(body))
                 elif isinstance(event, StreamReset):
                     streams.pop(event.stream_id, None)
                 elif isinstance(event, ConnectionTerminated):
@@ -279,6 +284,21 @@ class ApnsServer:
                     return
             writer.write(conn.data_to_send())
             await writer.drain()
+
+    def _answer_late(
+        self,
+        conn: H2Connection,
+        writer: asyncio.StreamWriter,
+        stream_id: int,
+        state: _Conn,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        if writer.is_closing():
+            return
+        with contextlib.suppress(ProtocolError):  # the client may have reset the stream meanwhile
+            self._answer(conn, stream_id, state, headers, body)
+        writer.write(conn.data_to_send())
 
     def _answer(self, conn: H2Connection, stream_id: int, state: _Conn, headers: dict[str, str], body: bytes) -> None:
         token = headers.get(":path", "").removeprefix("/3/device/")

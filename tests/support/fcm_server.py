@@ -15,6 +15,7 @@ Tests make it fail on purpose with magic registration tokens (`fcm_token("unregi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -120,6 +121,9 @@ class FcmServer:
         self._thread: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self.connections_seen: set[tuple[str, int]] = set()
+        self.delay_s = 0.0  # answer every send this much later
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most sends the server was handling at once
 
     # -- control --------------------------------------------------------------------------------
     def start(self) -> FcmServer:
@@ -233,6 +237,18 @@ class FcmServer:
                 self.connections_seen.add((str(peer[0]), int(peer[1])))
         authorization = request.headers.get("Authorization")
         raw = await request.read()
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay_s > 0:
+                await asyncio.sleep(self.delay_s)
+            return self._handle_send(project, authorization, raw, request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle_send(self, project: str, authorization: str | None, raw: bytes, request: web.Request) -> web.Response:
         body: Any = None
         with contextlib.suppress(ValueError):
             body = json.loads(raw)
