@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test venv lint typecheck unit bench bench-token clean
+.PHONY: run test venv lint typecheck unit bench bench-token bench-calls bench-push bench-recorder clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -32,10 +32,19 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest tests/unit
 
-bench: bench-token
+bench: bench-token bench-calls bench-push bench-recorder
 
 bench-token: venv
 	$(PY) bench/token_bench.py
+
+bench-calls: venv
+	$(PY) bench/calls_bench.py
+
+bench-push: venv
+	$(PY) bench/push_bench.py
+
+bench-recorder: venv
+	$(PY) bench/recorder_bench.py --sessions 200 --seconds 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -191,7 +191,11 @@ def seed_users(client: firestore.Client, pairs: int) -> None:
     batch = client.batch()
     for pair in range(pairs):
         batch.set(client.collection(USERS).document(caller_id(pair)), {"platform": "android"})
-        receiver = {"platform": "ios", "voipToken": f"bench-voip-{pair:03d}-" + "ab" * 16}
+        receiver = {
+            "platform": "ios",
+            "voipToken": f"bench-voip-{pair:03d}-" + "ab" * 16,
+            "apnsToken": f"bench-apns-{pair:03d}-" + "cd" * 16,
+        }
         batch.set(client.collection(USERS).document(receiver_id(pair)), receiver)
     batch.commit()
 
