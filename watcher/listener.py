@@ -8,8 +8,6 @@ can also ask for a resubscribe when it finds changes the stream never delivered.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +17,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.calls import ACTIVE
-from memharbor.logs import get_logger
+from memharbor.listening import SupervisedListener
 from memharbor.store import CALLS
-
-log = get_logger()
 
 
 @dataclass(frozen=True)
@@ -62,8 +58,18 @@ def active_calls_query(client: firestore.Client) -> Any:
     return query
 
 
-class CallListener:
-    """Owns one `on_snapshot` watch on `calls where status in [pending, accepted]`."""
+def _call_event(change: Any) -> CallEvent:
+    return CallEvent(
+        call_id=change.document.id,
+        change=change.type.name,
+        status=_field(change.document, "status"),
+        update_time=change.document.update_time,
+        receiver_id=_field(change.document, "receiverId"),
+    )
+
+
+class CallListener(SupervisedListener[CallEvent]):
+    """The supervised watch on `calls where status in [pending, accepted]`."""
 
     def __init__(
         self,
@@ -71,85 +77,4 @@ class CallListener:
         deliver: Callable[[list[CallEvent]], None],
         max_backoff_s: float = 30.0,
     ) -> None:
-        self._make_client = make_client
-        self._client: firestore.Client | None = None
-        self._deliver = deliver
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._watch: Any = None
-        self._max_backoff_s = max_backoff_s
-        self.restarts = 0
-        self.snapshots = 0
-
-    def _on_snapshot(self, docs: Any, changes: Any, read_time: Any) -> None:
-        # Runs on the client's thread: copy the bare facts out and hand them to the loop, nothing else.
-        events = [
-            CallEvent(
-                call_id=change.document.id,
-                change=change.type.name,
-                status=_field(change.document, "status"),
-                update_time=change.document.update_time,
-                receiver_id=_field(change.document, "receiverId"),
-            )
-            for change in changes
-        ]
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._received, events)
-
-    def _received(self, events: list[CallEvent]) -> None:
-        self.snapshots += 1
-        self._deliver(events)
-
-    @property
-    def active(self) -> bool:
-        """True while the watch's stream is running."""
-        return self._watch is not None and bool(self._watch.is_active)
-
-    def _subscribe(self) -> None:
-        if self._client is None:
-            self._client = self._make_client()
-        self._watch = active_calls_query(self._client).on_snapshot(self._on_snapshot)
-
-    def _unsubscribe(self) -> None:
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            try:
-                watch.unsubscribe()
-            except Exception as exc:  # a dead stream may fail to close; it is dropped either way
-                log.debug("listener.unsubscribe_failed", error=type(exc).__name__)
-
-    async def start(self) -> None:
-        """Subscribe (the client library does blocking set-up, so off the loop)."""
-        self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._subscribe)
-        log.info("listener.started")
-
-    async def restart(self, reason: str) -> None:
-        """Drop the current watch and subscribe again (the first snapshot re-lists every active call)."""
-        self.restarts += 1
-        log.warning("listener.restart", reason=reason, restarts=self.restarts)
-        await asyncio.to_thread(self._unsubscribe)
-        await asyncio.to_thread(self._subscribe)
-
-    async def supervise(self, check_every_s: float = 1.0) -> None:
-        """Resubscribe whenever the watch has stopped, backing off with jitter while it keeps failing."""
-        backoff = 1.0
-        while True:
-            await asyncio.sleep(check_every_s)
-            if self.active:
-                backoff = 1.0
-                continue
-            try:
-                await self.restart("watch stopped")
-            except Exception as exc:
-                log.warning("listener.resubscribe_failed", error=type(exc).__name__)
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self._max_backoff_s)
-
-    async def stop(self) -> None:
-        """Stop listening; no event is delivered after this returns."""
-        self._loop = None
-        await asyncio.to_thread(self._unsubscribe)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        super().__init__("calls", make_client, active_calls_query, _call_event, deliver, max_backoff_s)
