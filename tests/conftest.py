@@ -12,6 +12,7 @@ import pytest
 from memharbor.emulators import EmulatorSet
 
 PROJECT_ID = "demo-memharbor"
+pytest_plugins = ["tests.support.push_fixtures"]
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

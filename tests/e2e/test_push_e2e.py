@@ -21,11 +21,11 @@ from tests.support.apns_server import ApnsServer, apns_token
 from tests.support.fcm_server import FcmRecord, FcmServer, fcm_token
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.google_logging import google_logger_configured
-from tests.support.push_keys import ApnsKey, ServiceAccount, Tls, make_apns_key, make_service_account, make_tls
+from tests.support.push_fixtures import BUNDLE
+from tests.support.push_keys import ApnsKey, ServiceAccount, make_service_account
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
 
-BUNDLE = "com.memharbor.app"
 FCM_PROJECT = "demo-memharbor-fcm"
 SEED_KEYS = {"type", "callId", "channelName", "callerName", "callerID", "groupId", "receiverId"}
 
@@ -35,28 +35,6 @@ def google_logs_keep_propagating() -> Iterator[None]:
     """The in-process Firestore client must not silence the `google` logger for later tests."""
     with google_logger_configured():
         yield
-
-
-@pytest.fixture(scope="module")
-def apns_key() -> ApnsKey:
-    return make_apns_key()
-
-
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return make_tls()
-
-
-@pytest.fixture(scope="module")
-def ca_file(tls: Tls, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ca, _, _ = tls.write(tmp_path_factory.mktemp("apns-ca"))
-    return ca
-
-
-@pytest.fixture
-def apns(apns_key: ApnsKey, tls: Tls) -> Iterator[ApnsServer]:
-    with ApnsServer(apns_key, BUNDLE, tls) as server:
-        yield server
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ from memharbor.settings import ApnsSettings, FcmSettings, Secret
 from tests.support.apns_server import ApnsServer, apns_token
 from tests.support.fcm_server import SCOPE, FcmServer, fcm_token
 from tests.support.google_logging import google_logger_configured
-from tests.support.push_keys import ApnsKey, ServiceAccount, Tls, make_apns_key, make_service_account, make_tls
+from tests.support.push_fixtures import BUNDLE
+from tests.support.push_keys import ApnsKey, ServiceAccount, make_apns_key, make_service_account
 from watcher.apns import ApnsTransport, ProviderToken, open_tunnel
 from watcher.fcm import FcmTransport
 from watcher.push import PushTarget, call_ended_payload, incoming_call_payload
 from watcher.retry import RetryPolicy
 
-BUNDLE = "com.memharbor.app"
 PROJECT = "demo-push"
 CALL = {
     "callId": "call-42",
@@ -52,29 +52,6 @@ def google_logs_keep_propagating() -> Iterator[None]:
     """google-auth's first request must not silence the `google` logger for later tests."""
     with google_logger_configured():
         yield
-
-
-@pytest.fixture(scope="module")
-def apns_key() -> ApnsKey:
-    return make_apns_key()
-
-
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return make_tls()
-
-
-@pytest.fixture(scope="module")
-def ca_file(tls: Tls, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ca, _, _ = tls.write(tmp_path_factory.mktemp("apns-tls"))
-    return ca
-
-
-@pytest.fixture
-def apns(apns_key: ApnsKey, tls: Tls) -> Iterator[ApnsServer]:
-    """A fresh local APNs per test."""
-    with ApnsServer(apns_key, BUNDLE, tls) as server:
-        yield server
 
 
 def apns_settings(key: ApnsKey, server: ApnsServer, ca_file: Path | None, sandbox: bool = False) -> ApnsSettings:
@@ -223,9 +200,7 @@ class TestApnsErrors:
         assert (result.sent, result.error) == (False, "expired")
         assert apns.records() == []
 
-    async def test_untrusted_server_certificate_is_refused(
-        self, apns_key: ApnsKey, apns: ApnsServer
-    ) -> None:
+    async def test_untrusted_server_certificate_is_refused(self, apns_key: ApnsKey, apns: ApnsServer) -> None:
         """Without the test CA the TLS handshake fails: a connection error, and APNs never sees a request."""
         # aioapns pauses a second after a failed connect before giving up, so each attempt takes ~1 s.
         transport = ApnsTransport(apns_settings(apns_key, apns, None), policy=FAST, request_timeout_s=3.0)
@@ -450,8 +425,10 @@ class TestFcmDelivery:
         """100 pushes in 4 waves of 25 use one grant and at most 25 connections (keep-alive reuse)."""
         for _ in range(4):
             results = await asyncio.gather(
-                *(fcm_transport.send(android(fcm_token()), "incoming_call", {"a": "b"}, time.time() + 30)
-                  for _ in range(25))
+                *(
+                    fcm_transport.send(android(fcm_token()), "incoming_call", {"a": "b"}, time.time() + 30)
+                    for _ in range(25)
+                )
             )
             assert all(r.sent for r in results)
         assert len(fcm.delivered()) == 100

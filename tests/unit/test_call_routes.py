@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -19,13 +18,12 @@ from memharbor.access import Principal
 from memharbor.call_service import FirestoreCallService, StoreUnavailable
 from memharbor.calls import Actor, CallError, Status
 from memharbor.settings import Settings, from_mapping
+from tests.support.json_client import Client, post
 from token_http import call_routes, openapi
 from token_http.app import create_app
 from token_http.auth import OpenAccess
 from token_http.errors import ApiError
 from token_http.keys import Deps
-
-Client = TestClient[web.Request, web.Application]
 
 NOW = 1_770_000_000.0
 ALICE, BOB, MALLORY, ADMIN = "alice", "bob", "mallory", "admin-1"
@@ -41,9 +39,25 @@ AS_MALLORY = {"Authorization": "Bearer tok-mallory"}
 AS_ADMIN = {"Authorization": "Bearer tok-admin"}
 CHANNEL = "g1_alice_bob_1770000000000"
 SEED_STATUS_KEYS = {
-    "callId", "channelName", "groupId", "receiverId", "caregiverUserId", "groupNameSnapshot", "giverNameSnapshot",
-    "receiverNameSnapshot", "status", "createdAt", "answeredAt", "endedAt", "durationSec", "humanSummary",
-    "humanKeywords", "humanNotes", "aiSummary", "reviewCount", "lastReviewAt",
+    "callId",
+    "channelName",
+    "groupId",
+    "receiverId",
+    "caregiverUserId",
+    "groupNameSnapshot",
+    "giverNameSnapshot",
+    "receiverNameSnapshot",
+    "status",
+    "createdAt",
+    "answeredAt",
+    "endedAt",
+    "durationSec",
+    "humanSummary",
+    "humanKeywords",
+    "humanNotes",
+    "aiSummary",
+    "reviewCount",
+    "lastReviewAt",
 }
 
 
@@ -112,8 +126,15 @@ class FakeCallService:
     def add(self, call_id: str, status: str = "pending", age_s: float = 0.0, **fields: Any) -> dict[str, Any]:
         created = self.now() - timedelta(seconds=age_s)
         doc = {
-            "callId": call_id, "groupId": "g1", "callerId": ALICE, "receiverId": BOB, "status": status,
-            "createdAt": created, "updatedAt": created, "channelName": CHANNEL, **fields,
+            "callId": call_id,
+            "groupId": "g1",
+            "callerId": ALICE,
+            "receiverId": BOB,
+            "status": status,
+            "createdAt": created,
+            "updatedAt": created,
+            "channelName": CHANNEL,
+            **fields,
         }
         self.docs[call_id] = doc
         return doc
@@ -201,12 +222,6 @@ async def open_client(world: World) -> AsyncIterator[Client]:
     app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
-
-
-async def post(client: Client, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    response = await client.post(path, json=body, headers=headers or {})
-    assert response.content_type == "application/json"
-    return response.status, await response.json()
 
 
 INVITE = {"group_id": "g1", "caller_id": ALICE, "receiver_id": BOB}
@@ -648,9 +663,17 @@ class TestStatus:
         """Stored review fields, giverNameSnapshot and durationSec are reported as stored."""
         now = world.service.now()
         world.service.add(
-            "c1", status="ended", callerName="Alice", giverNameSnapshot="Jungwon", answeredAt=now,
-            endedAt=now + timedelta(seconds=10), durationSec=10, humanSummary="fine", humanKeywords=["tea"],
-            reviewCount=2, lastReviewAt=now,
+            "c1",
+            status="ended",
+            callerName="Alice",
+            giverNameSnapshot="Jungwon",
+            answeredAt=now,
+            endedAt=now + timedelta(seconds=10),
+            durationSec=10,
+            humanSummary="fine",
+            humanKeywords=["tea"],
+            reviewCount=2,
+            lastReviewAt=now,
         )
         data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
         assert data["giverNameSnapshot"] == "Jungwon"
@@ -785,13 +808,20 @@ class TestResponsesMatchOpenApi:
         world.service.add("c1")
         world.service.add("c2")
         world.service.add("c3", status="accepted", answeredAt=world.service.now())
-        _fits((await post(client, "/api/call/cancel", {"call_id": "c1"}, AS_ALICE))[1],
-              _documented("/api/call/cancel", "post"))
-        _fits((await post(client, "/api/call/missed", {"call_id": "c2"}, AS_ALICE))[1],
-              _documented("/api/call/missed", "post"))
-        _fits((await post(client, "/api/call/end", {"call_id": "c3"}, AS_ALICE))[1],
-              _documented("/api/call/end", "post"))
-        _fits((await post(client, "/api/call/timeout/sweep", {}, AS_ADMIN))[1],
-              _documented("/api/call/timeout/sweep", "post"))
+        _fits(
+            (await post(client, "/api/call/cancel", {"call_id": "c1"}, AS_ALICE))[1],
+            _documented("/api/call/cancel", "post"),
+        )
+        _fits(
+            (await post(client, "/api/call/missed", {"call_id": "c2"}, AS_ALICE))[1],
+            _documented("/api/call/missed", "post"),
+        )
+        _fits(
+            (await post(client, "/api/call/end", {"call_id": "c3"}, AS_ALICE))[1], _documented("/api/call/end", "post")
+        )
+        _fits(
+            (await post(client, "/api/call/timeout/sweep", {}, AS_ADMIN))[1],
+            _documented("/api/call/timeout/sweep", "post"),
+        )
         data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
         _fits(data, _documented("/api/call/status/{call_id}", "get"))

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -28,14 +27,13 @@ from memharbor.recording_requests import (
     parse_legacy_channel,
 )
 from memharbor.recording_service import FirestoreRecordingService, Session, created_at
+from tests.support.json_client import Client, get, post
 from tests.unit.test_call_routes import FakeClock, Unused, make_settings
 from token_http import openapi, recording_routes
 from token_http.app import create_app
 from token_http.auth import OpenAccess
 from token_http.errors import ApiError
 from token_http.keys import Deps
-
-Client = TestClient[web.Request, web.Application]
 
 ALICE, BOB, CAROL, MALLORY, ADMIN = "alice", "bob", "carol", "mallory", "admin-1"
 TOKENS = {
@@ -248,18 +246,6 @@ async def open_client(world: World) -> AsyncIterator[Client]:
     app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
-
-
-async def post(client: Client, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    response = await client.post(path, json=body, headers=headers or {})
-    assert response.content_type == "application/json"
-    return response.status, await response.json()
-
-
-async def get(client: Client, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    response = await client.get(path, headers=headers or {})
-    assert response.content_type == "application/json"
-    return response.status, await response.json()
 
 
 # ---------------------------------------------------------------------------------------------- start
