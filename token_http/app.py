@@ -11,7 +11,6 @@ from memharbor.settings import Settings
 from token_http.access_log import request_context
 from token_http.body import MAX_BODY_BYTES
 from token_http.call_routes import register as register_call_routes
-from token_http.errors import error_middleware
 from token_http.health import get_health
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS, Deps, HealthCache
 from token_http.openapi import get_openapi
@@ -25,7 +24,7 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 def create_app(settings: Settings, deps: Deps, cleanup_ctx: list[CleanupCtx] | None = None) -> web.Application:
     """Build the application; `cleanup_ctx` owns the adapters' lifecycles (clients opened and closed)."""
-    app = web.Application(middlewares=[request_context, error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[HEALTH_CACHE] = HealthCache()

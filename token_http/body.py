@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from token_http.errors import ApiError, bad_request
@@ -22,7 +23,19 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "request body too large (limit 64 KiB)")
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson is strict (no NaN, integers within 64 bits); the stdlib parser decides what those mean
+        # and words the error, so a rare body gets exactly the answer it always got.
+        body = _stdlib_json(raw)
+    if not isinstance(body, dict):
+        raise bad_request("body", "expected a JSON object")
+    return body
+
+
+def _stdlib_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(
             "body", f"invalid JSON: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc}"
@@ -30,9 +43,6 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     except (ValueError, RecursionError):
         # An integer literal over Python's digit limit, or nesting deeper than the parser's recursion limit.
         raise bad_request("body", "invalid JSON: number too long or nesting too deep") from None
-    if not isinstance(body, dict):
-        raise bad_request("body", "expected a JSON object")
-    return body
 
 
 def optional_str(body: dict[str, Any], field: str, max_bytes: int = 1024) -> str | None:

@@ -24,7 +24,7 @@ from memharbor.access import Principal, is_participant
 from memharbor.call_service import CallService, StoreUnavailable
 from memharbor.calls import Actor, CallError, Status
 from token_http.body import json_object, optional_str, required_str
-from token_http.errors import ApiError, bad_request
+from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS
 
 # How long invite waits for the watcher to record the push result, and how often it looks.
@@ -223,7 +223,7 @@ async def post_invite(request: web.Request) -> web.Response:
         await service.create(doc)
     latest = await _await_push(service, call_id)
     push_sent = latest.get("pushSent")
-    return web.json_response(
+    return json_response(
         {
             "success": True,
             "callId": call_id,
@@ -267,7 +267,7 @@ async def post_answer(request: web.Request) -> web.Response:
         raise bad_request("action", "action must be 'accept' or 'decline'")
     target = ACTIONS[action]
     before = await _move(request, principal, call_id, target, Actor.RECEIVER)
-    return web.json_response(
+    return json_response(
         {"success": True, "callId": call_id, "channelName": before.get("channelName"), "status": target.value}
     )
 
@@ -275,7 +275,7 @@ async def post_answer(request: web.Request) -> web.Response:
 async def _simple_move(request: web.Request, target: Status, implied: Actor) -> web.Response:
     principal, _, call_id = await _call_id_body(request)
     await _move(request, principal, call_id, target, implied)
-    return web.json_response({"success": True, "callId": call_id, "status": target.value})
+    return json_response({"success": True, "callId": call_id, "status": target.value})
 
 
 async def post_cancel(request: web.Request) -> web.Response:
@@ -298,7 +298,7 @@ async def post_end(request: web.Request) -> web.Response:
         after = {}  # the call did end; without the committed stamp, measure to now
     ended_at = after.get("endedAt") or datetime.fromtimestamp(request.app[DEPS].clock.time(), UTC)
     duration = calls.duration_seconds(after.get("answeredAt") or before.get("answeredAt"), ended_at)
-    return web.json_response(
+    return json_response(
         {"success": True, "callId": call_id, "status": Status.ENDED.value, "durationSeconds": duration}
     )
 
@@ -341,7 +341,7 @@ async def post_sweep(request: web.Request) -> web.Response:
                 raise
             continue  # answered, cancelled or timed out meanwhile: not this sweep's change
         updated += 1
-    return web.json_response({"success": True, "timeoutSeconds": timeout_s, "updatedCount": updated})
+    return json_response({"success": True, "timeoutSeconds": timeout_s, "updatedCount": updated})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ async def get_status(request: web.Request) -> web.Response:
         raise ApiError(404, f"unknown call {call_id}", field="call_id")
     if not principal.unrestricted and not is_participant(principal.uid, call):
         raise ApiError(403, "you are not a participant of this call", field="call_id")
-    return web.json_response(status_body(call_id, call))
+    return json_response(status_body(call_id, call))
 
 
 def register(app: web.Application) -> None:

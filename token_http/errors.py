@@ -1,9 +1,11 @@
-"""API errors and the one middleware that renders every failure as a JSON body."""
+"""API errors and how every failure becomes a JSON body."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from memharbor.logs import get_logger
@@ -43,26 +45,31 @@ _HTTP_MESSAGES = {
 }
 
 
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """A JSON answer, encoded with orjson (a quarter of the cost of json.dumps on the token path)."""
+    try:
+        data = orjson.dumps(body)
+    except TypeError:  # an int beyond 64 bits, or a non-str key: the stdlib encoder accepts them
+        data = json.dumps(body).encode()
+    return web.Response(body=data, status=status, content_type="application/json")
+
+
 def _json_error(status: int, body: dict[str, Any], headers: Any = None) -> web.Response:
-    response = web.json_response(body, status=status)
+    response = json_response(body, status=status)
     if headers is not None and "Allow" in headers:
         response.headers["Allow"] = headers["Allow"]
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn ApiError, aiohttp's HTTP exceptions and unexpected crashes into JSON error bodies."""
-    try:
-        return await handler(request)  # type: ignore[no-any-return]
-    except ApiError as exc:
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON answer for a failed handler: ApiError, aiohttp's HTTP errors, or a hidden 500 for a bug."""
+    if isinstance(exc, ApiError):
         return _json_error(exc.status, exc.body())
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         message = _HTTP_MESSAGES.get(exc.status, exc.reason.lower())
         return _json_error(exc.status, {"error": message}, exc.headers)
-    except Exception:
-        # A bug, never bad input: log it with the stack and hide the details from the client.
-        log.exception("http.unhandled", path=request.path)
-        return _json_error(500, {"error": "internal error", "request_id": request.get(REQUEST_ID)})
+    # A bug, never bad input: log it with the stack and hide the details from the client.
+    log.error("http.unhandled", path=request.path, exc_info=exc)
+    return _json_error(500, {"error": "internal error", "request_id": request.get(REQUEST_ID)})

@@ -10,6 +10,7 @@ from aiohttp import web
 from memharbor.clock import Clock
 from memharbor.settings import Settings
 from memharbor.store import HealthSource
+from token_http.errors import json_response
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS
 
 FIRESTORE_TIMEOUT_S = 2.0
@@ -93,4 +94,4 @@ async def get_health(request: web.Request) -> web.Response:
             cache.result = await _check(deps.health, request.app[SETTINGS], deps.clock)
             cache.at = deps.clock.monotonic()
         status, body = cache.result
-    return web.json_response(body, status=status)
+    return json_response(body, status=status)

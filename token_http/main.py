@@ -52,8 +52,19 @@ def bootstrap(settings: Settings) -> web.Application:
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
 
 
+# Access lines wait at most this long in memory; under load one write per interval replaces two per request.
+LOG_FLUSH_INTERVAL_S = 0.2
+
+
 def _serve(settings: Settings, reuse_port: bool) -> None:
-    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    logs.configure(settings.log_format, settings.log_level, settings.log_file, flush_interval_s=LOG_FLUSH_INTERVAL_S)
+    try:
+        _run_app(settings, reuse_port)
+    finally:
+        logs.flush()  # a forked worker leaves through os._exit, which skips atexit
+
+
+def _run_app(settings: Settings, reuse_port: bool) -> None:
     app = bootstrap(settings)
     # Start-up objects never die: keep them out of every collection, and collect young objects less
     # often (each request makes a few hundred short-lived ones); this trims the latency tail.

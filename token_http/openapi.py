@@ -6,6 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from token_http.errors import json_response
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -481,4 +483,4 @@ def document() -> dict[str, Any]:
 
 async def get_openapi(request: web.Request) -> web.Response:
     """Serve the OpenAPI document."""
-    return web.json_response(document())
+    return json_response(document())

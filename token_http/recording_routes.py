@@ -37,7 +37,7 @@ from memharbor.recording_requests import (
 from memharbor.recording_service import RecordingService, Session, created_at
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso
-from token_http.errors import ApiError, bad_request
+from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS
 
 # start waits this long for the recorder to begin, looking this often (the seed waited for its recorder too).
@@ -201,7 +201,7 @@ async def post_start(request: web.Request) -> web.Response:
     session = sessions.get(sid, {})
     status = status_of(session)
     if status in BEGUN:
-        return web.json_response(_start_body(sid, channel, session))
+        return json_response(_start_body(sid, channel, session))
     if status is RecordingStatus.FAILED:
         raise _session_error("the recorder could not record this channel", sid, session, reason=session.get("error"))
     raise _session_error(
@@ -294,7 +294,7 @@ async def post_stop(request: web.Request) -> web.Response:
             sid,
             session,
         )
-    return web.json_response(_stop_body(sid, session))
+    return json_response(_stop_body(sid, session))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ async def get_status(request: web.Request) -> web.Response:
     service = _service(request)
     with _store_errors():
         sessions = await _visible(service, principal, await service.in_progress())
-    return web.json_response({"sessions": [_session_view(sid, doc) for sid, doc in sessions], "count": len(sessions)})
+    return json_response({"sessions": [_session_view(sid, doc) for sid, doc in sessions], "count": len(sessions)})
 
 
 def _limit(request: web.Request) -> int:
@@ -366,7 +366,7 @@ async def get_list(request: web.Request) -> web.Response:
     with _store_errors():
         stored = await service.stored(limit, None if principal.unrestricted else principal.uid)
     stored.sort(key=created_at, reverse=True)
-    return web.json_response(
+    return json_response(
         {"recordings": [_recording_view(sid, doc) for sid, doc in stored[:limit]], "count": min(len(stored), limit)}
     )
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from memharbor import agora
 from memharbor.access import Principal, may_get_token
 from token_http.body import json_object, optional_int
-from token_http.errors import ApiError, bad_request
+from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS, SETTINGS
 
 CALL_LOOKUP_TIMEOUT_S = 5.0
@@ -121,4 +121,4 @@ async def post_token(request: web.Request) -> web.Response:
         now=now,
         version=req.version,
     )
-    return web.json_response({"token": token, "expire_at": now + req.expire_s, "expire_in": req.expire_s})
+    return json_response({"token": token, "expire_at": now + req.expire_s, "expire_in": req.expire_s})
