@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +46,8 @@ class SupervisedListener(Generic[E]):
         self._max_backoff_s = max_backoff_s
         self.restarts = 0
         self.snapshots = 0
+        # Unix time of the latest subscribe: changes made after it must reach us through this watch.
+        self.subscribed_at: float | None = None
 
     def _on_snapshot(self, docs: Any, changes: Any, read_time: Any) -> None:
         # Runs on the client's thread: copy the bare facts out and hand them to the loop, nothing else.
@@ -65,6 +68,7 @@ class SupervisedListener(Generic[E]):
     def _subscribe(self) -> None:
         if self._client is None:
             self._client = self._make_client()
+        self.subscribed_at = time.time()
         self._watch = self._make_query(self._client).on_snapshot(self._on_snapshot)
 
     def _unsubscribe(self) -> None:

@@ -119,6 +119,8 @@ class Settings:
     ring_timeout_s: float
     sweep_interval_s: float
     heartbeat_interval_s: float
+    # MEMHARBOR_LISTEN_WINDOW: how many of the most recently updated calls the watcher's feed holds.
+    listen_window: int
     push_sink: Path | None
     instance_id: str | None
     # MEMHARBOR_RECORD_CALLS: the watcher requests a recording of every accepted call, not only record: true ones.
@@ -342,6 +344,7 @@ def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> S
         ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
         sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
         heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
+        listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 20, 5, 1000),
         push_sink=Path(sink) if sink else None,
         instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
         record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),

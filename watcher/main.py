@@ -59,7 +59,9 @@ def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Watcher:
         # and an ended call's recordings are stopped whoever asked for them.
         recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
     )
-    listener = CallListener(lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events))
+    listener = CallListener(
+        lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events), settings.listen_window
+    )
     heartbeat = Heartbeat(
         db,
         "watcher",

@@ -22,8 +22,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from memharbor import calls
-from memharbor.calls import Actor, CallError, Status
-from memharbor.callstore import apply_transition
+from memharbor.calls import Actor, Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
 from memharbor.store import CALLS, USERS
@@ -138,13 +137,14 @@ class CallReactor:
         for call_id in [c for c in self._done if c not in active_ids]:
             del self._done[call_id]
 
-    async def handle(self, call_id: str, receiver_hint: str | None = None) -> Claim:
+    async def handle(self, call_id: str, receiver_hint: str | None = None, time_out: bool = False) -> Claim:
         """Bring the call's side effects up to date with its current document.
 
         `receiver_hint` (the receiverId the listener saw) lets the receiver's user document be read in
-        the same round trip as the call.
+        the same round trip as the call. With `time_out`, a pending call whose ring deadline has passed
+        is moved to `missed` in the same write that claims the effects of `missed` (see `_timeout`).
         """
-        claimed = await self._claim(call_id, receiver_hint)
+        claimed = await self._claim(call_id, receiver_hint, time_out)
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
@@ -164,7 +164,7 @@ class CallReactor:
         elif call.get("status") != Status.PENDING:
             self._cancel_timeout(call_id)
 
-    async def _claim(self, call_id: str, receiver_hint: str | None = None) -> Claimed:
+    async def _claim(self, call_id: str, receiver_hint: str | None = None, time_out: bool = False) -> Claimed:
         """Claim with optimistic concurrency: read, decide, write under preconditions, retry on a race.
 
         A Firestore transaction would do the same in four round trips with locks held in between; this
@@ -172,13 +172,13 @@ class CallReactor:
         """
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
-                return await self._claim_once(call_id, receiver_hint)
+                return await self._claim_once(call_id, receiver_hint, time_out)
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
                 # Someone wrote between our read and our write: read again.
                 await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
 
-    async def _claim_once(self, call_id: str, receiver_hint: str | None) -> Claimed:
+    async def _claim_once(self, call_id: str, receiver_hint: str | None, time_out: bool = False) -> Claimed:
         call_ref = self._db.collection(CALLS).document(call_id)
         server_ref = self._db.collection(CALL_SERVER).document(call_id)
         refs = [call_ref, server_ref]
@@ -205,7 +205,11 @@ class CallReactor:
             if write is not None or claim is Claim.INVALID:
                 await batch.commit()
             return Claimed(claim, call)
-        if not self._may_claim(call, server, now):
+        timeout = self._timeout(call, now) if time_out else None
+        if timeout is not None:
+            batch.update(call_ref, timeout, option=guard_call)
+            call = {**call, "status": Status.MISSED.value}
+        elif not self._may_claim(call, server, now):
             return Claimed(Claim.DONE if self._is_done(call, server) else Claim.BUSY, call)
         self._write_server(batch, server_snap, self._lease(call_id, call, now))
         ring = self._ring_setup(call_id, call)
@@ -213,8 +217,27 @@ class CallReactor:
             batch.update(call_ref, ring, option=guard_call)
         user = await self._user_for_push(call, snaps)
         await batch.commit()
+        if timeout is not None:
+            log.info("call.timed_out", call_id=call_id)
         call.update(ring)
         return Claimed(Claim.RUN, call, user)
+
+    @staticmethod
+    def _timeout(call: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
+        """The `pending -> missed` update when the call still rings past its deadline, else None.
+
+        Written in the claim's batch: one read and one write instead of a transaction followed by a
+        second claim, which halves the round trips of every unanswered call.
+        """
+        deadline = _ts(call.get("ringDeadline"))
+        if call.get("status") != Status.PENDING or deadline is None or deadline > now:
+            return None
+        move = calls.check_transition(call, Status.MISSED.value, Actor.SERVER)
+        return {
+            "status": Status.MISSED.value,
+            move.stamp: firestore.SERVER_TIMESTAMP,
+            "updatedAt": firestore.SERVER_TIMESTAMP,
+        }
 
     def _write_server(self, batch: Any, server_snap: Any, fields: dict[str, Any]) -> None:
         """Create the server document, or update it only if nobody changed it since we read it."""
@@ -395,16 +418,6 @@ class CallReactor:
         log.info("call.ended", call_id=call_id, duration_s=duration)
         await self._recording.on_ended(call_id, call)
         return {"durationSec": duration}
-
-    async def time_out(self, call_id: str) -> bool:
-        """Apply the ring timeout (`pending -> missed`); False when the call was answered meanwhile."""
-        try:
-            await apply_transition(self._db, call_id, Status.MISSED, Actor.SERVER)
-        except CallError as exc:
-            log.info("call.timeout_skipped", call_id=call_id, reason=exc.message)
-            return False
-        log.info("call.timed_out", call_id=call_id)
-        return True
 
 
 class RecordingHooks(Protocol):

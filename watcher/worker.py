@@ -12,7 +12,7 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from memharbor.calls import ACTIVE, Status
+from memharbor.calls import ACTIVE, FINAL, Status
 from memharbor.clock import Clock
 from memharbor.heartbeat import Heartbeat
 from memharbor.logs import get_logger
@@ -57,7 +57,9 @@ class Watcher:
         self._sem = asyncio.Semaphore(config.max_concurrency)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
+        # What the feed delivered per call: the document's update time, and its app-facing `updatedAt`.
         self._seen: dict[str, datetime] = {}
+        self._seen_app: dict[str, datetime] = {}
         self._timers: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
         self._due: set[str] = set()
         self._latest: dict[str, CallEvent] = {}
@@ -70,9 +72,13 @@ class Watcher:
         """Take a batch from the listener (on the loop's thread)."""
         for event in events:
             if event.change == "REMOVED":
-                self._seen.pop(event.call_id, None)  # left the active set: nothing more to compare
-            elif event.update_time is not None:
+                continue  # the call left the window, newer ones pushed it out: not a change
+            if event.update_time is not None:
                 self._seen[event.call_id] = max(event.update_time, self._seen.get(event.call_id, event.update_time))
+            if event.updated_at is not None:
+                self._seen_app[event.call_id] = max(
+                    event.updated_at, self._seen_app.get(event.call_id, event.updated_at)
+                )
             echo = self._is_echo(event)
             if not echo or event.call_id in self._running:
                 self._latest[event.call_id] = event  # read by the handler; dropped when it finishes
@@ -80,9 +86,9 @@ class Watcher:
                 self.submit(event.call_id)
 
     def _is_echo(self, event: CallEvent) -> bool:
-        # An echo of our own write, or a change that leaves nothing to do: no transaction needed.
-        if event.change == "REMOVED":
-            return self.reactor.known_final(event.call_id)
+        # An echo of our own write, or a change that leaves nothing to do: no claim needed.
+        if event.change == "REMOVED" or (event.status in FINAL and self.reactor.known_final(event.call_id)):
+            return True  # a final call this instance saw through (later writes are reviews)
         return self.reactor.known_done(event.call_id, event.status)
 
     def submit(self, call_id: str) -> None:
@@ -110,22 +116,21 @@ class Watcher:
             self._latest.pop(call_id, None)
 
     async def _handle_once(self, call_id: str) -> None:
-        if call_id in self._due:
-            self._due.discard(call_id)
-            try:
-                await self.reactor.time_out(call_id)
-            except Exception as exc:
-                # Contention or a dropped connection: try again shortly rather than at the next sweep.
-                log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
-                asyncio.get_running_loop().call_later(random.uniform(0.5, 1.5), self._fire, call_id)
+        due = call_id in self._due
+        self._due.discard(call_id)
         try:
             latest = self._latest.get(call_id)
             receiver = latest.receiver_id if latest is not None and isinstance(latest.receiver_id, str) else None
-            claim = await self.reactor.handle(call_id, receiver)
+            claim = await self.reactor.handle(call_id, receiver, time_out=due)
             log.debug("call.handled", call_id=call_id, claim=claim.value)
-        except Exception:
-            # The claim's lease lapses and the sweep retries; the watcher itself lives on.
-            log.exception("call.handler_failed", call_id=call_id)
+        except Exception as exc:
+            if due:
+                # Contention or a dropped connection: try the timeout again shortly, not at the next sweep.
+                log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
+                asyncio.get_running_loop().call_later(random.uniform(0.5, 1.5), self._fire, call_id)
+            else:
+                # The claim's lease lapses and the sweep retries; the watcher itself lives on.
+                log.exception("call.handler_failed", call_id=call_id)
 
     # -- ring timers ----------------------------------------------------------------------------
     def schedule_timeout(self, call_id: str, deadline: datetime) -> None:
@@ -178,15 +183,16 @@ class Watcher:
         query = self.db.collection(CALLS).where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
         async for snap in query.stream():
             active_ids.add(snap.id)
+            if self._undelivered_app_change(snap, now):
+                missed += 1
             seen = self._seen.get(snap.id)
             if snap.update_time is not None and (seen is None or snap.update_time > seen):
-                if (now - snap.update_time).total_seconds() > self.config.stall_grace_s:
-                    missed += 1
-                self.submit(snap.id)
+                self.submit(snap.id)  # changed since the feed last showed it (outside the window, or ours)
             elif not self.reactor.known_done(snap.id, snap.get("status")):
                 self.submit(snap.id)
-        for call_id in [c for c in self._seen if c not in active_ids]:
-            del self._seen[call_id]
+        for seen_map in (self._seen, self._seen_app):
+            for call_id in [c for c in seen_map if c not in active_ids]:
+                del seen_map[call_id]
         self.reactor.prune(active_ids)
         servers = self.db.collection(CALL_SERVER)
         open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True))
@@ -198,15 +204,33 @@ class Watcher:
                 self.submit(snap.id)  # left the active set while the stream was not looking
         return missed
 
+    def _undelivered_app_change(self, snap: Any, now: datetime) -> bool:
+        """An app change (a newer `updatedAt`) the feed has not shown after the grace: a stalled stream.
+
+        Only changes made since the watch subscribed count (older calls may sit outside the window), and
+        our own writes leave `updatedAt` alone, so they never count.
+        """
+        try:
+            updated_at = snap.get("updatedAt")
+        except KeyError:
+            return False
+        subscribed = self.listener.subscribed_at
+        if not isinstance(updated_at, datetime) or subscribed is None or updated_at.timestamp() <= subscribed:
+            return False
+        seen = self._seen_app.get(snap.id)
+        stale = seen is None or updated_at > seen
+        return stale and (now - updated_at).total_seconds() > self.config.stall_grace_s
+
     async def _sweep_forever(self) -> None:
+        # The first sweep runs at once: it arms the timers of ringing calls older than the feed's window.
         while True:
-            await asyncio.sleep(self.config.sweep_interval_s)
             try:
                 result = await self.sweep_once()
                 if any(result.values()):
                     log.info("sweep.done", **result)
             except Exception as exc:
                 log.warning("sweep.failed", error=type(exc).__name__)
+            await asyncio.sleep(self.config.sweep_interval_s)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
