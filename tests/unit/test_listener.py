@@ -10,7 +10,7 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentSnapshot
 
-from watcher.listener import change_feed_query, by_stamp_then_name
+from watcher.listener import by_stamp_then_name, change_feed_query
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +220,92 @@ class TestNoSecretsInSinks:
         [line] = json_lines(stream.getvalue())
         assert line["access_token"] == logs.REDACTED
         assert ID_TOKEN not in stream.getvalue()
+
+
+class TestBufferedLines:
+    """configure(flush_interval_s=...): info lines wait in memory, warnings and flush() write them."""
+
+    def test_info_lines_wait_until_flush(self) -> None:
+        """With a long interval an info line is not written until logs.flush()."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream, flush_interval_s=3600)
+        logs.get_logger().info("http.request", status=200)
+        assert stream.getvalue() == ""
+        logs.flush()
+        assert [line["event"] for line in json_lines(stream.getvalue())] == ["http.request"]
+
+    def test_a_warning_writes_everything_at_once_in_order(self, tmp_path: Path) -> None:
+        """A warning is written immediately, after the info lines buffered before it, on every sink."""
+        stream = io.StringIO()
+        log_file = tmp_path / "api.log"
+        logs.configure("json", "info", file=log_file, stream=stream, flush_interval_s=3600)
+        logs.get_logger().info("first")
+        logs.get_logger().warning("second")
+        expected = ["first", "second"]
+        assert [line["event"] for line in json_lines(stream.getvalue())] == expected
+        assert [line["event"] for line in json_lines(log_file.read_text())] == expected
+
+    def test_the_flusher_thread_writes_within_the_interval(self) -> None:
+        """Without any flush() call, buffered lines appear after about one interval."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream, flush_interval_s=0.05)
+        logs.get_logger().info("http.request")
+        deadline = time.monotonic() + 5
+        while stream.getvalue() == "" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [line["event"] for line in json_lines(stream.getvalue())] == ["http.request"]
+
+    def test_reconfiguring_flushes_the_previous_sinks(self) -> None:
+        """Lines buffered for the old stream are written there before the new configuration applies."""
+        first, second = io.StringIO(), io.StringIO()
+        logs.configure("json", "info", stream=first, flush_interval_s=3600)
+        logs.get_logger().info("old")
+        logs.configure("json", "info", stream=second)
+        logs.get_logger().info("new")
+        assert [line["event"] for line in json_lines(first.getvalue())] == ["old"]
+        assert [line["event"] for line in json_lines(second.getvalue())] == ["new"]
+
+
+class TestUtcStamper:
+    """The timestamp processor."""
+
+    def test_iso_utc_with_microseconds_and_current(self) -> None:
+        """The stamp is ISO 8601 UTC with six fraction digits and a Z, within a second of now."""
+        stamp = logs._UtcStamper()(None, "info", {})["timestamp"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs((datetime.now(UTC) - parsed).total_seconds()) < 1
+
+    def test_stamps_do_not_go_backwards_across_seconds(self) -> None:
+        """Consecutive stamps over more than a second stay ordered (the cached prefix is refreshed)."""
+        stamper = logs._UtcStamper()
+        stamps = []
+        deadline = time.monotonic() + 1.2
+        while time.monotonic() < deadline:
+            stamps.append(stamper(None, "info", {})["timestamp"])
+            time.sleep(0.05)
+        assert stamps == sorted(stamps) and stamps[0][:19] != stamps[-1][:19]
+
+
+class TestHotLogger:
+    """The per-request logger bound once per configuration."""
+
+    def test_follows_reconfiguration(self) -> None:
+        """After configure() runs again, the hot logger writes to the new sink, not the old one."""
+        hot = logs.HotLogger()
+        first, second = io.StringIO(), io.StringIO()
+        logs.configure("json", "info", stream=first)
+        hot.current().info("one")
+        logs.configure("json", "info", stream=second)
+        hot.current().info("two")
+        assert [line["event"] for line in json_lines(first.getvalue())] == ["one"]
+        assert [line["event"] for line in json_lines(second.getvalue())] == ["two"]
+
+    def test_carries_bound_context(self) -> None:
+        """Context bound with contextvars still reaches lines from the hot logger."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        with structlog.contextvars.bound_contextvars(request_id="r-1"):
+            logs.HotLogger().current().info("http.request")
+        [line] = json_lines(stream.getvalue())
+        assert line["request_id"] == "r-1"

@@ -32,6 +32,7 @@ from tests.support.agora_tokens import (
 from token_http import health as health_mod
 from token_http import main as main_mod
 from token_http import token_route
+from token_http.access_log import RequestIds
 from token_http.app import create_app
 from token_http.auth import FirebaseIdTokens, OpenAccess
 from token_http.errors import ApiError
@@ -629,6 +630,25 @@ class TestHealth:
 
 
 # ---------------------------------------------------------------------------------------------- access log
+
+
+class TestRequestIds:
+    """Request ids made without a syscall each."""
+
+    def test_unique_32_hex_characters(self) -> None:
+        """Ten thousand ids are distinct and each is 32 lowercase hex characters."""
+        ids = RequestIds()
+        made = [ids.next() for _ in range(10_000)]
+        assert len(set(made)) == len(made)
+        assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in made)
+
+    def test_reset_starts_a_new_prefix(self) -> None:
+        """After reset() (what a forked worker does) no earlier id repeats."""
+        ids = RequestIds()
+        before = {ids.next() for _ in range(100)}
+        ids.reset()
+        after = {ids.next() for _ in range(100)}
+        assert not before & after
 
 
 class TestAccessLog:
