@@ -250,7 +250,6 @@ def _as_argument(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> tuple
     return (event_dict,), {}
 
 
-
 class HotLogger:
     """A concrete logger for a per-request path: binding once saves the lazy proxy's work on every call.
 
