@@ -27,7 +27,7 @@ import functools
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from memharbor.logs import get_logger
 from memharbor.settings import ApnsSettings
 from watcher.push import Kind, PushResult, PushTarget, StillWanted
-from watcher.retry import Attempt, RetryPolicy, TransportStats, deliver, to_push_result
+from watcher.retry import Attempt, RetryPolicy, TransportStats, send_counted
 
 log = get_logger()
 
@@ -288,18 +288,16 @@ class ApnsTransport:
         still_wanted: StillWanted | None = None,
     ) -> PushResult:
         """Deliver one push to `target.token`, retrying transient failures while it still matters."""
-        if self._clock() >= expires_at:
-            return PushResult(sent=False, platform=target.platform, error="expired")
 
-        async def once() -> Attempt:
-            request = build_request(kind, target.token, payload, expires_at, self._clock(), self._settings.bundle_id)
-            result = await self._attempt(request)
-            self.stats.note_attempt(result, self._clock())
-            return result
+        def once() -> Awaitable[Attempt]:
+            # Built per attempt: each request gets a fresh apns-id.
+            return self._attempt(
+                build_request(kind, target.token, payload, expires_at, self._clock(), self._settings.bundle_id)
+            )
 
-        delivery = await deliver(once, expires_at, self._policy, still_wanted=still_wanted, clock=self._clock)
-        self.stats.note_delivery(delivery, self._clock())
-        return to_push_result(target, delivery)
+        return await send_counted(
+            target, once, expires_at, self._policy, self.stats, self._clock, still_wanted=still_wanted
+        )
 
     async def _attempt(self, request: NotificationRequest) -> Attempt:
         async with self._sem:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC
 from typing import Any
 
@@ -30,7 +30,7 @@ from google.oauth2 import service_account
 from memharbor.logs import get_logger
 from memharbor.settings import FcmSettings
 from watcher.push import Kind, PushResult, PushTarget, StillWanted
-from watcher.retry import Attempt, RetryPolicy, TransportStats, deliver, retry_after_seconds, to_push_result
+from watcher.retry import Attempt, RetryPolicy, TransportStats, retry_after_seconds, send_counted
 
 log = get_logger()
 
@@ -213,17 +213,14 @@ class FcmTransport:
         still_wanted: StillWanted | None = None,
     ) -> PushResult:
         """Deliver one push to `target.token`, retrying transient failures while it still matters."""
-        if self._clock() >= expires_at:
-            return PushResult(sent=False, platform=target.platform, error="expired")
 
-        async def once() -> Attempt:
-            result = await self._attempt(build_message(target.token, payload, expires_at, self._clock()))
-            self.stats.note_attempt(result, self._clock())
-            return result
+        def once() -> Awaitable[Attempt]:
+            # Built per attempt: the message's TTL is the time left until `expires_at`.
+            return self._attempt(build_message(target.token, payload, expires_at, self._clock()))
 
-        delivery = await deliver(once, expires_at, self._policy, still_wanted=still_wanted, clock=self._clock)
-        self.stats.note_delivery(delivery, self._clock())
-        return to_push_result(target, delivery)
+        return await send_counted(
+            target, once, expires_at, self._policy, self.stats, self._clock, still_wanted=still_wanted
+        )
 
     async def _attempt(self, message: dict[str, Any]) -> Attempt:
         async with self._sem:

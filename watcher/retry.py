@@ -163,6 +163,29 @@ def _iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat() if at is not None else None
 
 
+async def send_counted(
+    target: PushTarget,
+    attempt: Callable[[], Awaitable[Attempt]],
+    expires_at: float,
+    policy: RetryPolicy,
+    stats: TransportStats,
+    clock: Callable[[], float],
+    still_wanted: StillWanted | None = None,
+) -> PushResult:
+    """A transport's whole send: refuse an expired push, retry `attempt` per `policy`, count both in `stats`."""
+    if clock() >= expires_at:
+        return PushResult(sent=False, platform=target.platform, error="expired")
+
+    async def counted() -> Attempt:
+        result = await attempt()
+        stats.note_attempt(result, clock())
+        return result
+
+    delivery = await deliver(counted, expires_at, policy, still_wanted=still_wanted, clock=clock)
+    stats.note_delivery(delivery, clock())
+    return to_push_result(target, delivery)
+
+
 def to_push_result(target: PushTarget, delivery: Delivery) -> PushResult:
     """The notifier's answer for a finished delivery."""
     last = delivery.last
