@@ -125,9 +125,14 @@ class _Sinks:
             self._flush_locked()
 
     def start_flusher(self) -> None:
-        """Start the thread that writes buffered lines every interval (again in a forked child)."""
-        self._lock = threading.Lock()  # a lock held by another thread at fork time stays held in the child
+        """Start the thread that writes buffered lines every interval."""
         threading.Thread(target=self._flush_loop, name="log-flusher", daemon=True).start()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held ours at fork time), a new flusher."""
+        self._lock = threading.Lock()
+        if self._interval > 0:
+            self.start_flusher()
 
     def _flush_loop(self) -> None:
         while not self._closed.wait(self._interval):
@@ -159,13 +164,13 @@ def flush() -> None:
         _active.flush()
 
 
-def _restart_flusher_in_child() -> None:
-    if _active is not None and _active._interval > 0:
-        _active.start_flusher()
+def _after_fork_in_child() -> None:
+    if _active is not None:
+        _active.after_fork()
 
 
 atexit.register(flush)
-os.register_at_fork(before=flush, after_in_child=_restart_flusher_in_child)
+os.register_at_fork(before=flush, after_in_child=_after_fork_in_child)
 
 
 class _SinkFactory:
