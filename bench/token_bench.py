@@ -2,11 +2,13 @@
 
 Run from the repository root:
 
-    python bench/token_bench.py [--duration 15] [--connections 64] [--workers 2] [--only seed|ours] [--json]
+    python bench/token_bench.py [--duration 15] [--connections 64] [--workers 2] [--only seed|ours] [--floor] [--json]
 
 Both servers run on free loopback ports, one after the other, each loaded by `wrk` with the same Lua
-script (bench/token_post.lua). Exit codes: 0 all good, 1 a server failed to start or wrk failed,
-2 wrk is not installed, 3 a run had non-2xx answers or socket errors.
+script (bench/token_post.lua). `--floor` adds a third, the control server of bench/floor_app.py: only
+the work the issue requires of the endpoint, so its figures bound what ours could reach here.
+Exit codes: 0 all good, 1 a server failed to start or wrk failed, 2 wrk is not installed, 3 a run had
+non-2xx answers or socket errors. PASS/FAIL lines compare ours with the issue's targets.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 WRK_THREADS = 2
+# The issue's target: ours at least 3x the seed's requests/s, with at most a third of its p99.
+TARGET_RATIO = 3.0
 WARMUP_SECONDS = 3
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -100,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (-c)")
     parser.add_argument("--workers", type=int, default=2, help="MEMHARBOR_HTTP_WORKERS for our server")
     parser.add_argument("--only", choices=("seed", "ours"), help="benchmark one server only")
+    parser.add_argument("--floor", action="store_true", help="also run the control server (bench/floor_app.py)")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (table to stderr)")
     return parser.parse_args(argv)
 
@@ -193,6 +198,16 @@ def ours_server(workdir: Path, creds: dict[str, str], workers: int) -> Server:
     }
     argv = [sys.executable, "-m", "memharbor", "http"]
     return Server("ours", argv, env, REPO_ROOT, port, log_file, workdir / "ours.stdout", workdir / "ours.stderr")
+
+
+def floor_server(workdir: Path, creds: dict[str, str]) -> Server:
+    """Describe the control server: the endpoint's required work only (bench/floor_app.py)."""
+    port = free_port()
+    log_file = workdir / "floor.log"
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **creds, "PYTHONPATH": pythonpath}
+    argv = [sys.executable, str(BENCH_DIR / "floor_app.py"), str(port), str(log_file)]
+    return Server("floor", argv, env, REPO_ROOT, port, log_file, workdir / "floor.stdout", workdir / "floor.stderr")
 
 
 def start(server: Server) -> None:
@@ -346,14 +361,19 @@ def bench_server(server: Server, wrk: str, args: argparse.Namespace) -> dict[str
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """Return ours/seed requests/s and seed p99 / ours p99 when both were measured."""
-    seed, ours = results.get("seed"), results.get("ours")
-    if not seed or not ours:
-        return {"rps_ours_over_seed": None, "p99_seed_over_ours": None}
-    rps = ours["requests_per_sec"] / seed["requests_per_sec"] if seed["requests_per_sec"] else None
-    p99_seed, p99_ours = seed["latency_ms"].get("p99"), ours["latency_ms"].get("p99")
-    p99 = p99_seed / p99_ours if p99_seed and p99_ours else None
-    return {"rps_ours_over_seed": rps and round(rps, 2), "p99_seed_over_ours": p99 and round(p99, 2)}
+    """Return each other server's requests/s over the seed's and the seed's p99 over its p99."""
+    seed = results.get("seed")
+    summary: dict[str, float | None] = {}
+    for name in (n for n in ("ours", "floor") if n in results):
+        res = results[name]
+        rps = p99 = None
+        if seed:
+            rps = res["requests_per_sec"] / seed["requests_per_sec"] if seed["requests_per_sec"] else None
+            p99_seed, p99_res = seed["latency_ms"].get("p99"), res["latency_ms"].get("p99")
+            p99 = p99_seed / p99_res if p99_seed and p99_res else None
+        summary[f"rps_{name}_over_seed"] = rps and round(rps, 2)
+        summary[f"p99_seed_over_{name}"] = p99 and round(p99, 2)
+    return summary
 
 
 def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -390,22 +410,37 @@ def render(results: dict[str, dict[str, Any]], summary: dict[str, float | None])
     for row in rows:
         cells = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells))
-    if summary["rps_ours_over_seed"] is not None or summary["p99_seed_over_ours"] is not None:
-        lines.append(
-            f"requests/s ours/seed: {summary['rps_ours_over_seed']}   p99 seed/ours: {summary['p99_seed_over_ours']}"
-        )
+    for name in ("ours", "floor"):
+        rps, p99 = summary.get(f"rps_{name}_over_seed"), summary.get(f"p99_seed_over_{name}")
+        if rps is not None or p99 is not None:
+            lines.append(f"requests/s {name}/seed: {rps}   p99 seed/{name}: {p99}")
+    rps, p99 = summary.get("rps_ours_over_seed"), summary.get("p99_seed_over_ours")
+    if rps is not None and p99 is not None:
+        lines.append(f"  {_verdict(rps >= TARGET_RATIO)}  requests/s ours/seed {rps} (target >= {TARGET_RATIO:g})")
+        lines.append(f"  {_verdict(p99 >= TARGET_RATIO)}  p99 seed/ours {p99} (target >= {TARGET_RATIO:g})")
     return "\n".join(lines)
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
 
 
 def run(args: argparse.Namespace, wrk: str) -> dict[str, dict[str, Any]]:
     """Benchmark the selected servers one after the other and return their figures."""
     creds = agora_env()
     names = [args.only] if args.only else ["seed", "ours"]
+    if args.floor:
+        names.append("floor")
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="memharbor-bench-") as tmp:
         workdir = Path(tmp)
         for name in names:
-            server = seed_server(workdir, creds) if name == "seed" else ours_server(workdir, creds, args.workers)
+            if name == "seed":
+                server = seed_server(workdir, creds)
+            elif name == "ours":
+                server = ours_server(workdir, creds, args.workers)
+            else:
+                server = floor_server(workdir, creds)
             results[name] = bench_server(server, wrk, args)
     return results
 
