@@ -65,7 +65,10 @@ def parse_legacy_channel(channel: str) -> LegacyChannel | None:
 
 
 def call_session_id(call_id: str) -> str:
-    """The session id of the watcher's recording of a call: one per call, so a repeated request is a no-op."""
+    """The id of a call's first recording session, whoever asks for it (the watcher or a REST start).
+
+    One id per call makes a repeated or simultaneous request a collision on one document, not a duplicate.
+    """
     return f"call-{call_id}"
 
 

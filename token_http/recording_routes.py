@@ -29,6 +29,7 @@ from memharbor.recording_requests import (
     FINISHED,
     STOP_FIELD,
     RecordingStatus,
+    call_session_id,
     may_access,
     new_request,
     parse_legacy_channel,
@@ -183,6 +184,31 @@ def _reusable(sessions: list[Session]) -> Session | None:
     return None
 
 
+async def _join_or_request(service: RecordingService, channel: str, request: dict[str, Any]) -> str:
+    """The sid of the session a start joins (one already asked for) or of the request it creates."""
+    existing = _reusable(await service.in_progress(channel))
+    if existing is not None:
+        return existing[0]  # already asked for (by the watcher or another participant): one recording
+    call_id = request.get("callId")
+    if isinstance(call_id, str):
+        # The id the watcher uses for the call's recording: starts racing each other or the watcher's
+        # own request all create this one document, and every one but the first finds it.
+        sid = call_session_id(call_id)
+        try:
+            await service.create(sid, request)
+            return sid
+        except CallError as exc:
+            if exc.status != 409:
+                raise
+        current = await service.get(sid)
+        if current is not None and _reusable([(sid, current)]) is not None:
+            return sid
+        # The call's first recording is stopping or over: this start asks for another one.
+    sid = str(uuid.uuid4())
+    await service.create(sid, request)
+    return sid
+
+
 async def post_start(request: web.Request) -> web.Response:
     """Request a recording of the channel and wait (up to START_WAIT_S) for the recorder to begin."""
     principal = await _principal(request)
@@ -191,12 +217,7 @@ async def post_start(request: web.Request) -> web.Response:
     service = _service(request)
     with _store_errors():
         call_id = _call_of_channel(principal, channel, await service.calls_on_channel(channel))
-        existing = _reusable(await service.in_progress(channel))
-        if existing is not None:
-            sid = existing[0]  # already asked for (by the watcher or another participant): one recording
-        else:
-            sid = str(uuid.uuid4())
-            await service.create(sid, new_request(channel, principal.uid or "anonymous", call_id))
+        sid = await _join_or_request(service, channel, new_request(channel, principal.uid or "anonymous", call_id))
     sessions = await _wait(service, [sid], lambda s: status_of(s) in BEGUN | FINISHED, START_WAIT_S, START_POLL_S)
     session = sessions.get(sid, {})
     status = status_of(session)

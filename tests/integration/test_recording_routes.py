@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from memharbor import calls
 from memharbor.emulators import EmulatorSet
-from memharbor.recording_requests import parse_legacy_channel
+from memharbor.recording_requests import call_session_id, parse_legacy_channel
 from tests.integration.test_call_routes import Api, _start_http
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.waiting import wait_for
@@ -205,6 +206,15 @@ class TestCallRecording:
         first = start(api, CHANNEL, ALICE)[1]
         status, second = start(api, CHANNEL, BOB)
         assert status == 200 and second["sid"] == first["sid"]
+        assert len(db.query("recordings").documents) == 1
+
+    def test_simultaneous_starts_make_one_request(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+        """Both participants starting at the same moment (twice each) get one session, named after the call."""
+        seed_call(db)
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda uid: start(api, CHANNEL, uid), [ALICE, BOB, ALICE, BOB]))
+        assert [status for status, _ in answers] == [200] * 4
+        assert {body["sid"] for _, body in answers} == {call_session_id("call-1")}
         assert len(db.query("recordings").documents) == 1
 
     def test_not_yours_is_403(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:

@@ -121,6 +121,8 @@ class FakeRecordingService:
         self.stored_calls: list[tuple[int, str | None]] = []
         self.failure: Exception | None = None
         self.recorder = FakeRecorder()
+        # Sessions a racing writer created after in_progress() scanned: the scan does not return them.
+        self.unseen: set[str] = set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), UTC)
@@ -191,7 +193,9 @@ class FakeRecordingService:
         found = [
             (sid, dict(doc))
             for sid, doc in self.sessions.items()
-            if doc["status"] in ("requested", "recording", "stopping") and channel in (None, doc["channel"])
+            if doc["status"] in ("requested", "recording", "stopping")
+            and channel in (None, doc["channel"])
+            and sid not in self.unseen
         ]
         return sorted(found, key=created_at, reverse=True)
 
@@ -262,9 +266,8 @@ class TestStart:
         assert set(data) == START_KEYS
         assert data["status"] == "recording" and data["channel"] == CHANNEL and data["uid"] == 999999
         assert data["filename"].startswith(CHANNEL + "_") and data["filename"].endswith(".wav")
-        assert uuid.UUID(data["sid"]).version == 4
         [(sid, request)] = world.service.created
-        assert sid == data["sid"]
+        assert sid == data["sid"] == call_session_id("c1")  # the id the watcher would use for the call
         assert set(request) == calls.RECORDING_REQUEST_FIELDS
         assert request == {
             "channel": CHANNEL,
@@ -412,6 +415,37 @@ class TestStart:
         status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
         assert status == 200 and data["sid"] != "old"
         assert len(world.service.created) == 1
+
+    async def test_start_racing_another_joins_its_request(self, client: Client, world: World) -> None:
+        """A request created after this start looked (the watcher's, another participant's) is joined, not doubled."""
+        world.service.add_call()
+        world.service.add_session("call-c1", "requested", requestedBy="server")
+        world.service.unseen.add("call-c1")
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_BOB)
+        assert status == 200 and data["sid"] == "call-c1"
+        assert world.service.created == []
+        assert list(world.service.sessions) == ["call-c1"]
+
+    @pytest.mark.parametrize(
+        ("first_status", "fields"), [("stopped", {}), ("recording", {"stopRequested": True, "filename": "f.wav"})]
+    )
+    async def test_a_call_recorded_before_gets_a_new_session(
+        self, client: Client, world: World, first_status: str, fields: dict[str, Any]
+    ) -> None:
+        """When the call's first recording is over or stopping, a start asks for a second one under a new sid."""
+        world.service.add_call()
+        world.service.add_session("call-c1", first_status, **fields)
+        world.service.unseen.add("call-c1")
+        status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
+        assert status == 200
+        [(sid, request)] = world.service.created
+        assert sid == data["sid"] and uuid.UUID(sid).version == 4
+        assert request["callId"] == "c1"
+
+    async def test_legacy_channel_sessions_get_random_sids(self, client: Client, world: World) -> None:
+        """A channel of no call has no call id to name its session after: a uuid4 it is."""
+        status, data = await post(client, "/api/recording/start", {"channel": LEGACY}, AS_ALICE)
+        assert status == 200 and uuid.UUID(data["sid"]).version == 4
 
     async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
         """A Firestore failure while checking the channel is a 503, never a 500."""
