@@ -179,15 +179,19 @@ def seed_server(workdir: Path, creds: dict[str, str]) -> Server:
     )
 
 
+def repo_pythonpath() -> str:
+    """PYTHONPATH for a server run from this checkout: the repository first, then the caller's path."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def ours_server(workdir: Path, creds: dict[str, str], workers: int) -> Server:
     """Describe memharbor's aiohttp token server (`python -m memharbor http`)."""
     port = free_port()
     log_file = workdir / "ours.log"
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {
         **os.environ,
         **creds,
-        "PYTHONPATH": pythonpath,
+        "PYTHONPATH": repo_pythonpath(),
         "MEMHARBOR_AUTH": "none",
         "MEMHARBOR_HTTP_HOST": "127.0.0.1",
         "MEMHARBOR_HTTP_PORT": str(port),
@@ -204,8 +208,7 @@ def floor_server(workdir: Path, creds: dict[str, str]) -> Server:
     """Describe the control server: the endpoint's required work only (bench/floor_app.py)."""
     port = free_port()
     log_file = workdir / "floor.log"
-    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, **creds, "PYTHONPATH": pythonpath}
+    env = {**os.environ, **creds, "PYTHONPATH": repo_pythonpath()}
     argv = [sys.executable, str(BENCH_DIR / "floor_app.py"), str(port), str(log_file)]
     return Server("floor", argv, env, REPO_ROOT, port, log_file, workdir / "floor.stdout", workdir / "floor.stderr")
 
