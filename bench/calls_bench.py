@@ -39,8 +39,9 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from memharbor import firebase
 from memharbor.callstore import new_call_document, new_call_id
 from memharbor.emulators import EmulatorError, EmulatorSet
+from memharbor.groups import group_document
 from memharbor.settings import child_environment, from_mapping
-from memharbor.store import CALLS, USERS, WORKERS
+from memharbor.store import CALLS, GROUPS, USERS, WORKERS
 from watcher.push import read_sink
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -197,6 +198,10 @@ def seed_users(client: firestore.Client, pairs: int) -> None:
             "apnsToken": f"bench-apns-{pair:03d}-" + "cd" * 16,
         }
         batch.set(client.collection(USERS).document(receiver_id(pair)), receiver)
+    # Only members of a care group ring each other: pair p calls within group p % 10.
+    for group in range(min(pairs, 10)):
+        members = [uid for pair in range(group, pairs, 10) for uid in (caller_id(pair), receiver_id(pair))]
+        batch.set(client.collection(GROUPS).document(f"bench-group-{group}"), group_document(members))
     batch.commit()
 
 

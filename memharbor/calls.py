@@ -9,6 +9,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -82,8 +83,13 @@ SERVER_FIELDS = frozenset(
 )
 REVIEW_FIELDS = frozenset({"humanSummary", "humanKeywords", "humanNotes"})
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-GROUP_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+# Ids as the rules write them (RE2 has no lookahead), and the ids Firestore reserves (`__.*__`): a
+# document with such an id cannot be read or written, so they are bad input, never "Firestore is down".
+ID_RULE = r"^[A-Za-z0-9_-]{1,128}$"
+GROUP_ID_RULE = r"^[A-Za-z0-9_-]{1,36}$"
+RESERVED_ID_RULE = r"^__.*__$"
+ID_PATTERN = re.compile(r"^(?!__.*__$)" + ID_RULE[1:])
+GROUP_ID_PATTERN = re.compile(r"^(?!__.*__$)" + GROUP_ID_RULE[1:])
 MAX_NAME_CHARS = 200
 MAX_SUMMARY_CHARS = 20000
 MAX_KEYWORDS = 50
@@ -116,6 +122,10 @@ RECORDING_STOP_FIELD = "stopRequested"
 # users/{uid}: the platforms an app may register, and the fields only the server writes.
 USER_PLATFORMS = frozenset({"ios", "android"})
 USER_SERVER_FIELDS = frozenset({"pushTokenInvalidAt"})
+# users/{uid}: every field an app may write (anything else is rejected by the rules).
+USER_FIELDS = frozenset({"platform", "voipToken", "apnsToken", "fcmToken", "displayName", "updatedAt"})
+# A device token: FCM's and APNs' alphabets, and nothing that could change the path of an APNs request.
+PUSH_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_:-]{1,1000}$")
 
 
 class CallError(Exception):
@@ -182,9 +192,9 @@ def field_errors(doc: Mapping[str, Any]) -> list[str]:
     errors = []
     for name in ("callId", "callerId", "receiverId"):
         if not isinstance(doc.get(name), str) or not ID_PATTERN.fullmatch(doc[name]):
-            errors.append(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ -")
+            errors.append(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__")
     if not isinstance(doc.get("groupId"), str) or not GROUP_ID_PATTERN.fullmatch(doc["groupId"]):
-        errors.append("groupId must be 1-36 characters of A-Z a-z 0-9 _ -")
+        errors.append("groupId must be 1-36 characters of A-Z a-z 0-9 _ -, not __reserved__")
     if doc.get("callerId") is not None and doc.get("callerId") == doc.get("receiverId"):
         errors.append("receiverId must differ from callerId")
     for name in ("callerName", "groupNameSnapshot", "receiverNameSnapshot", "giverNameSnapshot"):
@@ -231,7 +241,7 @@ def channel_name(group_id: str, caller_id: str, receiver_id: str, call_id: str, 
 
 
 def duration_seconds(answered_at: Any, ended_at: Any) -> int:
-    """Whole seconds between two timestamps (datetime-like), never negative."""
-    if answered_at is None or ended_at is None:
+    """Whole seconds between two timestamps, never negative; 0 unless both are datetimes."""
+    if not isinstance(answered_at, datetime) or not isinstance(ended_at, datetime):
         return 0
     return max(0, round((ended_at - answered_at).total_seconds()))

@@ -11,9 +11,9 @@ from typing import Any
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 
-from memharbor import calls
+from memharbor import calls, groups
 from memharbor.calls import Actor, CallError, Status
-from memharbor.store import CALLS
+from memharbor.store import CALLS, GROUPS
 
 
 def new_call_id() -> str:
@@ -39,10 +39,17 @@ def new_call_document(
 
 
 async def create_call(client: firestore.AsyncClient, doc: dict[str, Any]) -> None:
-    """Create a call document after the checks the rules make; CallError 400 names the first problem."""
+    """Create a call document after the checks the rules make.
+
+    CallError 400 names the first invalid field; 403 when caller and receiver are not both members of
+    the group (the watcher checks again, so a member removed in between still never rings).
+    """
     errors = calls.field_errors(doc)
     if errors:
         raise CallError(400, errors[0], field=errors[0].split(" ", 1)[0])
+    group = await client.collection(GROUPS).document(doc["groupId"]).get()
+    if not groups.are_members(group.to_dict() if group.exists else None, doc["callerId"], doc["receiverId"]):
+        raise CallError(403, "caller and receiver must both be members of the group", field="groupId")
     await client.collection(CALLS).document(doc["callId"]).create(doc)
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from memharbor import logs
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess
+from memharbor.groups import group_document
 from memharbor.settings import Settings, child_environment, load
 
 # Dev-only Agora credentials: tokens signed with them are well-formed but Agora will reject them.
@@ -21,12 +25,42 @@ DEV_DEFAULTS = {
     "AGORA_APP_CERT": DEV_AGORA_APP_CERT,
     "MEMHARBOR_HTTP_HOST": "127.0.0.1",
     "MEMHARBOR_LOG_FORMAT": "console",
+    # Emulator mode from the start: the emulators' addresses are known only once they run.
+    "FIREBASE_USE_EMULATOR": "1",
     # Only the Auth emulator's address matters: ID tokens are then checked in emulator format.
     "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
     # The recorder plays scripted participants (two tones) instead of joining Agora (MEMHARBOR_RECORDER_SIMULATION).
     "MEMHARBOR_RECORDER_SOURCE": "simulated",
 }
 log = logs.get_logger()
+
+# The demo care group `memharbor dev` seeds: a caregiver who calls, an elderly relative who is rung.
+DEMO_GROUP_ID = "demo-family"
+DEMO_CAREGIVER = "demo-caregiver"
+DEMO_ELDER = "demo-elder"
+DEMO_DOCUMENTS: dict[str, dict[str, Any]] = {
+    f"groups/{DEMO_GROUP_ID}": group_document([DEMO_CAREGIVER, DEMO_ELDER], name="Demo family"),
+    f"users/{DEMO_CAREGIVER}": {"platform": "ios", "voipToken": "demo-caregiver-voip", "displayName": "Alice (demo)"},
+    f"users/{DEMO_ELDER}": {"platform": "android", "fcmToken": "demo-elder-fcm", "displayName": "Grandma (demo)"},
+}
+
+
+def _rest_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [_rest_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def seed_demo(emulators: EmulatorSet) -> None:
+    """Write the demo group and its two users to the Firestore emulator, as an admin would."""
+    base = f"http://{emulators.firestore.address}/v1/projects/{emulators.project_id}/databases/(default)/documents"
+    for path, fields in DEMO_DOCUMENTS.items():
+        body = json.dumps({"fields": {k: _rest_value(v) for k, v in fields.items()}}).encode()
+        # `Bearer owner` is the emulator's admin: it writes past the rules, as the app's group management does.
+        headers = {"Authorization": "Bearer owner", "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{base}/{path}", data=body, method="PATCH", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
 
 
 def dev_settings() -> Settings:
@@ -67,6 +101,16 @@ def _curl(settings: Settings) -> str:
     return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
 
 
+def _invite_curl(settings: Settings) -> str:
+    url = f"http://{settings.http_host}:{settings.http_port}/api/call/invite"
+    auth = ""
+    if settings.auth_mode == "firebase":
+        token = emulator_id_token(settings.project_id, DEMO_CAREGIVER, lifetime_s=7 * 86400)
+        auth = f" -H 'Authorization: Bearer {token}'"
+    body = json.dumps({"group_id": DEMO_GROUP_ID, "caller_id": DEMO_CAREGIVER, "receiver_id": DEMO_ELDER})
+    return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
+
+
 def _banner(settings: Settings, emulators: EmulatorSet) -> str:
     return "\n".join(
         [
@@ -74,12 +118,15 @@ def _banner(settings: Settings, emulators: EmulatorSet) -> str:
             "memharbor dev is up (Ctrl-C stops everything)",
             f"  Firestore emulator  {emulators.firestore.address}  (rules: rules/firestore.rules)",
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
-            f"  token_http          http://{settings.http_host}:{settings.http_port}  (auth: {settings.auth_mode})",
+            f"  token_http          http://{settings.http_host}:{settings.http_port}  (auth: {settings.auth_label})",
             f"  watcher             pushes recorded in {_sink(settings)}",
             f"  recorder            {settings.recorder.source} audio, files in {settings.recordings_dir.resolve()}",
             "",
             "Get a token (dev admin ID token, emulator format):",
             f"  {_curl(settings)}",
+            "",
+            f"Demo care group {DEMO_GROUP_ID}: {DEMO_CAREGIVER} may call {DEMO_ELDER}. Place a call as the caregiver:",
+            f"  {_invite_curl(settings)}",
             "",
         ]
     )
@@ -95,6 +142,7 @@ def main(settings: Settings) -> int:
     services: list[ManagedProcess] = []
     try:
         emulators.start()
+        seed_demo(emulators)
         http = ManagedProcess(
             "token_http",
             [sys.executable, "-m", "memharbor", "http"],

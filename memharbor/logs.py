@@ -150,8 +150,10 @@ class _Sinks:
 def _json_line(event: dict[str, Any]) -> str:
     try:
         return orjson.dumps(event, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:  # e.g. an int beyond 64 bits: a log call must never raise into its caller
-        return json.dumps(event, default=str, ensure_ascii=False)
+    except TypeError:
+        # An int beyond 64 bits, or a lone surrogate (from a request path, say): a log call must never
+        # raise, and ASCII escapes keep the line writable to a UTF-8 file (else the flusher would die).
+        return json.dumps(event, default=str, ensure_ascii=True)
 
 
 _active: _Sinks | None = None

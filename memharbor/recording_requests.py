@@ -40,6 +40,15 @@ SERVER_REQUESTER = "server"
 STOP_FIELD = calls.RECORDING_STOP_FIELD
 
 
+class LiveCapReached(Exception):
+    """The requester already has `cap` recording requests in progress, so a new one is refused."""
+
+    def __init__(self, requested_by: str, cap: int) -> None:
+        super().__init__(f"{requested_by} already has {cap} recording requests in progress")
+        self.requested_by = requested_by
+        self.cap = cap
+
+
 @dataclass(frozen=True)
 class LegacyChannel:
     """A seed-era channel `{groupId}_{user1}_{user2}` that belongs to no call."""
@@ -59,7 +68,7 @@ def parse_legacy_channel(channel: str) -> LegacyChannel | None:
     if len(parts) != 3:
         return None
     group_id, user1, user2 = parts
-    if not calls.GROUP_ID_PATTERN.match(group_id) or not all(calls.ID_PATTERN.match(u) for u in (user1, user2)):
+    if not calls.GROUP_ID_PATTERN.fullmatch(group_id) or not all(calls.ID_PATTERN.fullmatch(u) for u in (user1, user2)):
         return None
     return LegacyChannel(group_id, user1, user2)
 

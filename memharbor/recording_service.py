@@ -7,6 +7,7 @@ Who may do what is decided by its caller (token_http/recording_routes.py).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -17,7 +18,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.call_service import StoreUnavailable
 from memharbor.calls import CallError
-from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus
+from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, LiveCapReached, RecordingStatus
 from memharbor.store import CALLS, RECORDINGS
 
 T = TypeVar("T")
@@ -52,8 +53,11 @@ class RecordingService(Protocol):
         """The call documents of these ids that exist, by id."""
         ...
 
-    async def create(self, sid: str, doc: dict[str, Any]) -> None:
-        """Create `recordings/{sid}`; CallError 409 when it exists."""
+    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
+        """Create `recordings/{sid}`; CallError 409 when it exists.
+
+        With `live_cap`, LiveCapReached when doc's requestedBy already has that many sessions in progress.
+        """
         ...
 
     async def get(self, sid: str) -> dict[str, Any] | None:
@@ -79,6 +83,9 @@ class FirestoreRecordingService:
     def __init__(self, client: Callable[[], firestore.AsyncClient], timeout_s: float = 10.0) -> None:
         self._client = client
         self._timeout_s = timeout_s
+        # One capped create per requester at a time in this process, so parallel starts cannot all count
+        # the same free places; other processes can still race (the cap then holds per process).
+        self._requester_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def _run(self, make: Callable[[firestore.AsyncClient], Awaitable[T]]) -> T:
         try:
@@ -113,8 +120,32 @@ class FirestoreRecordingService:
 
         return await self._run(read)
 
-    async def create(self, sid: str, doc: dict[str, Any]) -> None:
-        await self._run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
+        if live_cap is None:
+            await self._run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+            return
+        requested_by = str(doc.get("requestedBy"))
+        lock = self._requester_locks.get(requested_by)
+        if lock is None:
+            lock = self._requester_locks[requested_by] = asyncio.Lock()
+        async with lock:
+            if await self._live_count(requested_by, live_cap) >= live_cap:
+                raise LiveCapReached(requested_by, live_cap)
+            await self._run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+
+    async def _live_count(self, requested_by: str, at_most: int) -> int:
+        """How many sessions `requested_by` asked for are in progress, counting no further than `at_most`."""
+
+        async def scan(client: firestore.AsyncClient) -> int:
+            query = (
+                client.collection(RECORDINGS)
+                .where(filter=FieldFilter("status", "in", sorted(s.value for s in IN_PROGRESS)))
+                .where(filter=FieldFilter("requestedBy", "==", requested_by))
+                .limit(at_most)
+            )
+            return len([snap async for snap in query.stream()])
+
+        return await self._run(scan)
 
     async def get(self, sid: str) -> dict[str, Any] | None:
         async def read(client: firestore.AsyncClient) -> dict[str, Any] | None:

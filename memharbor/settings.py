@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import limits
 from dotenv import dotenv_values
 
 AuthMode = Literal["firebase", "none"]
@@ -126,6 +127,21 @@ class Settings:
     # MEMHARBOR_RECORD_CALLS: the watcher requests a recording of every accepted call, not only record: true ones.
     record_calls: bool = False
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
+    # MEMHARBOR_RATE_LIMIT: work-creating REST requests one user may make (`limits` syntax), counted per process.
+    rate_limit: str = "30/minute"
+    # MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER: recording requests in progress one user may have asked for.
+    max_live_recordings_per_user: int = 3
+
+    @property
+    def auth_label(self) -> str:
+        """How ID tokens are checked, as /api/health and the start-up log report it.
+
+        `firebase-emulator` means unsigned tokens are accepted: Firebase Admin does so whenever
+        FIREBASE_AUTH_EMULATOR_HOST is set, which settings allow only in emulator mode.
+        """
+        if self.auth_mode == "firebase" and self.use_emulator and self.auth_emulator_host:
+            return "firebase-emulator"
+        return self.auth_mode
 
     def require_agora(self) -> AgoraSettings:
         """Return the Agora credentials, or stop start-up naming the missing variable."""
@@ -309,6 +325,39 @@ def _recorder(env: _Env) -> RecorderSettings:
     )
 
 
+# Google's libraries read these from the process environment themselves, whatever our settings say:
+# FIREBASE_AUTH_EMULATOR_HOST makes Firebase Admin accept unsigned, expired and forged ID tokens, the
+# others send data to an emulator. Outside emulator mode any of them stops start-up.
+EMULATOR_VARIABLES = (
+    "FIREBASE_AUTH_EMULATOR_HOST",
+    "FIRESTORE_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "FIREBASE_STORAGE_EMULATOR_HOST",
+)
+
+
+def _refuse_stray_emulators(env: _Env) -> None:
+    for name in EMULATOR_VARIABLES:
+        if env.text(name) is not None:
+            raise SettingsError(
+                name,
+                "set outside emulator mode (FIREBASE_USE_EMULATOR is off): unset it, or it would make "
+                "Google's libraries use an emulator (for the Auth emulator: accept unsigned ID tokens)",
+            )
+
+
+def _rate_limit(env: _Env) -> str:
+    name = "MEMHARBOR_RATE_LIMIT"
+    raw = env.text(name, "30/minute") or "30/minute"
+    try:
+        items = limits.parse_many(raw)
+    except ValueError:
+        items = []
+    if len(items) != 1 or items[0].amount < 1:
+        raise SettingsError(name, "expected one rate such as 30/minute or 100 per hour (at least 1 request)")
+    return raw
+
+
 def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> Settings:
     """Build settings from one mapping of variables (the environment merged over `.env`)."""
     env = _Env(values)
@@ -318,13 +367,16 @@ def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> S
     service_account = _service_account(env)
     firestore_host = env.host_port("FIRESTORE_EMULATOR_HOST")
     storage_host = env.host_port("FIREBASE_STORAGE_EMULATOR_HOST") or env.host_port("STORAGE_EMULATOR_HOST")
+    use_emulator = env.flag("FIREBASE_USE_EMULATOR", firestore_host is not None)
+    if not use_emulator:
+        _refuse_stray_emulators(env)
     log_file = env.text("MEMHARBOR_LOG_FILE")
     sink = env.text("MEMHARBOR_PUSH_SINK")
     return Settings(
         project_id=project_id,
         agora=_agora(env),
         storage_bucket=env.text("FIREBASE_STORAGE_BUCKET"),
-        use_emulator=env.flag("FIREBASE_USE_EMULATOR", firestore_host is not None),
+        use_emulator=use_emulator,
         firestore_emulator_host=firestore_host,
         storage_emulator_host=storage_host,
         auth_emulator_host=env.host_port("FIREBASE_AUTH_EMULATOR_HOST"),
@@ -349,6 +401,8 @@ def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> S
         instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
         record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
         recorder=_recorder(env),
+        rate_limit=_rate_limit(env),
+        max_live_recordings_per_user=env.integer("MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER", 3, 1, 1000),
     )
 
 

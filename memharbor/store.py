@@ -9,6 +9,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 CALLS = "calls"
+GROUPS = "groups"
 USERS = "users"
 RECORDINGS = "recordings"
 WORKERS = "workers"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import orjson
@@ -11,6 +13,11 @@ from aiohttp import web
 from token_http.errors import ApiError, bad_request
 
 MAX_BODY_BYTES = 64 * 1024
+# A code point that UTF-8 cannot encode: JSON's \uD800-\uDFFF escapes left unpaired (the stdlib parser
+# joins valid pairs into one character, so any surrogate it leaves is a lone one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# orjson turns an integer literal beyond 64 bits into a float; any float this large has no fraction.
+_BEYOND_64_BITS = 2.0**63
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
@@ -28,9 +35,40 @@ async def json_object(request: web.Request) -> dict[str, Any]:
         # orjson is strict (no NaN, integers within 64 bits); the stdlib parser decides what those mean
         # and words the error, so a rare body gets exactly the answer it always got.
         body = _stdlib_json(raw)
+        if isinstance(body, dict):
+            _refuse_lone_surrogates(body)
     if not isinstance(body, dict):
         raise bad_request("body", "expected a JSON object")
     return body
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """400 naming the first top-level field whose value holds a lone surrogate ("body" if a key does).
+
+    orjson refuses such escapes, so only a body the stdlib parser read can hold one; every later
+    `.encode()`, Firestore write or log line would fail on it.
+    """
+    for key, value in body.items():
+        if _SURROGATE.search(key):
+            raise bad_request("body", "a field name holds a lone surrogate escape (\\uD800-\\uDFFF)")
+        if _holds_surrogate(value):
+            raise bad_request(key, f"{key} holds a lone surrogate escape (\\uD800-\\uDFFF)")
+
+
+def _holds_surrogate(value: Any) -> bool:
+    # An explicit stack: the parser accepts nesting close to the recursion limit, so recursing here could not.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _stdlib_json(raw: bytes) -> Any:
@@ -66,10 +104,16 @@ def required_str(body: dict[str, Any], field: str, max_bytes: int = 1024) -> str
 
 
 def optional_int(body: dict[str, Any], field: str) -> int | None:
-    """An integer field (JSON number without fraction; booleans are not integers)."""
+    """An integer field (JSON number without fraction; booleans are not integers).
+
+    An integer literal beyond 64 bits reaches here as orjson's float: it is still an integer, so the
+    caller's range check (or clamp) decides, not a type error.
+    """
     value = body.get(field)
     if value is None:
         return None
+    if isinstance(value, float) and math.isfinite(value) and abs(value) >= _BEYOND_64_BITS:
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request(field, f"{field} must be an integer")
     return value

@@ -23,6 +23,7 @@ from memharbor import calls, callstore
 from memharbor.access import Principal, is_participant
 from memharbor.call_service import CallService, StoreUnavailable
 from memharbor.calls import Actor, CallError, Status
+from token_http import ratelimit
 from token_http.body import json_object, optional_str, required_str
 from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS
@@ -46,7 +47,7 @@ _REQUEST_FIELD = {
     "receiverNameSnapshot": "receiver_name_snapshot",
     "giverNameSnapshot": "giver_name_snapshot",
 }
-_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 _ -"
+_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,48 +110,125 @@ def _actor(principal: Principal, call: Mapping[str, Any], implied: Actor) -> Act
     raise ApiError(403, "you are not a participant of this call", field="call_id")
 
 
+def _utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def iso(value: Any) -> str | None:
-    """A Firestore timestamp as ISO 8601 in UTC (`2026-02-04T05:49:23.670148Z`), or None."""
-    if isinstance(value, datetime):
-        stamp = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if isinstance(value, str):
+    """A Firestore timestamp as ISO 8601 in UTC (`2026-02-04T05:49:23.670148Z`); None for anything else.
+
+    Only a datetime qualifies: a stored string could say anything ("yesterday"), and the schema promises
+    a date-time.
+    """
+    stamp = _utc(value)
+    if stamp is None:
+        return None
+    # Not strftime: its %Y drops the leading zeros of years before 1000, which Firestore can store.
+    return f"{stamp.year:04d}-{stamp:%m-%dT%H:%M:%S.%f}Z"
+
+
+_STATUSES = frozenset(s.value for s in Status)
+
+
+class _Fitted:
+    """Reads a stored call as the documented types, noting each document field that does not fit.
+
+    Admins and undeployed rules can write anything; the answer still keeps to the schema and says
+    which fields it had to leave out (`malformedFields`).
+    """
+
+    def __init__(self, call: Mapping[str, Any]) -> None:
+        self.call = call
+        self.malformed: list[str] = []
+
+    def _unfit(self, field: str, required: bool) -> None:
+        # Absent (or null) optional fields are merely unset; anything else that did not fit is malformed.
+        if (required or self.call.get(field) is not None) and field not in self.malformed:
+            self.malformed.append(field)
+
+    def text(self, field: str, required: bool = False) -> str | None:
+        value = self.call.get(field)
+        if isinstance(value, str):
+            return value
+        self._unfit(field, required)
+        return None
+
+    def stamp(self, field: str, required: bool = False) -> datetime | None:
+        value = _utc(self.call.get(field))
+        if value is None:
+            self._unfit(field, required)
         return value
-    return None
 
+    def number(self, field: str) -> int | float | None:
+        value = self.call.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return value
+        self._unfit(field, False)
+        return None
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    def count(self, field: str) -> int:
+        value = self.call.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        self._unfit(field, False)
+        return 0
+
+    def status(self) -> str | None:
+        value = self.call.get("status")
+        if isinstance(value, str) and value in _STATUSES:
+            return value
+        self._unfit("status", True)
+        return None
+
+    def call_id(self, call_id: str) -> str:
+        # The document id is the call's id; a stored callId that says otherwise is the malformed one.
+        if self.call.get("callId") != call_id:
+            self._unfit("callId", True)
+        return call_id
+
+    def words(self, field: str) -> list[str]:
+        value = self.call.get(field)
+        words = [w for w in value if isinstance(w, str)] if isinstance(value, list) else []
+        if not isinstance(value, list) or len(words) != len(value):
+            self._unfit(field, False)
+        return words
 
 
 def status_body(call_id: str, call: Mapping[str, Any]) -> dict[str, Any]:
-    """The seed's GET /api/call/status shape for a call document."""
-    duration = call.get("durationSec")
-    if not isinstance(duration, int | float) and call.get("status") == Status.ENDED.value:
-        duration = calls.duration_seconds(call.get("answeredAt"), call.get("endedAt"))
-    keywords = call.get("humanKeywords")
-    review_count = call.get("reviewCount")
-    return {
-        "callId": call.get("callId") or call_id,
-        "channelName": call.get("channelName"),
-        "groupId": call.get("groupId"),
-        "receiverId": call.get("receiverId"),
-        "caregiverUserId": call.get("callerId"),
-        "groupNameSnapshot": call.get("groupNameSnapshot"),
-        "giverNameSnapshot": call.get("giverNameSnapshot") or call.get("callerName"),
-        "receiverNameSnapshot": call.get("receiverNameSnapshot"),
-        "status": call.get("status"),
-        "createdAt": iso(call.get("createdAt")),
-        "answeredAt": iso(call.get("answeredAt")),
-        "endedAt": iso(call.get("endedAt")),
-        "durationSec": duration if isinstance(duration, int | float) else None,
-        "humanSummary": _text(call.get("humanSummary")),
-        "humanKeywords": [k for k in keywords if isinstance(k, str)] if isinstance(keywords, list) else [],
-        "humanNotes": _text(call.get("humanNotes")),
-        "aiSummary": _text(call.get("aiSummary")),
-        "reviewCount": review_count if isinstance(review_count, int) else 0,
-        "lastReviewAt": iso(call.get("lastReviewAt")),
+    """The seed's GET /api/call/status shape for a call document, always within the documented schema."""
+    fit = _Fitted(call)
+    status = fit.status()
+    answered_at, ended_at = fit.stamp("answeredAt"), fit.stamp("endedAt")
+    duration = fit.number("durationSec")
+    if duration is None and status == Status.ENDED.value:
+        duration = calls.duration_seconds(answered_at, ended_at)
+    giver, caller_name = fit.text("giverNameSnapshot"), fit.text("callerName")
+    body: dict[str, Any] = {
+        "callId": fit.call_id(call_id),
+        "channelName": fit.text("channelName"),
+        "groupId": fit.text("groupId", required=True),
+        "receiverId": fit.text("receiverId", required=True),
+        "caregiverUserId": fit.text("callerId", required=True),
+        "groupNameSnapshot": fit.text("groupNameSnapshot"),
+        "giverNameSnapshot": giver or caller_name,
+        "receiverNameSnapshot": fit.text("receiverNameSnapshot"),
+        "status": status,
+        "createdAt": iso(fit.stamp("createdAt", required=True)),
+        "answeredAt": iso(answered_at),
+        "endedAt": iso(ended_at),
+        "durationSec": duration,
+        "humanSummary": fit.text("humanSummary") or "",
+        "humanKeywords": fit.words("humanKeywords"),
+        "humanNotes": fit.text("humanNotes") or "",
+        "aiSummary": fit.text("aiSummary") or "",
+        "reviewCount": fit.count("reviewCount"),
+        "lastReviewAt": iso(fit.stamp("lastReviewAt")),
     }
+    if fit.malformed:
+        body["malformedFields"] = sorted(fit.malformed)
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,7 +249,7 @@ class InviteRequest:
     def parse(cls, body: dict[str, Any]) -> InviteRequest:
         group_id = required_str(body, "group_id")
         if not calls.GROUP_ID_PATTERN.fullmatch(group_id):
-            raise bad_request("group_id", "group_id must be 1-36 characters of A-Z a-z 0-9 _ -")
+            raise bad_request("group_id", "group_id must be 1-36 characters of A-Z a-z 0-9 _ -, not __reserved__")
         caller_id = _id(body, "caller_id")
         receiver_id = _id(body, "receiver_id")
         if receiver_id == caller_id:
@@ -213,6 +291,7 @@ async def _await_push(service: CallService, call_id: str) -> dict[str, Any]:
 async def post_invite(request: web.Request) -> web.Response:
     """Place a call: create calls/{callId} as the caller's app would, then report the watcher's push."""
     principal = await _principal(request)
+    await ratelimit.enforce(request, principal)
     req = InviteRequest.parse(await json_object(request))
     if not principal.unrestricted and req.caller_id != principal.uid:
         raise ApiError(403, "caller_id must be your own uid", field="caller_id")

@@ -17,11 +17,20 @@ log = get_logger()
 class ApiError(Exception):
     """An expected failure with its HTTP status; `field` names the offending input when there is one."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.headers = headers or {}
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -35,6 +44,11 @@ class ApiError(Exception):
 def bad_request(field: str, message: str) -> ApiError:
     """A 400 that names the field."""
     return ApiError(400, message, field=field)
+
+
+def too_many_requests(message: str, retry_after_s: int, field: str | None = None) -> ApiError:
+    """A 429 whose Retry-After header says in how many whole seconds (at least 1) to try again."""
+    return ApiError(429, message, field=field, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
 _HTTP_MESSAGES = {
@@ -64,7 +78,9 @@ def _json_error(status: int, body: dict[str, Any], headers: Any = None) -> web.R
 def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The JSON answer for a failed handler: ApiError, aiohttp's HTTP errors, or a hidden 500 for a bug."""
     if isinstance(exc, ApiError):
-        return _json_error(exc.status, exc.body())
+        response = _json_error(exc.status, exc.body())
+        response.headers.update(exc.headers)
+        return response
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc

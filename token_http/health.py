@@ -1,4 +1,8 @@
-"""GET /api/health: Firestore reachability, worker heartbeats and push transports, cheaply cached."""
+"""GET /api/health: Firestore reachability, worker heartbeats and push transports, cheaply cached.
+
+Anyone sees the states and counts; instance ids, push errors and error class names (which tell an
+attacker what runs and what fails) only admins and the open mode (MEMHARBOR_AUTH=none) see.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from aiohttp import web
 from memharbor.clock import Clock
 from memharbor.settings import Settings
 from memharbor.store import HealthSource
-from token_http.errors import json_response
+from token_http.errors import ApiError, json_response
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS
 
 FIRESTORE_TIMEOUT_S = 2.0
@@ -79,19 +83,40 @@ async def _check(source: HealthSource, settings: Settings, clock: Clock) -> tupl
         "firestore": firestore,
         "workers": workers,
         "push": _push(settings, beats, clock.time()),
-        "auth": settings.auth_mode,
+        "auth": settings.auth_label,
     }
     # Only a dead database makes this process unable to serve; a missing worker is reported, not fatal.
     return (200 if firestore["ok"] else 503), body
 
 
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as anyone may see it: states and counts, without instance ids, errors or their causes."""
+    return {
+        "status": report["status"],
+        "problems": report["problems"],
+        "firestore": {"ok": report["firestore"]["ok"]},
+        "workers": {kind: {"alive": entry["alive"]} for kind, entry in report["workers"].items()},
+        "push": {name: {"configured": entry["configured"]} for name, entry in report["push"].items()},
+        "auth": report["auth"],
+    }
+
+
+async def _sees_everything(request: web.Request) -> bool:
+    """True for admins and the open mode; any failure to authenticate only means "not an admin"."""
+    try:
+        principal = await request.app[DEPS].authenticator.authenticate(request.headers.get("Authorization"))
+    except ApiError:
+        return False
+    return principal.unrestricted
+
+
 async def get_health(request: web.Request) -> web.Response:
-    """Report health; 503 when Firestore is unreachable."""
+    """Report health (the full report to admins, states and counts to others); 503 when Firestore is unreachable."""
     cache = request.app[HEALTH_CACHE]
     deps = request.app[DEPS]
     async with cache.lock:
         if cache.result is None or deps.clock.monotonic() - cache.at > CACHE_TTL_S:
             cache.result = await _check(deps.health, request.app[SETTINGS], deps.clock)
             cache.at = deps.clock.monotonic()
-        status, body = cache.result
-    return json_response(body, status=status)
+        status, report = cache.result
+    return json_response(report if await _sees_everything(request) else public_view(report), status=status)

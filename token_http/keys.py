@@ -14,8 +14,9 @@ from memharbor.recording_service import RecordingService
 from memharbor.settings import Settings
 from memharbor.store import CallDirectory, HealthSource
 
-if TYPE_CHECKING:  # auth raises ApiError, whose middleware reads a key from here
+if TYPE_CHECKING:  # auth and ratelimit raise ApiError, whose middleware reads a key from here
     from token_http.auth import Authenticator
+    from token_http.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Deps:
     call_service: CallService | None = None
     # The seed's /api/recording/* routes; None answers them with 503.
     recording_service: RecordingService | None = None
+    # Per-user budget of the work-creating routes (invite, recording start); None counts nothing.
+    rate_limiter: RateLimiter | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)

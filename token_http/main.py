@@ -20,6 +20,7 @@ from memharbor.store import FirestoreStore
 from token_http.app import create_app
 from token_http.auth import Authenticator, FirebaseIdTokens, OpenAccess
 from token_http.keys import Deps
+from token_http.ratelimit import MemoryRateLimiter
 
 log = logs.get_logger()
 
@@ -48,6 +49,7 @@ def bootstrap(settings: Settings) -> web.Application:
         clock=SystemClock(),
         call_service=FirestoreCallService(lambda: store.client),
         recording_service=FirestoreRecordingService(lambda: store.client),
+        rate_limiter=MemoryRateLimiter(settings.rate_limit),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
 
@@ -91,6 +93,10 @@ def main(settings: Settings) -> int:
     settings.require_agora()
     if settings.auth_mode == "none":
         log.warning("auth.disabled", detail="MEMHARBOR_AUTH=none: anyone can get a token for any channel")
+    elif settings.auth_label == "firebase-emulator":
+        log.warning("auth.emulator", detail="emulator mode: unsigned (emulator-format) ID tokens are accepted")
+    else:
+        log.info("auth.mode", auth=settings.auth_label)
     if settings.http_workers == 1:
         _serve(settings, reuse_port=False)
         return 0

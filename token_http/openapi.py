@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from memharbor import agora, calls
 from token_http.errors import json_response
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -25,14 +26,29 @@ _ERROR_TEXT = {
     415: "Content-Type is not application/json",
     503: "a dependency (Firestore) is unavailable",
 }
+# The per-user limits (token_http/ratelimit.py; the live-recording cap): retry after Retry-After seconds.
+_TOO_MANY = {
+    "429": {
+        "description": "too many requests of this user; Retry-After says when to try again",
+        "headers": {"Retry-After": {"description": "whole seconds", "schema": {"type": "integer", "minimum": 1}}},
+        "content": {"application/json": {"schema": _ERROR}},
+    }
+}
 
+# Agora's character set, as the service checks it (memharbor.agora), anchored for JSON Schema.
+_AGORA_CHANNEL = f"^{agora.CHANNEL_NAME_RE.pattern}$"
+_AGORA_ACCOUNT = f"^{agora.ACCOUNT_RE.pattern}$"
 TOKEN_REQUEST = {
     "type": "object",
     "required": ["channel"],
+    "oneOf": [{"required": ["uid"]}, {"required": ["user_account"]}],
     "properties": {
-        "channel": {"type": "string", "maxLength": 63, "description": "Agora channel name (< 64 bytes)"},
+        "channel": {
+            "type": "string", "maxLength": 63, "pattern": _AGORA_CHANNEL,
+            "description": "Agora channel name (< 64 bytes)",
+        },
         "uid": {"type": "integer", "minimum": 1, "maximum": 4294967295, "description": "0 is refused"},
-        "user_account": {"type": "string", "minLength": 1, "maxLength": 255},
+        "user_account": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": _AGORA_ACCOUNT},
         "role": {"type": "string", "enum": ["publisher", "subscriber"], "default": "subscriber"},
         "expire": {"type": "integer", "minimum": 1, "default": 86400, "description": "clamped to 86400"},
         "version": {"type": "string", "enum": ["006", "007"], "default": "006"},
@@ -47,16 +63,48 @@ TOKEN_RESPONSE = {
         "expire_in": {"type": "integer"},
     },
 }
+_ADMINS_ONLY = "only for admins (and MEMHARBOR_AUTH=none)"
 HEALTH_RESPONSE = {
     "type": "object",
     "required": ["status", "firestore", "workers", "push", "auth"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "degraded"]},
         "problems": {"type": "array", "items": {"type": "string"}},
-        "firestore": {"type": "object"},
-        "workers": {"type": "object"},
-        "push": {"type": "object"},
-        "auth": {"type": "string", "enum": ["firebase", "none"]},
+        "firestore": {
+            "type": "object",
+            "required": ["ok"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "latency_ms": {"type": "number", "description": _ADMINS_ONLY},
+                "error": {"type": "string", "description": "why it is unreachable; " + _ADMINS_ONLY},
+            },
+        },
+        "workers": {
+            "type": "object",
+            "description": "by kind: watcher, recorder",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["alive"],
+                "properties": {
+                    "alive": {"type": "integer", "minimum": 0},
+                    "instances": {"type": "array", "items": {"type": "string"}, "description": _ADMINS_ONLY},
+                },
+            },
+        },
+        "push": {
+            "type": "object",
+            "description": "by transport: apns, fcm",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["configured"],
+                "properties": {
+                    "configured": {"type": "boolean"},
+                    "lastError": {"type": "string", "nullable": True, "description": _ADMINS_ONLY},
+                    "lastErrorAt": {"type": "string", "nullable": True, "description": _ADMINS_ONLY},
+                },
+            },
+        },
+        "auth": {"type": "string", "enum": ["firebase", "firebase-emulator", "none"]},
     },
 }
 
@@ -74,7 +122,7 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/health": {
         "get": {
-            "summary": "Firestore reachability, worker heartbeats, push transports",
+            "summary": "Firestore reachability, worker heartbeats, push transports (details for admins only)",
             "security": [],
             "responses": {
                 "200": {"description": "healthy", "content": {"application/json": {"schema": HEALTH_RESPONSE}}},
@@ -97,7 +145,7 @@ PATHS: dict[str, dict[str, Any]] = {
 
 # ---- the seed's call routes (token_http/call_routes.py): snake_case in, camelCase out -------------
 
-_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
+_ID = {"type": "string", "pattern": calls.ID_PATTERN.pattern}
 _NAME = {"type": "string", "maxLength": 200}
 _NULLABLE_TS = {"type": "string", "format": "date-time", "nullable": True}
 CALL_STATUS = {"type": "string", "enum": ["pending", "accepted", "declined", "cancelled", "missed", "ended"]}
@@ -106,7 +154,7 @@ CALL_INVITE_REQUEST = {
     "type": "object",
     "required": ["group_id", "caller_id", "receiver_id"],
     "properties": {
-        "group_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,36}$"},
+        "group_id": {"type": "string", "pattern": calls.GROUP_ID_PATTERN.pattern},
         "caller_id": {**_ID, "description": "must be the authenticated user's uid (admins: anyone)"},
         "receiver_id": {**_ID, "description": "must differ from caller_id"},
         "caller_name": {**_NAME, "description": "default: caller_id"},
@@ -170,7 +218,8 @@ CALL_END_RESPONSE = {
 }
 CALL_SWEEP_REQUEST = {
     "type": "object",
-    "properties": {"timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 60}},
+    # OpenAPI 3.0 (JSON Schema draft 4): exclusiveMinimum is a flag on minimum, not a bound of its own.
+    "properties": {"timeout_seconds": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "default": 60}},
 }
 CALL_SWEEP_RESPONSE = {
     "type": "object",
@@ -181,6 +230,8 @@ CALL_SWEEP_RESPONSE = {
         "updatedCount": {"type": "integer", "minimum": 0, "description": "calls this sweep moved to missed"},
     },
 }
+_WHEN_MALFORMED = "null when the stored value is malformed (see malformedFields)"
+_MALFORMED_NULL = {"type": "string", "nullable": True, "description": _WHEN_MALFORMED}
 CALL_STATUS_RESPONSE = {
     "type": "object",
     "required": [
@@ -191,13 +242,15 @@ CALL_STATUS_RESPONSE = {
     "properties": {
         "callId": {"type": "string"},
         "channelName": {"type": "string", "nullable": True},
-        "groupId": {"type": "string"},
-        "receiverId": {"type": "string"},
-        "caregiverUserId": {"type": "string", "description": "the caller's uid (callerId)"},
+        "groupId": _MALFORMED_NULL,
+        "receiverId": _MALFORMED_NULL,
+        "caregiverUserId": {**_MALFORMED_NULL, "description": "the caller's uid (callerId); " + _WHEN_MALFORMED},
         "groupNameSnapshot": {"type": "string", "nullable": True},
         "giverNameSnapshot": {"type": "string", "nullable": True, "description": "giverNameSnapshot, else callerName"},
         "receiverNameSnapshot": {"type": "string", "nullable": True},
-        "status": CALL_STATUS,
+        "status": {
+            **CALL_STATUS, "nullable": True, "enum": [*CALL_STATUS["enum"], None], "description": _WHEN_MALFORMED
+        },
         "createdAt": _NULLABLE_TS,
         "answeredAt": _NULLABLE_TS,
         "endedAt": _NULLABLE_TS,
@@ -208,6 +261,13 @@ CALL_STATUS_RESPONSE = {
         "aiSummary": {"type": "string"},
         "reviewCount": {"type": "integer"},
         "lastReviewAt": _NULLABLE_TS,
+        "malformedFields": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "description": "only when the stored call breaks the data contract (an admin's write): the document "
+            "fields left out of this answer or replaced by null or a default",
+        },
     },
 }
 
@@ -265,13 +325,17 @@ CALL_PATHS: dict[str, dict[str, Any]] = {
         }
     },
 }
+CALL_PATHS["/api/call/invite"]["post"]["responses"].update(_TOO_MANY)
 PATHS.update(CALL_PATHS)
 
 
 # ---- the seed's recording routes (token_http/recording_routes.py) ----------------------------------
 
-_CHANNEL = {"type": "string", "minLength": 1, "maxLength": 63, "description": "Agora channel name (< 64 bytes)"}
-_SID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
+_CHANNEL = {
+    "type": "string", "minLength": 1, "maxLength": 63, "pattern": _AGORA_CHANNEL,
+    "description": "Agora channel name (< 64 bytes)",
+}
+_SID = {"type": "string", "pattern": calls.ID_PATTERN.pattern}
 _NULLABLE_STR = {"type": "string", "nullable": True}
 _NULLABLE_NUM = {"type": "number", "nullable": True}
 RECORDING_STATUS = {"type": "string", "enum": ["requested", "recording", "stopping", "stopped", "failed"]}
@@ -294,6 +358,7 @@ RECORDING_START_RESPONSE = {
 RECORDING_STOP_REQUEST = {
     "type": "object",
     "description": "sid, or channel (every recording in progress on it); sid wins when both are given",
+    "anyOf": [{"required": ["sid"]}, {"required": ["channel"]}],
     "properties": {"sid": _SID, "channel": _CHANNEL},
 }
 RECORDING_STOP_RESPONSE = {
@@ -429,6 +494,7 @@ RECORDING_PATHS: dict[str, dict[str, Any]] = {
         RECORDING_START_RESPONSE,
         {
             **_errors(400, 401, 403, 409, 413, 415),
+            **_TOO_MANY,
             "503": _with_sid(
                 "the recorder did not begin within 10 s (the request stays queued) or could not record; "
                 "or Firestore is unavailable (then without sid)"

@@ -6,7 +6,8 @@ the start/stop response shapes are the seed's (with a `.wav` filename: there is 
 
 Who may: participants of the call whose channelName is the channel; for a legacy channel
 `{groupId}_{user1}_{user2}` that belongs to no call, user1 and user2; admins any channel; with
-MEMHARBOR_AUTH=none, anyone (as the seed).
+MEMHARBOR_AUTH=none, anyone (as the seed). A user's starts spend their rate budget (token_http/ratelimit.py),
+and one that would add a request beyond MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER in progress is a 429.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from memharbor.recording_requests import (
     DEFAULT_RECORDER_UID,
     FINISHED,
     STOP_FIELD,
+    LiveCapReached,
     RecordingStatus,
     call_session_id,
     may_access,
@@ -36,21 +38,25 @@ from memharbor.recording_requests import (
     status_of,
 )
 from memharbor.recording_service import RecordingService, Session, created_at
+from token_http import ratelimit
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso
-from token_http.errors import ApiError, bad_request, json_response
-from token_http.keys import DEPS
+from token_http.errors import ApiError, bad_request, json_response, too_many_requests
+from token_http.keys import DEPS, SETTINGS
 
 # start waits this long for the recorder to begin, looking this often (the seed waited for its recorder too).
 START_WAIT_S = 10.0
 START_POLL_S = 0.1
+# A user at the cap of live requests is told to retry after this long: a recording whose participants
+# left ends after the recorder's idle time (MEMHARBOR_RECORDER_IDLE_S, 30 s by default).
+LIVE_CAP_RETRY_AFTER_S = 30
 # stop waits this long for the recorder to finalize and upload.
 STOP_WAIT_S = 60.0
 STOP_POLL_S = 0.1
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 200
 
-_SID_RULE = "sid must be 1-128 characters of A-Z a-z 0-9 _ -"
+_SID_RULE = "sid must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,8 +190,13 @@ def _reusable(sessions: list[Session]) -> Session | None:
     return None
 
 
-async def _join_or_request(service: RecordingService, channel: str, request: dict[str, Any]) -> str:
-    """The sid of the session a start joins (one already asked for) or of the request it creates."""
+async def _join_or_request(
+    service: RecordingService, channel: str, request: dict[str, Any], live_cap: int | None
+) -> str:
+    """The sid of the session a start joins (one already asked for) or of the request it creates.
+
+    A new request is refused (LiveCapReached) when its requester already has `live_cap` in progress.
+    """
     existing = _reusable(await service.in_progress(channel))
     if existing is not None:
         return existing[0]  # already asked for (by the watcher or another participant): one recording
@@ -195,7 +206,7 @@ async def _join_or_request(service: RecordingService, channel: str, request: dic
         # own request all create this one document, and every one but the first finds it.
         sid = call_session_id(call_id)
         try:
-            await service.create(sid, request)
+            await service.create(sid, request, live_cap)
             return sid
         except CallError as exc:
             if exc.status != 409:
@@ -205,19 +216,36 @@ async def _join_or_request(service: RecordingService, channel: str, request: dic
             return sid
         # The call's first recording is stopping or over: this start asks for another one.
     sid = str(uuid.uuid4())
-    await service.create(sid, request)
+    await service.create(sid, request, live_cap)
     return sid
+
+
+@contextlib.contextmanager
+def _live_cap_errors() -> Iterator[None]:
+    """A start over its user's cap of live requests is a 429: one of them has to end first."""
+    try:
+        yield
+    except LiveCapReached as exc:
+        message = (
+            f"you already have {exc.cap} recordings requested or in progress; stop one "
+            "(POST /api/recording/stop) or wait for one to finish"
+        )
+        raise too_many_requests(message, LIVE_CAP_RETRY_AFTER_S, field="channel") from None
 
 
 async def post_start(request: web.Request) -> web.Response:
     """Request a recording of the channel and wait (up to START_WAIT_S) for the recorder to begin."""
     principal = await _principal(request)
+    await ratelimit.enforce(request, principal)
     body = await json_object(request)
     channel = _channel(body.get("channel"))
     service = _service(request)
-    with _store_errors():
+    # Admins act as the server and the open mode has no users to tell apart: neither is capped.
+    live_cap = None if principal.unrestricted else request.app[SETTINGS].max_live_recordings_per_user
+    with _store_errors(), _live_cap_errors():
         call_id = _call_of_channel(principal, channel, await service.calls_on_channel(channel))
-        sid = await _join_or_request(service, channel, new_request(channel, principal.uid or "anonymous", call_id))
+        request_doc = new_request(channel, principal.uid or "anonymous", call_id)
+        sid = await _join_or_request(service, channel, request_doc, live_cap)
     sessions = await _wait(service, [sid], lambda s: status_of(s) in BEGUN | FINISHED, START_WAIT_S, START_POLL_S)
     session = sessions.get(sid, {})
     status = status_of(session)
@@ -251,7 +279,7 @@ async def _targets(service: RecordingService, principal: Principal, body: dict[s
     """The sessions a stop names: the one with `sid`, or those in progress on `channel` (newest first)."""
     sid = optional_str(body, "sid", max_bytes=1024)
     if sid is not None:
-        if not calls.ID_PATTERN.match(sid):
+        if not calls.ID_PATTERN.fullmatch(sid):
             raise bad_request("sid", _SID_RULE)
         doc = await service.get(sid)
         if doc is None:

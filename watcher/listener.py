@@ -38,6 +38,7 @@ class CallEvent:
     status: str | None
     update_time: datetime | None
     receiver_id: str | None = None
+    group_id: str | None = None
     updated_at: datetime | None = None  # the app-facing `updatedAt` stamp
 
 
@@ -83,6 +84,7 @@ def _call_event(change: Any) -> CallEvent:
         status=_field(change.document, "status"),
         update_time=change.document.update_time,
         receiver_id=_field(change.document, "receiverId"),
+        group_id=_field(change.document, "groupId"),
         updated_at=updated_at if isinstance(updated_at, datetime) else None,
     )
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from memharbor import calls
+
 Platform = Literal["ios", "android"]
 Kind = Literal["incoming_call", "call_ended"]
 # Asked between retries: False once the push no longer matters (for an incoming call: it stopped ringing).
@@ -86,7 +88,8 @@ def resolve_target(uid: str, user: Mapping[str, Any] | None, kind: Kind = "incom
     else:
         return None
     token = user.get(field)
-    if not isinstance(token, str) or not token:
+    # An admin-written token outside the pattern would become part of APNs' request path: never send it.
+    if not isinstance(token, str) or not calls.PUSH_TOKEN_PATTERN.fullmatch(token):
         return None
     return PushTarget(uid, platform, token, field)
 

@@ -21,15 +21,23 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from memharbor import calls
+from memharbor import calls, groups
 from memharbor.calls import Actor, Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.store import CALLS, USERS
+from memharbor.store import CALLS, GROUPS, USERS
 from watcher.push import Notifier, call_ended_payload, incoming_call_payload, resolve_target
 
 CALL_SERVER = "callServer"
 log = get_logger()
+
+
+@dataclass(frozen=True)
+class _Hints:
+    """What the listener saw of a call, used only to choose which documents to read with it."""
+
+    receiver_id: str | None = None
+    group_id: str | None = None
 
 
 class Claim(enum.Enum):
@@ -137,14 +145,18 @@ class CallReactor:
         for call_id in [c for c in self._done if c not in active_ids]:
             del self._done[call_id]
 
-    async def handle(self, call_id: str, receiver_hint: str | None = None, time_out: bool = False) -> Claim:
+    async def handle(
+        self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
+    ) -> Claim:
         """Bring the call's side effects up to date with its current document.
 
-        `receiver_hint` (the receiverId the listener saw) lets the receiver's user document be read in
-        the same round trip as the call. With `time_out`, a pending call whose ring deadline has passed
-        is moved to `missed` in the same write that claims the effects of `missed` (see `_timeout`).
+        `receiver_hint` and `group_hint` (the receiverId and groupId the listener saw) let the receiver's
+        user document and the care group be read in the same round trip as the call (hints only choose
+        what to prefetch: every decision uses the documents as read). With `time_out`, a pending call
+        whose ring deadline has passed is moved to `missed` in the same write that claims the effects of
+        `missed` (see `_timeout`).
         """
-        claimed = await self._claim(call_id, receiver_hint, time_out)
+        claimed = await self._claim(call_id, _Hints(receiver_hint, group_hint), time_out)
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
@@ -164,7 +176,7 @@ class CallReactor:
         elif call.get("status") != Status.PENDING:
             self._cancel_timeout(call_id)
 
-    async def _claim(self, call_id: str, receiver_hint: str | None = None, time_out: bool = False) -> Claimed:
+    async def _claim(self, call_id: str, hints: _Hints, time_out: bool = False) -> Claimed:
         """Claim with optimistic concurrency: read, decide, write under preconditions, retry on a race.
 
         A Firestore transaction would do the same in four round trips with locks held in between; this
@@ -172,18 +184,20 @@ class CallReactor:
         """
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
-                return await self._claim_once(call_id, receiver_hint, time_out)
+                return await self._claim_once(call_id, hints, time_out)
             except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
                 # Someone wrote between our read and our write: read again.
                 await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
 
-    async def _claim_once(self, call_id: str, receiver_hint: str | None, time_out: bool = False) -> Claimed:
+    async def _claim_once(self, call_id: str, hints: _Hints, time_out: bool = False) -> Claimed:
         call_ref = self._db.collection(CALLS).document(call_id)
         server_ref = self._db.collection(CALL_SERVER).document(call_id)
         refs = [call_ref, server_ref]
-        if receiver_hint and calls.ID_PATTERN.fullmatch(receiver_hint):
-            refs.append(self._db.collection(USERS).document(receiver_hint))
+        if hints.receiver_id and calls.ID_PATTERN.fullmatch(hints.receiver_id):
+            refs.append(self._db.collection(USERS).document(hints.receiver_id))
+        if hints.group_id and calls.GROUP_ID_PATTERN.fullmatch(hints.group_id):
+            refs.append(self._db.collection(GROUPS).document(hints.group_id))
         snaps = {snap.reference.path: snap async for snap in self._db.get_all(refs)}
         call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
         if not call_snap.exists:
@@ -193,7 +207,9 @@ class CallReactor:
         now = datetime.fromtimestamp(self._clock.time(), UTC)
         guard_call = self._db.write_option(last_update_time=call_snap.update_time)
         batch = self._db.batch()
-        verdict = self._judge(call, server)
+        # Membership is judged once, when the watcher first sees the call (no server document yet).
+        group = await self._group_of(call, snaps) if server is None else None
+        verdict = self._judge(call, server, group)
         if verdict is not None:
             claim, write = verdict
             if write is not None:
@@ -247,6 +263,15 @@ class CallReactor:
         else:
             batch.create(server_snap.reference, _nest(fields))
 
+    async def _group_of(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The call's care group as stored (prefetched when the listener hinted it), or None."""
+        group_id = call.get("groupId")
+        if not isinstance(group_id, str) or not calls.GROUP_ID_PATTERN.fullmatch(group_id):
+            return None
+        ref = self._db.collection(GROUPS).document(group_id)
+        snap = snaps.get(ref.path) or await ref.get()
+        return snap.to_dict() if snap.exists else None
+
     async def _user_for_push(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
         receiver = call.get("receiverId")
         if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
@@ -272,9 +297,12 @@ class CallReactor:
         return update
 
     def _judge(
-        self, call: Mapping[str, Any], server: Mapping[str, Any] | None
+        self, call: Mapping[str, Any], server: Mapping[str, Any] | None, group: Mapping[str, Any] | None = None
     ) -> tuple[Claim, dict[str, Any] | None] | None:
-        """INVALID or REVERTED with the call update to make, or None when the change is legal."""
+        """INVALID or REVERTED with the call update to make, or None when the change is legal.
+
+        `group` is the call's care group, read when the call is first seen (`server` is None).
+        """
         status = call.get("status")
         if server is not None and server.get("invalid"):
             return Claim.INVALID, None
@@ -284,6 +312,9 @@ class CallReactor:
                 errors.append("createdAt must be a timestamp")
             if errors:
                 return Claim.INVALID, {"violation": _violation("; ".join(errors), status, None)}
+            # Admin writes bypass the rules' membership test: a stranger's call never rings.
+            if not groups.are_members(group, call["callerId"], call["receiverId"]):
+                return Claim.INVALID, {"violation": _violation(groups.NOT_GROUP_MEMBERS, status, None)}
             return None
         last = server.get("status")
         if last != status and not calls.reachable(last, str(status)):

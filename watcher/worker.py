@@ -121,7 +121,8 @@ class Watcher:
         try:
             latest = self._latest.get(call_id)
             receiver = latest.receiver_id if latest is not None and isinstance(latest.receiver_id, str) else None
-            claim = await self.reactor.handle(call_id, receiver, time_out=due)
+            group = latest.group_id if latest is not None and isinstance(latest.group_id, str) else None
+            claim = await self.reactor.handle(call_id, receiver, time_out=due, group_hint=group)
             log.debug("call.handled", call_id=call_id, claim=claim.value)
         except Exception as exc:
             if due:

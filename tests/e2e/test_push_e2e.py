@@ -21,6 +21,7 @@ from tests.support.apns_server import ApnsServer, apns_token
 from tests.support.fcm_server import FcmRecord, FcmServer, fcm_token
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.google_logging import google_logger_configured
+from tests.support.groups import seed_group
 from tests.support.push_fixtures import BUNDLE
 from tests.support.push_keys import ApnsKey, ServiceAccount, make_service_account
 from tests.support.waiting import wait_for
@@ -53,6 +54,7 @@ def account(fcm: FcmServer) -> ServiceAccount:
 @pytest.fixture
 def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
     client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client)
     yield client
     client.close()
 

@@ -22,6 +22,7 @@ from memharbor import wav
 from memharbor.emulators import EmulatorSet
 from tests.integration.test_call_routes import Api, _start_http
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -41,6 +42,7 @@ def api(emulators: EmulatorSet) -> Iterator[Api]:
 def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
     """An admin client on the wiped emulators."""
     client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client, "grp1", [ALICE, BOB])
     yield client
     client.close()
 

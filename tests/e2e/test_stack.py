@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
 from memharbor.settings import child_environment
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
 
@@ -49,10 +51,13 @@ class Stack:
         )
         self.watcher = WatcherProcess(emulators, tmp / "pushes.jsonl", tmp, MEMHARBOR_RING_TIMEOUT_S="30")
 
-    def request(self, method: str, path: str, body: Any = None, uid: str | None = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, uid: str | None = None, admin: bool = False
+    ) -> tuple[int, Any]:
         headers = {"Content-Type": "application/json"}
         if uid is not None:
-            headers["Authorization"] = "Bearer " + emulator_id_token(self.emulators.project_id, uid)
+            claims = {"admin": True} if admin else {}
+            headers["Authorization"] = "Bearer " + emulator_id_token(self.emulators.project_id, uid, **claims)
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data, headers, method=method)
         try:
@@ -98,6 +103,7 @@ class TestRestAndAppPaths:
     def test_same_documents_through_a_whole_call(self, stack: Stack, db: firestore.Client) -> None:
         """Invite/answer/end over REST and the same moves as app writes produce documents of one shape."""
         caller, receiver = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+        seed_group(db, "group1", [caller, receiver])
         db.collection("users").document(receiver).set({"platform": "android", "fcmToken": "fcm-1"})
         status, invited = stack.request(
             "POST",
@@ -148,6 +154,7 @@ class TestRestAndAppPaths:
     def test_token_only_for_a_live_call(self, stack: Stack, db: firestore.Client) -> None:
         """A participant gets a token for the watcher-assigned channel while the call rings, not after."""
         caller, receiver = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+        seed_group(db, "group1", [caller, receiver])
         _, invited = stack.request(
             "POST", "/api/call/invite", {"group_id": "group1", "caller_id": caller, "receiver_id": receiver}, uid=caller
         )
@@ -159,13 +166,25 @@ class TestRestAndAppPaths:
         assert stack.request("POST", "/api/token", body, uid=receiver)[0] == 403
 
 
+    def test_stranger_cannot_invite_a_member(self, stack: Stack, db: firestore.Client) -> None:
+        """A signed-in non-member naming a group and one of its members gets 403, and no call exists."""
+        receiver = f"bob{uuid.uuid4().hex[:6]}"
+        seed_group(db, "group1", ["alice", receiver])
+        body = {"group_id": "group1", "caller_id": "mallory", "receiver_id": receiver, "caller_name": "Grandson"}
+        status, answer = stack.request("POST", "/api/call/invite", body, uid="mallory")
+        assert status == 403 and answer["field"] == "group_id"
+        calls_to_receiver = db.collection("calls").where(filter=FieldFilter("receiverId", "==", receiver)).get()
+        assert list(calls_to_receiver) == []
+
+
 class TestHealth:
     """Health reflects the running watcher."""
 
     def test_reports_live_watcher(self, stack: Stack) -> None:
-        """With the watcher heartbeating, /api/health is 200 ok and lists its instance."""
+        """With the watcher heartbeating, /api/health is 200 ok and lists its instance (to an admin)."""
         status, body = wait_for(
-            lambda: (r := stack.request("GET", "/api/health"))[1].get("status") == "ok" and r, what="health ok"
+            lambda: (r := stack.request("GET", "/api/health", uid="ops", admin=True))[1].get("status") == "ok" and r,
+            what="health ok",
         )
         assert status == 200
         assert stack.watcher.instance_id in body["workers"]["watcher"]["instances"]

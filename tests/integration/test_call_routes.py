@@ -19,6 +19,7 @@ from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
 from memharbor.settings import child_environment
 from tests.support.firestore_rest import FirestoreRest, format_timestamp
+from tests.support.groups import seed_group
 
 ALICE, BOB, MALLORY, OPS = "alice-uid-0000000000000000001", "bob-uid-00000000000000000002", "mallory-uid", "ops"
 INVITE = {"group_id": "grp1", "caller_id": ALICE, "receiver_id": BOB}
@@ -97,6 +98,7 @@ def open_api(emulators: EmulatorSet) -> Iterator[Api]:
 def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
     """The emptied Firestore emulator, through its REST API (use .as_owner() to bypass the rules)."""
     client = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
+    seed_group(client, "grp1", [ALICE, BOB])
     yield client
     client.close()
 
@@ -210,6 +212,24 @@ class TestInvite:
         status, data = api.post("/api/call/invite", INVITE, BOB)
         assert status == 403 and data["field"] == "caller_id"
         assert db.as_owner().query("calls").documents == []
+
+    @pytest.mark.parametrize(
+        ("group_id", "members"),
+        [("grp1", [ALICE]), ("grp1", [BOB]), ("nogroup", None)],
+        ids=["no-receiver", "no-caller", "no-group"],
+    )
+    def test_non_members_are_403(self, api: Api, db: FirestoreRest, group_id: str, members: list[str] | None) -> None:
+        """Caller and receiver must both be members of the group: else 403 naming group_id, and no call."""
+        if members is not None:
+            seed_group(db, group_id, members)
+        status, body = api.post("/api/call/invite", {**INVITE, "group_id": group_id}, ALICE)
+        assert status == 403 and body["field"] == "group_id"
+        assert not db.as_owner().list("calls").data.get("documents")
+
+    def test_open_mode_checks_membership_too(self, open_api: Api, db: FirestoreRest) -> None:
+        """MEMHARBOR_AUTH=none trusts identities, not group membership."""
+        status, body = open_api.post("/api/call/invite", {**INVITE, "caller_id": MALLORY})
+        assert status == 403 and body["field"] == "group_id"
 
     def test_no_auth_is_401(self, api: Api, db: FirestoreRest) -> None:
         """Without an ID token the invite is refused and nothing is stored."""
@@ -367,7 +387,8 @@ class TestOpenMode:
     """MEMHARBOR_AUTH=none: the seed's behaviour, trusting the ids in the body."""
 
     def test_unauthenticated_flow(self, open_api: Api, db: FirestoreRest, watcher: FakeWatcher) -> None:
-        """Invite with any caller_id, answer, read and end, all without an ID token."""
+        """Invite with any member's caller_id, answer, read and end, all without an ID token."""
+        seed_group(db, "grp1", [ALICE, BOB, "legacy-caller"])
         status, placed = open_api.post("/api/call/invite", {**INVITE, "caller_id": "legacy-caller"})
         assert status == 200 and placed["pushSent"] is True
         assert db.as_owner().get(f"calls/{placed['callId']}").data["callerId"] == "legacy-caller"

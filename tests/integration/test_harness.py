@@ -323,6 +323,12 @@ class TestDevCommand:
             assert set(token.privileges) == PUBLISHER_PRIVILEGES
             assert body["expire_in"] == 86400
 
+            invite_line = reader.wait_for(r"^\s*curl .*/api/call/invite", timeout=5).strip()
+            invited = subprocess.run(["bash", "-c", invite_line], capture_output=True, timeout=30, check=False)
+            placed = json.loads(invited.stdout)
+            assert placed["success"] is True and placed["channelName"].startswith(f"{dev.DEMO_GROUP_ID}_"), placed
+            assert placed["pushSent"] is True and placed["pushPlatform"] == "android"
+
             os.kill(process.pid, signal.SIGINT)
             assert process.wait(30) == 0
             assert wait_until_gone(ports) == []

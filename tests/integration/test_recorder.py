@@ -17,6 +17,7 @@ from google.cloud import firestore, storage
 
 from memharbor import wav
 from memharbor.emulators import EmulatorSet
+from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
 from tests.support.waiting import wait_for
 
@@ -27,6 +28,7 @@ TWO_TONES = [{"uid": "101", "tone_hz": 440}, {"uid": "202", "tone_hz": 1000}]
 def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
     """An admin client on the wiped emulators."""
     client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client)
     yield client
     client.close()
 

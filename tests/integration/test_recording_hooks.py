@@ -17,6 +17,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.emulators import EmulatorSet
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
 from watcher.recording import FirestoreRecordingHooks
@@ -28,6 +29,7 @@ CHANNEL = "group1_alice_bob_1770000000000"
 def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
     """An admin client on the wiped emulator."""
     client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client)
     yield client
     client.close()
 

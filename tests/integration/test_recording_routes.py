@@ -18,6 +18,7 @@ from memharbor.emulators import EmulatorSet
 from memharbor.recording_requests import call_session_id, parse_legacy_channel
 from tests.integration.test_call_routes import Api, _start_http
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 
 ALICE, BOB, MALLORY, OPS = "alice-uid-0000000000000000001", "bob-uid-00000000000000000002", "mallory-uid", "ops"
@@ -45,6 +46,7 @@ def open_api(emulators: EmulatorSet) -> Iterator[Api]:
 def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
     """The emptied Firestore emulator as the owner (bypassing the rules)."""
     client = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id).as_owner()
+    seed_group(client, "grp1", [ALICE, BOB])
     yield client
     client.close()
 

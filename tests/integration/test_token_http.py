@@ -261,17 +261,18 @@ class TestHealth:
         assert response.status == 200
         assert response.body["firestore"]["ok"] is True
         assert response.body["status"] in ("ok", "degraded")
-        assert response.body["auth"] == "firebase"
+        assert response.body["auth"] == "firebase-emulator"  # FIREBASE_AUTH_EMULATOR_HOST: unsigned tokens pass
 
     def test_live_watcher_heartbeat_makes_it_ok(self, clean: Service, db: firestore.Client) -> None:
-        """A fresh watcher heartbeat in `workers` is counted and turns the status to ok."""
+        """A fresh watcher heartbeat in `workers` is counted and turns the status to ok; admins see its id."""
         db.collection("workers").document("watcher-it").set(
             {"kind": "watcher", "instanceId": "watcher-it", "expiresAt": datetime.now(UTC) + timedelta(minutes=5)}
         )
         time.sleep(2.1)  # let the cached result expire
-        body = clean.request("GET", "/api/health").body
+        body = clean.request("GET", "/api/health", token=clean.id_token("ops", admin=True)).body
         assert body["workers"]["watcher"]["instances"] == ["watcher-it"]
         assert body["status"] == "ok"
+        assert clean.request("GET", "/api/health").body["workers"]["watcher"] == {"alive": 1}
 
 
 class TestLogFile:

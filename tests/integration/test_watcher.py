@@ -13,6 +13,7 @@ from google.cloud import firestore
 
 from memharbor.emulators import EmulatorSet, free_port
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.groups import seed_group
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -22,8 +23,9 @@ SEED_PAYLOAD_KEYS = {"type", "callId", "channelName", "callerName", "callerID", 
 
 @pytest.fixture
 def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
-    """An admin client on the wiped emulator."""
+    """An admin client on the wiped emulator, which holds only the care group of the tests' users."""
     client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client)
     yield client
     client.close()
 
@@ -237,6 +239,29 @@ class TestResilience:
         wait_for(lambda: watcher.pushes("incoming_call", good), what="push after bad documents")
         assert watcher.alive()
         assert all(not watcher.pushes(call_id=c) for c in bad)
+
+    def test_non_members_are_not_rung(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A call between non-members, written with admin rights, gets a violation, no channel and no push."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        denied = rest.as_user("mallory").create(
+            "calls/by-app",
+            {"callId": "by-app", "groupId": "group1", "callerId": "mallory", "receiverId": "bob", "status": "pending"},
+            server_time=["createdAt", "updatedAt"],
+        )
+        assert denied.denied
+        fields = {"groupId": "group1", "callerId": "mallory", "receiverId": "bob", "status": "pending"}
+        fields |= {"callerName": "Your grandson", "createdAt": firestore.SERVER_TIMESTAMP}
+        for call_id, extra in (("stranger", {}), ("no-group", {"groupId": "nogroup"})):
+            now = {"updatedAt": firestore.SERVER_TIMESTAMP}
+            db.collection("calls").document(call_id).set({**fields, "callId": call_id, **now, **extra})
+        for call_id in ("stranger", "no-group"):
+            doc = wait_for(lambda c=call_id: (d := call_doc(db, c)).get("violation") and d, what=f"violation {call_id}")
+            assert doc["violation"]["reason"] == "not_group_members"
+            assert "channelName" not in doc and "pushSent" not in doc
+        good = place_call(rest)
+        wait_for(lambda: watcher.pushes("incoming_call", good), what="a member's call still rings")
+        assert watcher.pushes(call_id="stranger") == [] and watcher.pushes(call_id="no-group") == []
 
     def test_illegal_change_is_reverted(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
         """An admin moving an ended call back to accepted is reverted, with a violation and no side effect."""

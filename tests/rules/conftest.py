@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from memharbor.emulators import EmulatorSet
-from tests.rules.rules_support import World
+from memharbor.groups import group_document
+from tests.rules.rules_support import CALLER, GROUP_ID, RECEIVER, World
 from tests.support.firestore_rest import FirestoreRest
 
 
@@ -21,5 +22,7 @@ def rest(emulators: EmulatorSet) -> Iterator[FirestoreRest]:
 
 @pytest.fixture
 def world(clean_emulators: EmulatorSet, rest: FirestoreRest) -> World:
-    """The principals of a test, on an empty database."""
-    return World(rest)
+    """The principals of a test, on a database holding only their care group (caller and receiver)."""
+    world = World(rest)
+    world.seed(f"groups/{GROUP_ID}", group_document([CALLER, RECEIVER]))
+    return world

@@ -8,6 +8,7 @@ import pytest
 
 from memharbor import calls
 from memharbor.calls import Status
+from memharbor.groups import group_document
 from tests.rules.rules_support import (
     CALL_ID,
     CALL_PATH,
@@ -28,6 +29,13 @@ EMOJI = "\U0001f600"  # one character, two UTF-16 code units
 
 def create(world: World, fields: dict[str, Any], principal: str = "caller", call_id: str = CALL_ID) -> Any:
     return world.client(principal).create(f"calls/{call_id}", fields, server_time=STAMPS)
+
+
+def seed_group_of(world: World, fields: dict[str, Any]) -> None:
+    """Make the call's caller and receiver members of its group, so only the value under test decides."""
+    group_id, members = fields.get("groupId"), [fields.get("callerId"), fields.get("receiverId")]
+    if isinstance(group_id, str) and group_id and "/" not in group_id and all(isinstance(m, str) for m in members):
+        world.seed(f"groups/{group_id}", group_document([str(m) for m in members]))
 
 
 class TestCallCreate:
@@ -174,6 +182,7 @@ class TestCallCreateValues:
         """A value calls.field_errors rejects is refused by the rules as well."""
         fields = new_call(**{name: value})
         assert calls.field_errors(fields), "calls.field_errors accepts the value this case calls bad"
+        seed_group_of(world, fields)
         principal = value if name == "callerId" and isinstance(value, str) and value else "caller"
         assert create(world, fields, principal=principal).denied
 
@@ -182,6 +191,7 @@ class TestCallCreateValues:
         """A value calls.field_errors accepts (including the limits themselves) is allowed."""
         fields = new_call(**{name: value})
         assert calls.field_errors(fields) == []
+        seed_group_of(world, fields)
         principal = value if name == "callerId" else "caller"
         result = create(world, fields, principal=principal)
         assert result.ok, result

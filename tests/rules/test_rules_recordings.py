@@ -9,6 +9,7 @@ import pytest
 from memharbor import calls
 from memharbor.calls import Status
 from tests.rules.rules_support import (
+    CALL_ID,
     CALLER,
     CLIENT_TIME,
     PRINCIPALS,
@@ -110,6 +111,17 @@ class TestRecordingCreate:
         """The named call must exist and its id must match calls.ID_PATTERN."""
         world.seed_call(Status.ACCEPTED)
         assert request_recording(world, "caller", recording_request(callId=call_id)).denied
+
+    def test_call_session_id_must_name_its_call(self, world: World) -> None:
+        """`call-{id}` is reserved for that call: a participant of another call cannot squat it."""
+        world.seed_call(Status.ACCEPTED)
+        world.seed_call(Status.ACCEPTED, call_id="victim-call", callerId="x-uid", receiverId="y-uid")
+        caller = world.client("caller")
+        squat = caller.create("recordings/call-victim-call", recording_request(), server_time=["createdAt"])
+        assert squat.denied
+        assert world.stored("recordings/call-victim-call") is None
+        own = caller.create(f"recordings/call-{CALL_ID}", recording_request(), server_time=["createdAt"])
+        assert own.ok, own
 
     def test_existing_session_not_overwritten(self, world: World) -> None:
         """A participant cannot reset a running session by writing a new request over it."""

@@ -42,6 +42,7 @@ class TestFirestoreRulesSource:
             ("recordingRequestFields", calls.RECORDING_REQUEST_FIELDS),
             ("userPlatforms", calls.USER_PLATFORMS),
             ("userServerFields", calls.USER_SERVER_FIELDS),
+            ("userFields", calls.USER_FIELDS),
         ],
     )
     def test_field_lists(self, function: str, expected: frozenset[str]) -> None:
@@ -71,13 +72,16 @@ class TestFirestoreRulesSource:
         assert CODE.count("allow update: if transition(") == len(expected)
 
     def test_id_patterns(self) -> None:
-        """The rules use calls.ID_PATTERN and calls.GROUP_ID_PATTERN verbatim."""
-        assert f"'{calls.ID_PATTERN.pattern}'" in CODE
-        assert f"'{calls.GROUP_ID_PATTERN.pattern}'" in CODE
+        """The rules use calls.ID_RULE, GROUP_ID_RULE and RESERVED_ID_RULE verbatim, as the patterns do."""
+        assert f"value.matches('{calls.ID_RULE}') && !value.matches('{calls.RESERVED_ID_RULE}')" in CODE
+        assert f"value.matches('{calls.GROUP_ID_RULE}') && !value.matches('{calls.RESERVED_ID_RULE}')" in CODE
+        assert calls.ID_PATTERN.pattern == "^(?!__.*__$)" + calls.ID_RULE[1:]
+        assert calls.GROUP_ID_PATTERN.pattern == "^(?!__.*__$)" + calls.GROUP_ID_RULE[1:]
+        assert CODE.count(f"'{calls.PUSH_TOKEN_PATTERN.pattern}'") == 1
 
     def test_limits(self) -> None:
         """The name, summary and keyword limits of calls.py appear where the rules check them."""
-        assert CODE.count(f"', {calls.MAX_NAME_CHARS})") == 4
+        assert CODE.count(f"', {calls.MAX_NAME_CHARS})") == 5  # four call names and displayName
         assert CODE.count(f"', {calls.MAX_SUMMARY_CHARS})") == 2
         assert f"size() <= {calls.MAX_KEYWORDS}" in CODE
         assert CODE.count(f"{{0,{calls.MAX_KEYWORD_CHARS}}}") == 2
@@ -88,16 +92,23 @@ class TestFirestoreRulesSource:
         assert pad is not None and pad.group(1).count("''") == calls.MAX_KEYWORDS
 
     def test_no_delete_is_allowed(self) -> None:
-        """Every delete rule except the owner's users/{uid} one is `if false`."""
+        """Every delete rule is `if false` (groups deny deletes in their combined rule)."""
         deletes = re.findall(r"allow delete: if ([^;]*);", CODE)
-        assert sorted(deletes) == sorted(["false", "false", "signedIn() && request.auth.uid == uid"])
+        assert deletes == ["false", "false", "false"]
+        assert "allow list, create, update, delete: if false;" in CODE
+
+    def test_one_membership_function(self) -> None:
+        """Call creation and group reads both go through areGroupMembers, the one membership test."""
+        assert CODE.count("function areGroupMembers(") == 1
+        assert "areGroupMembers(data.groupId, [data.callerId, data.receiverId])" in CODE
+        assert CODE.count("memberIds") == 2  # both inside areGroupMembers
 
     def test_no_catch_all_match(self) -> None:
         """There is no recursive wildcard that could open other collections (workers, ...)."""
         assert "=**" not in CODE
         matches = re.findall(r"match (/[^\s{]+)/\{\w+\}\s*\{", CODE)
-        assert sorted(matches) == ["/calls", "/recordings", "/users"]
-        assert CODE.count("match ") == 4  # those three inside /databases/{database}/documents
+        assert sorted(matches) == ["/calls", "/groups", "/recordings", "/users"]
+        assert CODE.count("match ") == 5  # those four inside /databases/{database}/documents
 
 
 class TestStorageRules:
@@ -125,7 +136,11 @@ class TestIndexes:
 
     @pytest.mark.parametrize(
         ("collection", "fields"),
-        [("calls", ["status", "ringDeadline"]), ("recordings", ["status", "leaseUntil"])],
+        [
+            ("calls", ["status", "ringDeadline"]),
+            ("recordings", ["status", "leaseUntil"]),
+            ("recordings", ["requestedBy", "status"]),  # the live-recording cap per user
+        ],
     )
     def test_composite_index(self, collection: str, fields: list[str]) -> None:
         """An equality on status combined with a range on a time field has its composite index."""

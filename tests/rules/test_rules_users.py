@@ -40,15 +40,22 @@ class TestUsers:
         world.seed(USER_PATH, PROFILE)
         assert user.update(USER_PATH, {"platform": platform}).denied
 
-    def test_owner_reads_updates_and_deletes(self, world: World) -> None:
-        """The owner may read, change and delete their document."""
+    def test_owner_reads_and_updates(self, world: World) -> None:
+        """The owner may read and change their document, and remove a token by deleting its field."""
         user = world.client("caller")
         assert user.create(USER_PATH, PROFILE).ok
         assert user.get(USER_PATH).data["voipToken"] == "voip-abc"
         assert user.update(USER_PATH, {"platform": "android", "fcmToken": "fcm-1"}, delete=["voipToken"]).ok
         assert user.set(USER_PATH, {"platform": "ios", "voipToken": "voip-2"}).ok
-        assert user.delete(USER_PATH).ok
-        assert world.stored(USER_PATH) is None
+        assert user.update(USER_PATH, {"voipToken": None}).ok
+        assert world.stored(USER_PATH) == {"platform": "ios", "voipToken": None}
+
+    def test_owner_may_not_delete(self, world: World) -> None:
+        """Deleting (then re-creating) the document would drop the server's pushTokenInvalidAt: refused."""
+        world.seed(USER_PATH, {**PROFILE, "pushTokenInvalidAt": INVALID_AT})
+        assert world.client("caller").delete(USER_PATH).denied
+        stored = world.stored(USER_PATH)
+        assert stored is not None and stored["pushTokenInvalidAt"] == INVALID_AT
 
     @pytest.mark.parametrize("principal", OTHERS)
     def test_others_denied(self, world: World, principal: str) -> None:
@@ -93,3 +100,52 @@ class TestUsers:
         assert world.client("caller").update(USER_PATH, {"voipToken": "voip-new"}).ok
         stored = world.stored(USER_PATH)
         assert stored is not None and stored[name] == INVALID_AT and stored["voipToken"] == "voip-new"
+
+
+HUGE = "x" * 900_000
+BAD_USER_FIELDS = [
+    pytest.param({"fcmToken": {"token": "abc"}}, id="fcmToken-map"),
+    pytest.param({"voipToken": 12345}, id="voipToken-number"),
+    pytest.param({"apnsToken": ""}, id="apnsToken-empty"),
+    pytest.param({"apnsToken": "a" * 1001}, id="apnsToken-too-long"),
+    pytest.param({"voipToken": "../../3/device/other"}, id="voipToken-path"),
+    pytest.param({"fcmToken": "abc?x=1"}, id="fcmToken-query"),
+    pytest.param({"isAdmin": True}, id="unknown-isAdmin"),
+    pytest.param({"notes": HUGE}, id="unknown-900KB"),
+    pytest.param({"displayName": HUGE}, id="displayName-900KB"),
+    pytest.param({"displayName": "n" * (calls.MAX_NAME_CHARS + 1)}, id="displayName-201"),
+    pytest.param({"displayName": ["Alice"]}, id="displayName-list"),
+    pytest.param({"updatedAt": "yesterday"}, id="updatedAt-string"),
+]
+
+
+class TestUserFields:
+    """users/{uid} holds only calls.USER_FIELDS, typed and bounded: the watcher reads it on every ring."""
+
+    @pytest.mark.parametrize("fields", BAD_USER_FIELDS)
+    def test_bad_field_denied_on_create_and_update(self, world: World, fields: dict[str, Any]) -> None:
+        """A field outside the allow-list, of the wrong type or too long is refused either way."""
+        user = world.client("caller")
+        assert user.create(USER_PATH, {**PROFILE, **fields}).denied
+        world.seed(USER_PATH, PROFILE)
+        assert user.update(USER_PATH, fields).denied
+        assert world.stored(USER_PATH) == PROFILE
+
+    def test_every_allowed_field_accepted(self, world: World) -> None:
+        """A document with each field of calls.USER_FIELDS at its limits is accepted."""
+        fields = {
+            "platform": "android",
+            "voipToken": "a" * 1000,
+            "apnsToken": "0123abcdef",
+            "fcmToken": "dGVzdA:APA91b-x_y",
+            "displayName": "n" * calls.MAX_NAME_CHARS,
+        }
+        assert set(fields) | {"updatedAt"} == calls.USER_FIELDS
+        result = world.client("caller").create(USER_PATH, fields, server_time=["updatedAt"])
+        assert result.ok, result
+
+    def test_token_pattern_matches_python(self) -> None:
+        """The token pattern the rules use accepts real-looking tokens and refuses path characters."""
+        assert calls.PUSH_TOKEN_PATTERN.fullmatch("dGVzdA:APA91b-x_y")
+        assert not calls.PUSH_TOKEN_PATTERN.fullmatch("a/b")
+        assert not calls.PUSH_TOKEN_PATTERN.fullmatch("a.b")

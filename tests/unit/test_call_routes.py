@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import http_parser, web_protocol
 from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from memharbor import calls
 from memharbor.access import Principal
@@ -717,6 +721,244 @@ class TestStatus:
         assert response.status == 401
 
 
+@pytest.fixture
+def python_parser(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Serve with aiohttp's pure-Python HTTP parser (used where its C extension is absent).
+
+    The C parser refuses raw non-ASCII bytes in a request line; the Python one hands them to the
+    handler as lone surrogates (U+DC80-U+DCFF), which is what path and query checks must survive.
+    """
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    yield
+
+
+async def raw_get(client: Client, target: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """GET `target` exactly as given (bytes no HTTP client would send) on a real socket; (status, JSON body)."""
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    lines = b"".join(f"{k}: {v}\r\n".encode() for k, v in (headers or {}).items())
+    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" + lines + b"\r\n")
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+class TestStatusPathParameter:
+    """GET /api/call/status/{call_id}: whatever aiohttp makes of the path is a 400 naming call_id, never a 500."""
+
+    @pytest.mark.parametrize("escaped", ["%ED%A0%80", "%F0", "%F0%9F%98", "%FF", "%C0%AF", "a%00b"])
+    async def test_escapes_of_invalid_utf8_are_400(self, client: Client, world: World, escaped: str) -> None:
+        """Percent-escapes of invalid UTF-8 (a CESU surrogate, truncated sequences, NUL) name call_id."""
+        world.service.add("c1")
+        status, data = await raw_get(client, f"/api/call/status/{escaped}".encode(), AS_ALICE)
+        assert status == 400 and data["field"] == "call_id"
+        assert world.service.gets == 0
+
+    @pytest.mark.parametrize("raw", [b"\xed\xa0\x80", b"\xff", b"c1\xf0"])
+    async def test_raw_bytes_through_the_python_parser_are_400(
+        self, python_parser: None, client: Client, world: World, raw: bytes
+    ) -> None:
+        """Raw non-UTF-8 bytes, which the Python parser turns into lone surrogates, name call_id."""
+        world.service.add("c1")
+        status, data = await raw_get(client, b"/api/call/status/" + raw, AS_ALICE)
+        assert status == 400 and data["field"] == "call_id"
+        assert world.service.gets == 0
+
+
+# Raw bodies: a lone \uD800-\uDFFF escape is valid JSON text but no UTF-8 string (json.dumps would not write one).
+SURROGATE_POSTS = [
+    ("invite-group", "/api/call/invite", b'{"group_id": "\\ud800", "caller_id": "alice", "receiver_id": "bob"}',
+     "group_id"),
+    ("invite-name", "/api/call/invite",
+     b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "caller_name": "Jung\\udc00"}', "caller_name"),
+    ("invite-snapshot", "/api/call/invite",
+     b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "giver_name_snapshot": ["\\ud800"]}',
+     "giver_name_snapshot"),
+    ("answer-id", "/api/call/answer", b'{"call_id": "\\ud800", "action": "accept"}', "call_id"),
+    ("answer-action", "/api/call/answer", b'{"call_id": "c1", "action": "\\ud800"}', "action"),
+    ("cancel", "/api/call/cancel", b'{"call_id": "c\\ud8001"}', "call_id"),
+    ("missed", "/api/call/missed", b'{"call_id": "\\udfff"}', "call_id"),
+    ("end", "/api/call/end", b'{"call_id": "\\ud800"}', "call_id"),
+    ("end-key", "/api/call/end", b'{"call_id": "c1", "\\ud800": true}', "body"),
+    ("sweep", "/api/call/timeout/sweep", b'{"timeout_seconds": 5, "note": {"x": "\\ud800"}}', "note"),
+]
+
+
+class TestReservedIds:
+    """Firestore's reserved `__name__` ids are bad input (400), not "Firestore is unavailable"."""
+
+    @pytest.mark.parametrize(
+        ("path", "body", "field"),
+        [
+            ("/api/call/answer", {"call_id": "__x__", "action": "accept"}, "call_id"),
+            ("/api/call/end", {"call_id": "__name__"}, "call_id"),
+            ("/api/call/invite", {"group_id": "__g__", "caller_id": ALICE, "receiver_id": BOB}, "group_id"),
+            ("/api/call/invite", {"group_id": "g1", "caller_id": ALICE, "receiver_id": "__b__"}, "receiver_id"),
+        ],
+    )
+    async def test_is_400_naming_the_field(
+        self, client: Client, world: World, path: str, body: dict[str, Any], field: str
+    ) -> None:
+        """The route answers 400 naming the field and never asks the store."""
+        response = await client.post(path, json=body, headers=AS_ALICE)
+        data = await response.json()
+        assert response.status == 400 and data["field"] == field, data
+        assert world.service.gets == 0 and list(world.service.docs) == []
+
+    async def test_status_path(self, client: Client, world: World) -> None:
+        """GET /api/call/status/__x__ is a 400 about call_id."""
+        response = await client.get("/api/call/status/__x__", headers=AS_ALICE)
+        assert response.status == 400 and (await response.json())["field"] == "call_id"
+
+
+class TestDurationOfMalformedCalls:
+    """A stored call whose stamps are not timestamps never breaks the duration arithmetic."""
+
+    @pytest.mark.parametrize(
+        ("answered", "ended"),
+        [("yesterday", datetime(2026, 1, 1, tzinfo=UTC)), (datetime(2026, 1, 1, tzinfo=UTC), 5), (None, None)],
+    )
+    def test_is_zero(self, answered: Any, ended: Any) -> None:
+        """calls.duration_seconds answers 0 unless both stamps are datetimes."""
+        assert calls.duration_seconds(answered, ended) == 0
+
+    def test_real_stamps(self) -> None:
+        """Two datetimes give the whole seconds between them."""
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        assert calls.duration_seconds(start, start + timedelta(seconds=61.4)) == 61
+
+
+class TestLoneSurrogatesInCallBodies:
+    """Every call POST route answers a lone surrogate escape in its body with a 400 naming the field."""
+
+    @pytest.mark.parametrize(
+        ("path", "raw", "field"), [case[1:] for case in SURROGATE_POSTS], ids=[case[0] for case in SURROGATE_POSTS]
+    )
+    async def test_is_400_and_nothing_changes(
+        self, client: Client, world: World, path: str, raw: bytes, field: str
+    ) -> None:
+        """The answer is a 400 naming the field, and no call is created, read or moved."""
+        world.service.add("c1", age_s=3600)
+        response = await client.post(path, data=raw, headers={**AS_ADMIN, "Content-Type": "application/json"})
+        data = await response.json()
+        assert response.status == 400, data
+        assert data["field"] == field and "surrogate" in data["error"]
+        assert list(world.service.docs) == ["c1"] and world.service.docs["c1"]["status"] == "pending"
+        assert world.service.gets == 0
+
+
+def _status_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = openapi.document()["paths"]["/api/call/status/{call_id}"]["get"]["responses"]["200"][
+        "content"
+    ]["application/json"]["schema"]
+    return schema
+
+
+def _conforms(data: dict[str, Any]) -> None:
+    OAS30Validator(_status_schema(), format_checker=oas30_format_checker).validate(data)
+
+
+class TestStatusOfMalformedCalls:
+    """status_body: a call an admin wrote outside the contract still answers within the documented schema."""
+
+    async def _status(self, client: Client, world: World, **fields: Any) -> dict[str, Any]:
+        doc = world.service.add("c1", **fields)
+        for key in [k for k, v in fields.items() if v is _ABSENT]:
+            del doc[key]
+        response = await client.get("/api/call/status/c1", headers=AS_ADMIN)
+        assert response.status == 200, await response.text()
+        data: dict[str, Any] = await response.json()
+        _conforms(data)
+        return data
+
+    async def test_wrong_types_become_null_and_are_named(self, client: Client, world: World) -> None:
+        """status 5, a map groupId, createdAt 'yesterday' and a missing callerId are null and listed."""
+        data = await self._status(
+            client, world, status=5, groupId={"id": "g1"}, createdAt="yesterday", callerId=_ABSENT
+        )
+        assert data["status"] is None and data["groupId"] is None
+        assert data["createdAt"] is None and data["caregiverUserId"] is None
+        assert data["malformedFields"] == ["callerId", "createdAt", "groupId", "status"]
+        assert data["receiverId"] == BOB and data["channelName"] == CHANNEL
+
+    async def test_unknown_status_string_is_null(self, client: Client, world: World) -> None:
+        """A status outside the state machine's values is null and named."""
+        data = await self._status(client, world, status="ringing")
+        assert data["status"] is None and data["malformedFields"] == ["status"]
+
+    async def test_strings_are_not_passed_as_timestamps(self, client: Client, world: World) -> None:
+        """Timestamps stored as ISO strings or numbers are null: only datetimes are reported."""
+        data = await self._status(
+            client, world, status="ended", answeredAt="2026-02-02T02:40:00Z", endedAt=1_770_000_000,
+            lastReviewAt="soon",
+        )
+        assert data["answeredAt"] is None and data["endedAt"] is None and data["lastReviewAt"] is None
+        assert data["malformedFields"] == ["answeredAt", "endedAt", "lastReviewAt"]
+
+    @pytest.mark.parametrize("duration", [math.nan, math.inf, -math.inf, True, "10", [10]])
+    async def test_duration_must_be_a_finite_number(self, client: Client, world: World, duration: Any) -> None:
+        """A non-finite, boolean or non-numeric durationSec of an accepted call is null and named."""
+        data = await self._status(client, world, status="accepted", durationSec=duration)
+        assert data["durationSec"] is None and data["malformedFields"] == ["durationSec"]
+
+    async def test_review_fields_keep_their_types(self, client: Client, world: World) -> None:
+        """Non-string texts become '', non-string keywords are dropped, a non-integer count is 0; all named."""
+        data = await self._status(
+            client, world, humanSummary=7, humanKeywords=["tea", 3, None], humanNotes=["x"], aiSummary={"a": 1},
+            reviewCount="2",
+        )
+        assert (data["humanSummary"], data["humanNotes"], data["aiSummary"]) == ("", "", "")
+        assert data["humanKeywords"] == ["tea"] and data["reviewCount"] == 0
+        assert data["malformedFields"] == ["aiSummary", "humanKeywords", "humanNotes", "humanSummary", "reviewCount"]
+
+    async def test_names_fall_back_and_are_named(self, client: Client, world: World) -> None:
+        """A non-string giverNameSnapshot falls back to callerName; non-string names are null; all named."""
+        data = await self._status(
+            client, world, giverNameSnapshot=5, callerName="Jungwon", groupNameSnapshot=True, channelName=["c"]
+        )
+        assert data["giverNameSnapshot"] == "Jungwon"
+        assert data["groupNameSnapshot"] is None and data["channelName"] is None
+        assert data["malformedFields"] == ["channelName", "giverNameSnapshot", "groupNameSnapshot"]
+
+    async def test_call_id_is_the_document_id(self, client: Client, world: World) -> None:
+        """A stored callId that is missing or names another call is replaced by the document id and named."""
+        data = await self._status(client, world, callId="other")
+        assert data["callId"] == "c1" and data["malformedFields"] == ["callId"]
+
+    async def test_ended_call_with_unusable_stamps_is_not_a_500(self, client: Client, world: World) -> None:
+        """An ended call without durationSec and with a string answeredAt reports the stamps it can use."""
+        data = await self._status(client, world, status="ended", answeredAt="then", endedAt=world.service.now())
+        assert data["durationSec"] == 0 and data["answeredAt"] is None
+        assert data["malformedFields"] == ["answeredAt"]
+
+    async def test_nulls_in_optional_fields_are_not_malformed(self, client: Client, world: World) -> None:
+        """Null optional fields are merely unset: no malformedFields key at all."""
+        data = await self._status(
+            client, world, channelName=None, humanSummary=None, humanKeywords=None, durationSec=None, answeredAt=None
+        )
+        assert "malformedFields" not in data and data["humanKeywords"] == [] and data["humanSummary"] == ""
+
+    async def test_year_one_timestamp_is_rfc3339(self, client: Client, world: World) -> None:
+        """A timestamp before year 1000 keeps its four-digit year (strftime's %Y would drop the zeros)."""
+        data = await self._status(client, world, createdAt=datetime(1, 1, 1, tzinfo=UTC))
+        assert data["createdAt"] == "0001-01-01T00:00:00.000000Z"
+
+    async def test_well_formed_call_conforms_without_the_field(self, client: Client, world: World) -> None:
+        """A call written by the contract fits the schema and has no malformedFields."""
+        now = world.service.now()
+        data = await self._status(
+            client, world, status="ended", answeredAt=now, endedAt=now + timedelta(seconds=3), durationSec=3,
+            humanKeywords=["a"], reviewCount=1, lastReviewAt=now, callerName="J",
+        )
+        assert "malformedFields" not in data and data["durationSec"] == 3
+
+
+_ABSENT = object()  # a field the test removes from the stored document
+
+
 # ---------------------------------------------------------------------------------------------- adapter errors
 
 
@@ -785,8 +1027,10 @@ def _documented(path: str, method: str) -> dict[str, Any]:
 
 
 def _fits(data: dict[str, Any], schema: dict[str, Any]) -> None:
-    assert set(data) == set(schema["required"]) == set(schema["properties"])
+    assert set(schema["required"]) <= set(data) <= set(schema["properties"])
     for key, prop in schema["properties"].items():
+        if key not in data:
+            continue
         if data[key] is None:
             assert prop.get("nullable") is True, key
         elif "enum" in prop:

@@ -255,6 +255,19 @@ class TestBufferedLines:
             time.sleep(0.01)
         assert [line["event"] for line in json_lines(stream.getvalue())] == ["http.request"]
 
+    def test_a_lone_surrogate_does_not_stop_the_file_sink(self, tmp_path: Path) -> None:
+        """A value with a lone surrogate (a raw request path, say) is written escaped, and later lines still are."""
+        log_file = tmp_path / "api.log"
+        logs.configure("json", "info", file=log_file, stream=io.StringIO(), flush_interval_s=0.05)
+        logs.get_logger().info("http.request", path="/api/call/status/\udcff")
+        logs.get_logger().info("after")
+        deadline = time.monotonic() + 5
+        while "after" not in log_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lines = json_lines(log_file.read_text())
+        assert [line["event"] for line in lines] == ["http.request", "after"]
+        assert lines[0]["path"] == "/api/call/status/\udcff"
+
     def test_reconfiguring_flushes_the_previous_sinks(self) -> None:
         """Lines buffered for the old stream are written there before the new configuration applies."""
         first, second = io.StringIO(), io.StringIO()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from openapi_spec_validator import OpenAPIV30SpecValidator
 
 from memharbor import agora
 from tests.unit.test_token_api import CHANNEL, World, beat, make_settings
@@ -109,6 +110,18 @@ class TestDocumentShape:
         assert response.status == 200
         assert response.content_type == "application/json"
         assert await response.json() == json.loads(json.dumps(openapi.document()))
+
+
+class TestDocumentIsValid:
+    """The served document passes openapi-spec-validator as OpenAPI 3.0.3."""
+
+    async def test_served_document_validates(self, client: Client) -> None:
+        """GET /api/openapi.json is a valid OpenAPI 3.0.3 document: the validator reports no error at all."""
+        document = await (await client.get("/api/openapi.json")).json()
+        assert document["openapi"] == "3.0.3"
+        validator = OpenAPIV30SpecValidator(document)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors()]
+        assert errors == []
 
 
 class TestRoutesMatchDocument:

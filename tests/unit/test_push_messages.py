@@ -271,6 +271,12 @@ class TestRouting:
         assert resolve_target("bob", {"platform": "web", "fcmToken": "f"}) is None
         assert resolve_target("bob", {"platform": "android", "fcmToken": ""}) is None
 
+    @pytest.mark.parametrize("token", ["../../3/device/other", "abc?x=1", "a%2Fb", "a b", "t" * 1001, 12345])
+    def test_token_outside_the_pattern_is_never_sent(self, token: object) -> None:
+        """An admin-written token that could change APNs' request path (or is no token) is not a target."""
+        assert resolve_target("bob", {"platform": "ios", "voipToken": token}) is None
+        assert resolve_target("bob", {"platform": "android", "fcmToken": token}) is None
+
     async def test_router_sends_through_the_platforms_transport(self) -> None:
         """An Android target goes to the Android transport with the still-wanted callback passed on."""
         fake = FakeTransport()

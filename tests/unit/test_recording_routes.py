@@ -21,6 +21,8 @@ from memharbor.call_service import StoreUnavailable
 from memharbor.calls import CallError
 from memharbor.recording_requests import (
     DEFAULT_RECORDER_UID,
+    IN_PROGRESS,
+    LiveCapReached,
     call_session_id,
     may_access,
     new_request,
@@ -28,7 +30,13 @@ from memharbor.recording_requests import (
 )
 from memharbor.recording_service import FirestoreRecordingService, Session, created_at
 from tests.support.json_client import Client, get, post
-from tests.unit.test_call_routes import FakeClock, Unused, make_settings
+from tests.unit.test_call_routes import (
+    FakeClock,
+    Unused,
+    make_settings,
+    python_parser,  # noqa: F401  (a fixture, used by name)
+    raw_get,
+)
 from token_http import openapi, recording_routes
 from token_http.app import create_app
 from token_http.auth import OpenAccess
@@ -164,10 +172,13 @@ class FakeRecordingService:
         self._fail()
         return {i: dict(self.calls[i]) for i in set(call_ids) if i in self.calls}
 
-    async def create(self, sid: str, doc: dict[str, Any]) -> None:
+    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
         self._fail()
         if sid in self.sessions:
             raise CallError(409, "a recording session with this id already exists", field="sid")
+        mine = [d for d in self.sessions.values() if d["requestedBy"] == doc["requestedBy"]]
+        if live_cap is not None and len([d for d in mine if d["status"] in IN_PROGRESS]) >= live_cap:
+            raise LiveCapReached(doc["requestedBy"], live_cap)
         stored = {k: self.now() if v is firestore.SERVER_TIMESTAMP else v for k, v in doc.items()}
         self.created.append((sid, dict(stored)))
         self.sessions[sid] = stored
@@ -742,6 +753,72 @@ class TestList:
         assert (await get(client, "/api/recording/list"))[0] == 401
         world.service.failure = StoreUnavailable("down")
         assert (await get(client, "/api/recording/list", AS_ALICE))[0] == 503
+
+
+class TestListAndStatusQueryParameters:
+    """GET /api/recording/list and /status: whatever aiohttp makes of the query is a 400 naming it, or ignored."""
+
+    @pytest.mark.parametrize("escaped", ["%ED%A0%80", "%F0", "%F0%9F%98", "%FF", "1%00", "%EF%BC%91"])
+    async def test_escapes_in_limit_are_400(self, client: Client, world: World, escaped: str) -> None:
+        """Percent-escapes of invalid UTF-8 (and a full-width digit) in limit are a 400 naming limit."""
+        status, data = await raw_get(client, f"/api/recording/list?limit={escaped}".encode(), AS_ALICE)
+        assert status == 400 and data["field"] == "limit"
+        assert world.service.stored_calls == []
+
+    @pytest.mark.parametrize("path", ["/api/recording/list", "/api/recording/status"])
+    async def test_parameters_the_routes_do_not_read_are_ignored(self, client: Client, path: str) -> None:
+        """channel and uid mean nothing to these routes: invalid UTF-8 in them changes nothing."""
+        status, data = await raw_get(client, f"{path}?channel=%ED%A0%80&uid=%F0".encode(), AS_ALICE)
+        assert status == 200 and data["count"] == 0
+
+    @pytest.mark.usefixtures("python_parser")
+    @pytest.mark.parametrize("raw", [b"\xed\xa0\x80", b"\xff", b"5\xf0"])
+    async def test_raw_bytes_through_the_python_parser_are_400(self, client: Client, world: World, raw: bytes) -> None:
+        """Raw non-UTF-8 bytes in limit, which the Python parser turns into lone surrogates, name limit."""
+        status, data = await raw_get(client, b"/api/recording/list?limit=" + raw, AS_ALICE)
+        assert status == 400 and data["field"] == "limit"
+        assert world.service.stored_calls == []
+
+
+# Raw bodies: a lone \uD800-\uDFFF escape is valid JSON text but no UTF-8 string (json.dumps would not write one).
+SURROGATE_POSTS = [
+    ("start-channel", "/api/recording/start", b'{"channel": "\\ud800"}', "channel"),
+    ("start-extra", "/api/recording/start", b'{"channel": "g1_alice_bob", "x": ["\\udc00"]}', "x"),
+    ("stop-sid", "/api/recording/stop", b'{"sid": "s\\ud800"}', "sid"),
+    ("stop-channel", "/api/recording/stop", b'{"channel": "\\udfff"}', "channel"),
+    ("stop-key", "/api/recording/stop", b'{"sid": "s1", "\\ud800": 1}', "body"),
+]
+
+
+class TestSidPattern:
+    """A sid is matched in full: a trailing newline or a reserved id is a 400, not a lookup."""
+
+    @pytest.mark.parametrize("sid", ["abc\n", "__x__"])
+    async def test_is_400(self, client: Client, world: World, sid: str) -> None:
+        """POST /api/recording/stop with such a sid answers 400 naming sid and stops nothing."""
+        world.service.add_session("abc", "recording")
+        response = await client.post("/api/recording/stop", json={"sid": sid}, headers=AS_ADMIN)
+        data = await response.json()
+        assert response.status == 400 and data["field"] == "sid", data
+        assert world.service.stops == []
+
+
+class TestLoneSurrogatesInRecordingBodies:
+    """Both recording POST routes answer a lone surrogate escape in the body with a 400 naming the field."""
+
+    @pytest.mark.parametrize(
+        ("path", "raw", "field"), [case[1:] for case in SURROGATE_POSTS], ids=[case[0] for case in SURROGATE_POSTS]
+    )
+    async def test_is_400_and_nothing_is_requested(
+        self, client: Client, world: World, path: str, raw: bytes, field: str
+    ) -> None:
+        """The answer is a 400 naming the field; no session is created or asked to stop."""
+        world.service.add_session("s1", "recording")
+        response = await client.post(path, data=raw, headers={**AS_ADMIN, "Content-Type": "application/json"})
+        data = await response.json()
+        assert response.status == 400, data
+        assert data["field"] == field and "surrogate" in data["error"]
+        assert world.service.created == [] and world.service.stops == []
 
 
 # ---------------------------------------------------------------------------------------------- the model

@@ -168,6 +168,10 @@ BAD_SETTINGS = [
     ("FIRESTORE_EMULATOR_HOST", _with(FIRESTORE_EMULATOR_HOST="localhost")),
     ("FIRESTORE_EMULATOR_HOST", _with(FIRESTORE_EMULATOR_HOST="localhost:port")),
     ("FIREBASE_AUTH_EMULATOR_HOST", _with(FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:99999")),
+    ("FIREBASE_AUTH_EMULATOR_HOST", _with(FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099")),
+    ("STORAGE_EMULATOR_HOST", _with(STORAGE_EMULATOR_HOST="http://127.0.0.1:9199")),
+    ("FIREBASE_STORAGE_EMULATOR_HOST", _with(FIREBASE_STORAGE_EMULATOR_HOST="127.0.0.1:9199")),
+    ("FIRESTORE_EMULATOR_HOST", _with(FIREBASE_USE_EMULATOR="false", FIRESTORE_EMULATOR_HOST="127.0.0.1:8080")),
     ("APNS_KEY_ID", _with(APNS_TEAM_ID="T")),
     ("APNS_KEY_PATH", _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b")),
     ("APNS_KEY_CONTENT", _with(APNS_TEAM_ID="T", APNS_KEY_ID="K", APNS_BUNDLE_ID="b", APNS_KEY_CONTENT="nope")),
@@ -177,6 +181,22 @@ BAD_SETTINGS = [
     ("FCM_SERVICE_ACCOUNT_JSON", _with(FCM_SERVICE_ACCOUNT_JSON="{pk-sentinel-71")),
     ("FCM_SERVICE_ACCOUNT_PATH", _with(FCM_SERVICE_ACCOUNT_PATH="/nonexistent/fcm.json")),
 ]
+
+
+class TestAuthLabel:
+    """What /api/health and the start-up log call the way ID tokens are checked."""
+
+    def test_emulator_mode_with_auth_emulator_is_labelled(self) -> None:
+        """Emulator mode with the Auth emulator's address says unsigned tokens are accepted."""
+        settings = from_mapping(
+            _with(FIRESTORE_EMULATOR_HOST="127.0.0.1:8080", FIREBASE_AUTH_EMULATOR_HOST="127.0.0.1:9099")
+        )
+        assert settings.auth_label == "firebase-emulator"
+
+    def test_production_is_plain_firebase(self) -> None:
+        """Outside emulator mode the label is the configured mode."""
+        assert from_mapping(MINIMAL).auth_label == "firebase"
+        assert from_mapping(_with(MEMHARBOR_AUTH="none")).auth_label == "none"
 
 
 class TestSettingsErrors:

@@ -512,6 +512,95 @@ class TestTokenBadInput:
         assert (await response.json())["error"] == "not found"
 
 
+ADMIN_JSON = {"Authorization": "Bearer tok-admin", "Content-Type": "application/json"}
+# Raw bodies: a lone \uD800-\uDFFF escape is valid JSON text but no UTF-8 string (json.dumps would not write one).
+SURROGATE_BODIES = [
+    ("channel", b'{"channel": "\\ud800", "uid": 1}', "channel"),
+    ("low-half", b'{"channel": "c\\udc00", "uid": 1}', "channel"),
+    ("reversed-pair", b'{"channel": "\\udc00\\ud800", "uid": 1}', "channel"),
+    ("user-account", b'{"channel": "c1", "user_account": "\\ud800"}', "user_account"),
+    ("role", b'{"channel": "c1", "uid": 1, "role": "\\ud800"}', "role"),
+    ("unknown-field", b'{"channel": "c1", "uid": 1, "note": "\\ud800"}', "note"),
+    ("nested-deep", b'{"channel": "c1", "uid": 1, "x": {"a": [1, {"b": ["\\udfff"]}]}}', "x"),
+    ("nested-key", b'{"channel": "c1", "uid": 1, "x": {"\\ud800": 1}}', "x"),
+    ("top-level-key", b'{"channel": "c1", "uid": 1, "\\ud800": 1}', "body"),
+    ("first-of-two", b'{"uid": 1, "role": "\\ud800", "channel": "\\ud800"}', "role"),
+]
+
+
+class TestLoneSurrogates:
+    """body.json_object: a lone surrogate escape anywhere in a body is a 400 naming its top-level field."""
+
+    @pytest.mark.parametrize(
+        ("raw", "field"), [(r, f) for _, r, f in SURROGATE_BODIES], ids=[i for i, _, _ in SURROGATE_BODIES]
+    )
+    async def test_is_400_naming_the_field(
+        self, client: Client, log_stream: io.StringIO, raw: bytes, field: str
+    ) -> None:
+        """The answer is a 400 naming the field (`body` for a key), and nothing is logged as an error."""
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        payload = await response.json()
+        assert response.status == 400, payload
+        assert payload["field"] == field
+        assert "surrogate" in payload["error"]
+        assert not [line for line in log_lines(log_stream) if line["level"] == "error"]
+
+    async def test_valid_pair_in_a_fallback_body_is_accepted(self, client: Client) -> None:
+        """A proper surrogate pair read by the stdlib parser (NaN forces it) is one character, not refused."""
+        raw = b'{"channel": "c1", "uid": 5, "note": "\\ud83d\\ude00", "x": NaN}'
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        assert response.status == 200, await response.text()
+
+    async def test_deep_nesting_in_a_fallback_body_is_checked_without_recursion(self, client: Client) -> None:
+        """A surrogate at the deepest level the parser accepts is still found (and the check cannot overflow)."""
+        depth = 900
+        raw = b'{"channel": "c1", "uid": 1, "x": ' + b"[" * depth + b'"\\ud800"' + b"]" * depth + b"}"
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        assert response.status == 400
+        assert (await response.json())["field"] == "x"
+
+
+class TestIntegersBeyond64Bits:
+    """body.optional_int: an integer literal beyond 64 bits is an integer (orjson hands it over as a float)."""
+
+    @pytest.mark.parametrize(
+        "literal", [b"18446744073709551616", b"1e19", b"99999999999999999999999999999", b"1.8446744073709552e19"]
+    )
+    async def test_huge_expire_is_clamped(self, client: Client, literal: bytes) -> None:
+        """expire beyond 64 bits (or its exponent form) is clamped to 86400 like any expire above a day."""
+        raw = b'{"channel": "c1", "uid": 5, "expire": ' + literal + b"}"
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        payload = await response.json()
+        assert response.status == 200, payload
+        assert payload["expire_in"] == 86400 and payload["expire_at"] == NOW + 86400
+
+    @pytest.mark.parametrize("literal", [b"-18446744073709551616", b"-1e19"])
+    async def test_hugely_negative_expire_is_the_positive_400(self, client: Client, literal: bytes) -> None:
+        """A negative expire beyond 64 bits gets the usual 'must be positive' 400, not a type error."""
+        raw = b'{"channel": "c1", "uid": 5, "expire": ' + literal + b"}"
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        payload = await response.json()
+        assert response.status == 400 and payload["field"] == "expire"
+        assert "positive" in payload["error"]
+
+    @pytest.mark.parametrize("literal", [b"1.5", b"3600.0", b"1e3", b"1e400", b"-1e400", b"NaN", b"Infinity"])
+    async def test_fractions_and_infinities_stay_400(self, client: Client, literal: bytes) -> None:
+        """Non-integral, small float-form and non-finite numbers are still 'must be an integer'."""
+        raw = b'{"channel": "c1", "uid": 5, "expire": ' + literal + b"}"
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        payload = await response.json()
+        assert response.status == 400 and payload["field"] == "expire"
+        assert "integer" in payload["error"]
+
+    async def test_huge_uid_gets_the_range_400(self, client: Client) -> None:
+        """A uid beyond 64 bits is refused with the uid range message."""
+        raw = b'{"channel": "c1", "uid": 18446744073709551616}'
+        response = await client.post("/api/token", data=raw, headers=ADMIN_JSON)
+        payload = await response.json()
+        assert response.status == 400 and payload["field"] == "uid"
+        assert "from 1 to 4294967295" in payload["error"]
+
+
 class TestUnexpectedErrors:
     """A bug in a dependency is a 500 without details, logged with its request id."""
 
@@ -537,6 +626,9 @@ class TestUnexpectedErrors:
 # ---------------------------------------------------------------------------------------------- health
 
 
+AS_ADMIN = {"Authorization": "Bearer tok-admin"}
+
+
 def beat(kind: str, expires_in: float) -> dict[str, Any]:
     return {"kind": kind, "instanceId": f"{kind}-1", "expiresAt": datetime.fromtimestamp(NOW + expires_in, tz=UTC)}
 
@@ -545,9 +637,9 @@ class TestHealth:
     """GET /api/health: Firestore reachability, worker heartbeats, push transports; briefly cached."""
 
     async def test_healthy_with_a_live_watcher_is_ok(self, client: Client, world: World) -> None:
-        """Firestore answering and a live watcher heartbeat give 200 status ok."""
+        """Firestore answering and a live watcher heartbeat give 200 status ok (the full report, to an admin)."""
         world.health.beats = [beat("watcher", 10), beat("recorder", 10)]
-        response = await client.get("/api/health")
+        response = await client.get("/api/health", headers=AS_ADMIN)
         body = await response.json()
         assert response.status == 200
         assert body["status"] == "ok" and body["problems"] == []
@@ -569,7 +661,7 @@ class TestHealth:
     async def test_firestore_error_is_503(self, client: Client, world: World) -> None:
         """A failing ping gives 503 with firestore.ok false; the error names the type, not the message."""
         world.health.failure = ConnectionError("cannot reach 10.9.8.7 with key sk-secret")
-        response = await client.get("/api/health")
+        response = await client.get("/api/health", headers=AS_ADMIN)
         body = await response.json()
         assert response.status == 503
         assert body["status"] == "degraded"

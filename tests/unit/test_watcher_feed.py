@@ -26,7 +26,9 @@ class FakeReactor:
     def known_final(self, call_id: str) -> bool:
         return call_id in self.final
 
-    async def handle(self, call_id: str, receiver_hint: str | None = None, time_out: bool = False) -> Any:
+    async def handle(
+        self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
+    ) -> Any:
         self.handled.append((call_id, time_out))
         return FakeClaim()
 
