@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import firebase_admin
@@ -30,8 +32,9 @@ class OpenAccess:
 class FirebaseIdTokens:
     """Verifies `Authorization: Bearer <Firebase ID token>` with Firebase Admin."""
 
-    def __init__(self, app: firebase_admin.App) -> None:
+    def __init__(self, app: firebase_admin.App, now: Callable[[], float] = time.time) -> None:
         self._app = app
+        self._now = now
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization[: len(_BEARER)].lower() == _BEARER:
@@ -46,4 +49,9 @@ class FirebaseIdTokens:
         except (ValueError, fb_auth.InvalidIdTokenError):
             # Never echo the token: the message says what is wrong, not what was sent.
             raise ApiError(401, "invalid or expired Firebase ID token", field="Authorization") from None
+        # Firebase Admin skips the expiry check for emulator-format tokens; checked here so the local stack
+        # refuses an expired token as production does (a signed token already passed this check).
+        expires = claims.get("exp")
+        if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
+            raise ApiError(401, "invalid or expired Firebase ID token", field="Authorization")
         return Principal(uid=str(claims["uid"]), admin=claims.get("admin") is True)

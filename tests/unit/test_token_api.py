@@ -842,6 +842,13 @@ class TestFirebaseIdTokens:
         assert (await auth.authenticate(f"Bearer {emulator_id_token(PROJECT, ADMIN, admin=True)}")).admin is True
         assert (await auth.authenticate(f"Bearer {emulator_id_token(PROJECT, ADMIN, admin='true')}")).admin is False
 
+    async def test_expired_emulator_token_is_401(self, emulator_admin_app: firebase_admin.App) -> None:
+        """Firebase Admin does not check expiry in emulator mode; the authenticator does."""
+        expired = emulator_id_token(PROJECT, ALICE, lifetime_s=-10, admin=True)
+        with pytest.raises(ApiError) as caught:
+            await FirebaseIdTokens(emulator_admin_app).authenticate(f"Bearer {expired}")
+        assert caught.value.status == 401 and caught.value.field == "Authorization"
+
     async def test_lowercase_bearer_scheme_is_accepted(self, emulator_admin_app: firebase_admin.App) -> None:
         """The auth scheme is case-insensitive."""
         principal = await FirebaseIdTokens(emulator_admin_app).authenticate(f"bearer {emulator_id_token(PROJECT, BOB)}")
