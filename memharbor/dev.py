@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,8 @@ def seed_demo(emulators: EmulatorSet) -> None:
         # `Bearer owner` is the emulator's admin: it writes past the rules, as the app's group management does.
         headers = {"Authorization": "Bearer owner", "Content-Type": "application/json"}
         request = urllib.request.Request(f"{base}/{path}", data=body, method="PATCH", headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
+        # A cold emulator's first writes (rules compiled, JIT warming) take seconds on a busy machine.
+        with urllib.request.urlopen(request, timeout=60) as response:
             response.read()
 
 
@@ -132,12 +133,26 @@ def _banner(settings: Settings, emulators: EmulatorSet) -> str:
     )
 
 
+class StopRequest:
+    """Set by SIGINT or SIGTERM, as a plain attribute.
+
+    Not a threading.Event: its set() takes a lock, and a second signal arriving while the first one's
+    handler holds it (a Ctrl-C that reaches the process twice, say) deadlocked `memharbor dev` for good.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+
 def main(settings: Settings) -> int:
     """Start emulators and services, print where they listen, wait for Ctrl-C or SIGTERM."""
     logs.configure(settings.log_format, settings.log_level, settings.log_file)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     emulators = EmulatorSet.create(settings.project_id)
     services: list[ManagedProcess] = []
     try:
@@ -177,7 +192,8 @@ def main(settings: Settings) -> int:
         services.append(recorder)
         recorder.start()
         print(_banner(settings, emulators), flush=True)
-        while not stop.wait(0.5):
+        while not stop.requested:
+            time.sleep(0.5)
             for service in services:
                 if service.process is None or service.process.poll() is not None:
                     log.error("dev.service_exited", service=service.name)
