@@ -3,12 +3,16 @@
 Run from the repository root:
 
     .venv/bin/python bench/calls_bench.py [--rate 20] [--duration 60] [--ring-timeout 5] [--json]
+    .venv/bin/python bench/calls_bench.py --burst 500 --writers 1 --ring-timeout 30   # one commit
+    .venv/bin/python bench/calls_bench.py --burst 500 --writers 8 --ring-timeout 30   # 8 parallel writers
 
-Starts the Firestore and Storage emulators, seeds iOS receivers, starts one watcher
-(`python -m memharbor watcher`, pushes to a sink file), creates `pending` calls on an absolute schedule
-as apps would and leaves every one unanswered. Then measures write-to-push latency, ring-timeout
-lateness, exactly-once pushes and timeouts, and the watcher's memory. Exit codes: 0 every target met,
-1 a target missed, 2 set-up failed (or the run was interrupted).
+Starts the Firestore and Storage emulators, seeds iOS receivers and their care groups, starts one
+watcher (`python -m memharbor watcher`, pushes to a sink file), creates `pending` calls as apps would
+and leaves every one unanswered: at a steady rate on an absolute schedule, or with `--burst N` all at
+once (`--writers 1`: in one commit; `--writers K`: K threads creating calls one after another as fast
+as they can). Then measures write-to-push latency, ring-timeout lateness, exactly-once pushes and
+timeouts, the watcher's memory and its CPU per call against the emulator's. Exit codes: 0 every
+target met, 1 a target missed, 2 set-up failed (or the run was interrupted).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ TARGET_PUSH_P50_MS = 50.0
 TARGET_PUSH_P99_MS = 250.0
 TARGET_LATENESS_P99_MS = 1000.0
 TARGET_MEMORY_DRIFT_PCT = 10.0
+TARGET_BURST_PUSH_P99_MS = 1000.0  # parallel burst writes: arrivals at about the steady rate, in clumps
+TARGET_BURST_MISSED_WITHIN_S = 15.0  # every burst call missed within its deadline + this
+COMMIT_LIMIT = 500  # writes per Firestore commit
 
 
 class SetupError(RuntimeError):
@@ -72,6 +79,7 @@ class Options:
     writers: int
     sweep_interval: float | None
     as_json: bool
+    burst: int = 0  # calls created at once instead of at `rate` (0: steady mode)
 
 
 @dataclass
@@ -144,12 +152,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--ring-timeout", type=float, default=5.0, help="MEMHARBOR_RING_TIMEOUT_S (default 5)")
     parser.add_argument("--margin", type=float, default=5.0, help="seconds waited after the last deadline")
     parser.add_argument("--pairs", type=int, default=50, help="distinct caller/receiver pairs (default 50)")
-    parser.add_argument("--writers", type=int, default=8, help="threads that write calls (default 8)")
+    parser.add_argument(
+        "--writers", type=int, default=8, help="threads that write calls (default 8); with --burst, 1 = one commit"
+    )
+    parser.add_argument("--burst", type=int, default=0, help="create N calls at once instead of at --rate")
     parser.add_argument("--sweep-interval", type=float, default=None, help="MEMHARBOR_SWEEP_INTERVAL_S")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (table on stderr)")
     args = parser.parse_args(argv)
-    if args.rate <= 0 or args.duration <= 0 or args.pairs < 1 or args.writers < 1:
-        parser.error("--rate and --duration must be positive, --pairs and --writers at least 1")
+    if args.rate <= 0 or args.duration <= 0 or args.pairs < 1 or args.writers < 1 or args.burst < 0:
+        parser.error("--rate and --duration must be positive, --pairs and --writers at least 1, --burst >= 0")
     return Options(
         rate=args.rate,
         duration=args.duration,
@@ -159,6 +170,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         writers=args.writers,
         sweep_interval=args.sweep_interval,
         as_json=args.json,
+        burst=args.burst,
     )
 
 
@@ -406,16 +418,67 @@ def run_load(client: firestore.Client, options: Options, run: Run, origin: float
     run.writes = [future.result() for future in futures]
 
 
-def wait_for_tail(proc: subprocess.Popen[bytes], run: Run) -> None:
-    """Sleep until the last committed call's deadline plus the margin, watching the watcher stays up."""
+def write_burst_commit(client: firestore.Client, records: list[WriteRecord], pairs: int) -> None:
+    """Create every call of the burst in one commit (in commits of COMMIT_LIMIT beyond that)."""
+    for start in range(0, len(records), COMMIT_LIMIT):
+        chunk = records[start : start + COMMIT_LIMIT]
+        batch = client.batch()
+        for record in chunk:
+            doc = call_document(record.index, record.call_id, pairs)
+            batch.create(client.collection(CALLS).document(record.call_id), doc)
+        sent = time.time()
+        started = time.perf_counter()
+        try:
+            results = batch.commit()
+        except Exception as exc:
+            for record in chunk:
+                record.error = f"{type(exc).__name__}: {exc}"[:200]
+            continue
+        took_ms = (time.perf_counter() - started) * 1000
+        for record, result in zip(chunk, results, strict=True):
+            record.client_time, record.write_ms = sent, took_ms
+            record.commit_time = result.update_time.timestamp() if result.update_time is not None else None
+
+
+def run_burst(client: firestore.Client, options: Options, run: Run, origin: float) -> None:
+    """Create `burst` calls at once: in one commit (one writer) or by `writers` threads, each call its own write."""
+    delay = origin - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    records = [WriteRecord(new_call_id(), index, 0.0, 0.0) for index in range(options.burst)]
+    started = time.monotonic()
+    if options.writers == 1:
+        write_burst_commit(client, records, options.pairs)
+    else:
+        with ThreadPoolExecutor(max_workers=options.writers, thread_name_prefix="writer") as pool:
+            list(pool.map(lambda record: write_call(client, record, options.pairs), records))
+    run.submit_wall_s = time.monotonic() - started
+    run.writes = records
+
+
+def incoming_pushes(path: Path, kind: str) -> int:
+    """How many calls the sink holds a push of `kind` for."""
+    return len(pushes_by_call(read_sink(path), kind)) if path.exists() else 0
+
+
+def wait_for_tail(proc: subprocess.Popen[bytes], run: Run, sink: Path) -> None:
+    """Sleep until the last committed call's deadline plus the margin, watching the watcher stays up.
+
+    A burst waits up to deadline + TARGET_BURST_MISSED_WITHIN_S + margin, or until every call's
+    stop-ringing push is in the sink.
+    """
     commits = [w.commit_time for w in run.writes if w.commit_time is not None]
-    end = (max(commits) if commits else time.time()) + run.options.ring_timeout + run.options.margin
+    slack = run.options.margin + (TARGET_BURST_MISSED_WITHIN_S if run.options.burst else 0.0)
+    end = (max(commits) if commits else time.time()) + run.options.ring_timeout + slack
     while time.time() < end:
         if proc.poll() is not None:
             run.watcher_alive_at_end = False
             say(f"watcher exited early with {proc.returncode}")
             return
-        time.sleep(min(0.5, max(0.0, end - time.time())))
+        if run.options.burst and commits and incoming_pushes(sink, "call_ended") >= len(commits):
+            time.sleep(1.0)  # a second more for duplicates to show
+            return
+        time.sleep(min(1.0 if run.options.burst else 0.5, max(0.0, end - time.time())))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -441,7 +504,7 @@ def log_event_counts(path: Path) -> tuple[dict[str, int], int]:
             if level in {"warning", "error", "critical", "exception"}:
                 counts[f"{level}:{event.get('event')}"] += 1
             if event.get("event") == "sweep.done":
-                swept += int(event.get("timed_out") or 0)
+                swept += int(event.get("overdue") or 0)
     return dict(counts), swept
 
 
@@ -601,6 +664,54 @@ def memory(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def cpu_per_call(run: Run) -> dict[str, Any]:
+    """The watcher's and the emulator's CPU milliseconds per call written, and their ratio, over the run."""
+    calls = sum(1 for w in run.writes if w.commit_time is not None)
+    if len(run.samples) < 2 or not calls:
+        return {"watcher_ms_per_call": None, "emulator_ms_per_call": None, "watcher_to_emulator": None}
+    first, last = run.samples[0], run.samples[-1]
+    watcher, emulator = last.cpu_s - first.cpu_s, last.emulator_cpu_s - first.emulator_cpu_s
+    return {
+        "watcher_ms_per_call": round(watcher / calls * 1000, 2),
+        "emulator_ms_per_call": round(emulator / calls * 1000, 2),
+        "watcher_to_emulator": round(watcher / emulator, 2) if emulator > 0 else None,
+    }
+
+
+def burst_facts(run: Run) -> dict[str, Any]:
+    """Per burst call: channel and push before its deadline, no ring_deadline_passed, missed in time."""
+    incoming = {cid: min(times) for cid, times in pushes_by_call(run.sink, "incoming_call").items()}
+    written = [w.call_id for w in run.writes if w.commit_time is not None]
+    in_time = late_push = no_channel = deadline_passed = missed_in_time = 0
+    channel_after_create: list[float] = []
+    for call_id in written:
+        call = run.calls.get(call_id, {})
+        deadline, created, ended = seconds(call.get("ringDeadline")), seconds(call.get("createdAt")), None
+        pushed = incoming.get(call_id)
+        if not call.get("channelName"):
+            no_channel += 1
+        if call.get("pushError") == "ring_deadline_passed":
+            deadline_passed += 1
+        if pushed is not None and deadline is not None and pushed <= deadline and call.get("channelName"):
+            in_time += 1
+        elif pushed is not None:
+            late_push += 1
+        if pushed is not None and created is not None:
+            channel_after_create.append((pushed - created) * 1000)
+        ended = seconds(call.get("endedAt"))
+        if call.get("status") == "missed" and ended is not None and deadline is not None:
+            missed_in_time += ended - deadline <= TARGET_BURST_MISSED_WITHIN_S
+    return {
+        "calls": len(written),
+        "channel_and_push_before_deadline": in_time,
+        "pushed_after_deadline": late_push,
+        "without_channel": no_channel,
+        "ring_deadline_passed": deadline_passed,
+        "missed_within_deadline_plus_15s": missed_in_time,
+        "push_after_createdAt_ms": distribution(channel_after_create),
+    }
+
+
 def commit_rate(run: Run) -> float | None:
     """Calls committed per second, from the first to the last commit."""
     commits = sorted(w.commit_time for w in run.writes if w.commit_time is not None)
@@ -622,6 +733,7 @@ def summarize(run: Run) -> dict[str, Any]:
         "load": {
             "calls_scheduled": len(run.writes),
             "submitted_rate": round(len(run.writes) / run.submit_wall_s, 2) if run.submit_wall_s else None,
+            "submitted_wall_s": round(run.submit_wall_s, 2),
             "committed_rate": commit_rate(run),
             "max_submit_lag_ms": round(run.max_submit_lag_ms, 1),
             "write_ms": distribution(writes_ms),
@@ -636,6 +748,8 @@ def summarize(run: Run) -> dict[str, Any]:
         "counts": exactly_once(run),
         "after_watcher_stopped": after_stop(run),
         "memory": memory(run.samples),
+        "cpu_per_call": cpu_per_call(run),
+        "burst": burst_facts(run) if run.options.burst else None,
         "watcher": {
             "alive_at_end": run.watcher_alive_at_end,
             "exit_code": run.watcher_exit,
@@ -654,6 +768,33 @@ def check(name: str, value: float | None, limit: float, unit: str, absolute: boo
     return Check(name, shown, f"{'|x|' if absolute else ''}<= {limit:g} {unit}", passed)
 
 
+def burst_checks(summary: dict[str, Any], all_once: bool) -> list[Check]:
+    """The targets of a burst run."""
+    burst, total = summary["burst"], summary["counts"]["calls_written"]
+    parallel = summary["options"]["writers"] > 1
+    results = [
+        Check(
+            "channel & push before deadline",
+            f"{burst['channel_and_push_before_deadline']}/{total}",
+            "all calls",
+            total > 0 and burst["channel_and_push_before_deadline"] == total,
+        ),
+        Check("ring_deadline_passed", str(burst["ring_deadline_passed"]), "0", burst["ring_deadline_passed"] == 0),
+        Check(
+            "missed within deadline + 15 s",
+            f"{burst['missed_within_deadline_plus_15s']}/{total}",
+            "all calls",
+            total > 0 and burst["missed_within_deadline_plus_15s"] == total,
+        ),
+        Check("pushed once & missed once", f"{summary['counts']['pushed_once']}/{total} pushed", "all calls", all_once),
+    ]
+    if parallel:
+        p99 = summary["push_latency_ms_from_commit"]["p99"]
+        results.append(check("write-to-push p99 (parallel)", p99, TARGET_BURST_PUSH_P99_MS, "ms"))
+    alive = summary["watcher"]["alive_at_end"]
+    return [*results, Check("watcher stayed up", str(alive), "True", alive)]
+
+
 def checks(summary: dict[str, Any]) -> list[Check]:
     """Every target of the run, evaluated."""
     push, late, counts = summary["push_latency_ms_from_commit"], summary["timeout_lateness_ms"], summary["counts"]
@@ -661,6 +802,8 @@ def checks(summary: dict[str, Any]) -> list[Check]:
     all_once = (
         total > 0 and counts["writes_failed"] == 0 and counts["pushed_once"] == total and counts["missed_once"] == total
     )
+    if summary["burst"] is not None:
+        return burst_checks(summary, all_once)
     return [
         check("write-to-push p50", push["p50"], TARGET_PUSH_P50_MS, "ms"),
         check("write-to-push p99", push["p99"], TARGET_PUSH_P99_MS, "ms"),
@@ -696,9 +839,15 @@ def render_windows(label: str, rows: list[dict[str, Any]]) -> list[str]:
 def render(summary: dict[str, Any], results: list[Check]) -> str:
     """The human-readable table."""
     o, load, mem, w = summary["options"], summary["load"], summary["memory"], summary["watcher"]
+    if o["burst"]:
+        how = "in one commit" if o["writers"] == 1 else f"by {o['writers']} parallel writers"
+        mode = f"a burst of {o['burst']} calls {how} in {load['submitted_wall_s']}s"
+    else:
+        mode = f"rate {o['rate']:g}/s for {o['duration']:g}s"
+    cpu = summary["cpu_per_call"]
     lines = [
         "calls_bench: one watcher, every call left unanswered",
-        f"  rate {o['rate']:g}/s for {o['duration']:g}s, ring timeout {o['ring_timeout']:g}s, "
+        f"  {mode}, ring timeout {o['ring_timeout']:g}s, "
         f"1-min load average at start {summary['load_avg_1min_at_start']:.2f}, "
         f"at end {summary['load_avg_1min_at_end']:.2f} ({os.cpu_count()} cores)",
         f"  calls scheduled {load['calls_scheduled']}, submitted {load['submitted_rate']}/s, "
@@ -718,6 +867,9 @@ def render(summary: dict[str, Any], results: list[Check]) -> str:
         *(f"  {k:<34} {v}" for k, v in summary["after_watcher_stopped"].items()),
         "watcher memory / cpu",
         *(f"  {k:<34} {v}" for k, v in mem.items()),
+        f"  CPU per call: watcher {cpu['watcher_ms_per_call']} ms, emulator {cpu['emulator_ms_per_call']} ms, "
+        f"watcher/emulator {cpu['watcher_to_emulator']}",
+        *(["burst", *(f"  {k:<34} {v}" for k, v in summary["burst"].items())] if summary["burst"] else []),
         "watcher",
         f"  alive at end {w['alive_at_end']}, exit code {w['exit_code']} after {w['stop_s']}s, "
         f"calls timed out by the sweep {w['timed_out_by_sweep']}",
@@ -753,10 +905,16 @@ def measure(
     sampler = Sampler(proc.pid, emulator_pid, origin)
     sampler.start()
     try:
-        say(f"load: {run.options.rate:g} calls/s for {run.options.duration:g}s")
-        run_load(client, run.options, run, origin)
-        say(f"load done; waiting {run.options.ring_timeout + run.options.margin:g}s past the last deadline")
-        wait_for_tail(proc, run)
+        if run.options.burst:
+            how = "in one commit" if run.options.writers == 1 else f"by {run.options.writers} parallel writers"
+            say(f"load: a burst of {run.options.burst} calls {how}")
+            run_burst(client, run.options, run, origin)
+            say(f"burst written in {run.submit_wall_s:.1f}s; waiting for every call to be missed")
+        else:
+            say(f"load: {run.options.rate:g} calls/s for {run.options.duration:g}s")
+            run_load(client, run.options, run, origin)
+            say(f"load done; waiting {run.options.ring_timeout + run.options.margin:g}s past the last deadline")
+        wait_for_tail(proc, run, tmp / "pushes.jsonl")
     finally:
         run.samples = sampler.stop()
     run.load_1min_at_end = os.getloadavg()[0]

@@ -62,6 +62,22 @@ TRANSITIONS: tuple[Transition, ...] = (
 )
 _BY_PAIR = {(t.source, t.target): t for t in TRANSITIONS}
 
+
+def path_to(status: Status) -> tuple[Transition, ...]:
+    """The moves that lead from `pending` to `status`: every status has one source, so there is one path."""
+    if status == Status.PENDING:
+        return ()
+    move = next(t for t in TRANSITIONS if t.target == status)
+    return (*path_to(move.source), move)
+
+
+# The timestamps status changes set, in the order a call's path sets them, and the ones each status has:
+# a status is proven by the stamps of its path (`ended` needs `answeredAt` and `endedAt`).
+STAMPS = ("answeredAt", "endedAt")
+STATUS_STAMPS: dict[Status, tuple[str, ...]] = {s: tuple(m.stamp for m in path_to(s)) for s in Status}
+# Fields that name the call and its people: set on create and never changed afterwards.
+IDENTITY_FIELDS = ("callId", "groupId", "callerId", "receiverId")
+
 # Fields of a new call document.
 CREATE_REQUIRED = frozenset({"callId", "groupId", "callerId", "receiverId", "status", "createdAt", "updatedAt"})
 CREATE_OPTIONAL = frozenset({"callerName", "groupNameSnapshot", "receiverNameSnapshot", "giverNameSnapshot", "record"})
@@ -208,6 +224,51 @@ def field_errors(doc: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def stamp_errors(call: Mapping[str, Any]) -> list[str]:
+    """Problems with the status stamps, empty when they prove the path from `pending` to the call's status.
+
+    The stamps of the path (`STATUS_STAMPS`) are timestamps, the first later than `createdAt` (a status
+    change is a later write than the create, so a call created directly as `ended` fails), `answeredAt`
+    not after `endedAt`; the other stamps are absent. A status outside `Status` is `field_errors`' to report.
+    """
+    status = call.get("status")
+    if not isinstance(status, str) or status not in STATUS_STAMPS:
+        return []
+    required = STATUS_STAMPS[Status(status)]
+    errors = [f"{name} must be absent while {status}" for name in STAMPS if name not in required and name in call]
+    previous_name, previous = "createdAt", call.get("createdAt")
+    for name in required:
+        value = call.get(name)
+        if not isinstance(value, datetime):
+            errors.append(f"{name} must be a timestamp while {status}")
+        elif isinstance(previous, datetime):
+            strict = previous_name == "createdAt"
+            if value < previous or (strict and value == previous):
+                errors.append(f"{name} must be {'later than' if strict else 'no earlier than'} {previous_name}")
+        previous_name, previous = name, value
+    return errors
+
+
+def invariant_errors(call: Mapping[str, Any], doc_id: str | None = None) -> list[str]:
+    """Everything wrong with a stored call for its status, empty for every document the rules let apps make.
+
+    The app-written fields (`field_errors`), `callId` equal to the document id (when `doc_id` is given),
+    `createdAt` and `updatedAt` timestamps, and the status stamps (`stamp_errors`).
+    """
+    errors = field_errors(call)
+    if doc_id is not None and call.get("callId") != doc_id:
+        errors.append("callId must equal the document id")
+    for name in ("createdAt", "updatedAt"):
+        if not isinstance(call.get(name), datetime):
+            errors.append(f"{name} must be a timestamp")
+    return errors + stamp_errors(call)
+
+
+def server_fields_in(call: Mapping[str, Any]) -> list[str]:
+    """The server-owned fields present on a call, sorted (none may be on a call the server never touched)."""
+    return sorted(SERVER_FIELDS & call.keys())
+
+
 def review_errors(fields: Mapping[str, Any]) -> list[str]:
     """Problems with review fields written after a call ended."""
     errors = []
@@ -226,17 +287,17 @@ def review_errors(fields: Mapping[str, Any]) -> list[str]:
 
 
 def channel_name(group_id: str, caller_id: str, receiver_id: str, call_id: str, epoch_ms: int) -> str:
-    """The call's Agora channel: the seed's `{groupId}_{callerId}_{receiverId}_{epochMillis}` when that
-    satisfies Agora's rule, else the compact `{groupId}_{digest}_{epochMillis}`.
+    """The call's Agora channel: the seed's `{groupId}_{callerId}_{receiverId}_{epochMillis}` followed by
+    `_{digest}` when that satisfies Agora's rule, else the compact `{groupId}_{digest}_{epochMillis}`.
 
-    The digest is the first 12 hex characters of SHA-256 over caller, receiver and call id, so two
-    calls never share a channel even when created in the same millisecond; with groupId at most 36
-    bytes the compact form is at most 63 bytes.
+    The digest (the first 12 hex characters of SHA-256 over caller, receiver and call id) makes the name
+    the call's own: without it two calls between the same users in the same millisecond would share a
+    channel. With groupId at most 36 bytes the compact form is at most 63 bytes.
     """
-    seed_form = f"{group_id}_{caller_id}_{receiver_id}_{epoch_ms}"
+    digest = hashlib.sha256(f"{caller_id}/{receiver_id}/{call_id}".encode()).hexdigest()[:12]
+    seed_form = f"{group_id}_{caller_id}_{receiver_id}_{epoch_ms}_{digest}"
     if agora.channel_name_error(seed_form) is None:
         return seed_form
-    digest = hashlib.sha256(f"{caller_id}/{receiver_id}/{call_id}".encode()).hexdigest()[:12]
     return f"{group_id}_{digest}_{epoch_ms}"
 
 

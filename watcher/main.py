@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.settings import Settings
-from watcher.listener import CallListener
+from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
 from watcher.recording import FirestoreRecordingHooks
+from watcher.tracking import CallTracker
 from watcher.worker import Watcher, WatcherConfig
 
 log = logs.get_logger()
@@ -41,26 +45,48 @@ def build_notifier(settings: Settings) -> Notifier:
     return RoutingNotifier(transports)
 
 
-def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Watcher:
-    """The composition root: real adapters wired into a Watcher (call inside the running loop)."""
+@dataclass(frozen=True)
+class Composition:
+    """The watcher and what runs beside it."""
+
+    watcher: Watcher
+    heartbeat: Heartbeat
+
+
+def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Composition:
+    """The composition root: real adapters wired into a Watcher (call inside the running loop).
+
+    Each object is made before anything refers to it: the call tracker first (the reactor arms its
+    timers), the watcher next (it makes its listener from its own snapshot method), the heartbeat last.
+    """
     instance_id = settings.instance_id or f"watcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     db = firebase.firestore_async(settings)
     clock = SystemClock()
-    watcher: Watcher
     notifier = notifier or build_notifier(settings)
+    calls = CallTracker()
     reactor = CallReactor(
         db,
         notifier,
         clock,
         ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
-        schedule_timeout=lambda call_id, deadline: watcher.schedule_timeout(call_id, deadline),
-        cancel_timeout=lambda call_id: watcher.cancel_timeout(call_id),
+        schedule_timeout=calls.schedule_timeout,
+        cancel_timeout=calls.cancel_timeout,
         # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is off,
         # and an ended call's recordings are stopped whoever asked for them.
         recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
     )
-    listener = CallListener(
-        lambda: firebase.firestore_sync(settings), lambda events: watcher.on_events(events), settings.listen_window
+
+    def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
+        return CallListener(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
+
+    watcher = Watcher(
+        db,
+        reactor,
+        calls,
+        clock,
+        WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
+        listen=listen,
+        catch_up=FirestoreCatchUp(db),
     )
     heartbeat = Heartbeat(
         db,
@@ -69,10 +95,7 @@ def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Watcher:
         settings.heartbeat_interval_s,
         lambda: {**watcher.status(), "push": push_status(notifier)},
     )
-    watcher = Watcher(
-        db, listener, reactor, heartbeat, clock, WatcherConfig(sweep_interval_s=settings.sweep_interval_s)
-    )
-    return watcher
+    return Composition(watcher, heartbeat)
 
 
 async def _run(settings: Settings) -> None:
@@ -81,11 +104,20 @@ async def _run(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notifier = build_notifier(settings)
-    watcher = bootstrap(settings, notifier)
+    parts = bootstrap(settings, notifier)
     try:
-        await watcher.run(stop)
+        # The first beat is written before the listener subscribes; the last is removed after the drain.
+        await parts.heartbeat.beat()
+        beating = asyncio.create_task(parts.heartbeat.run())
+        try:
+            await parts.watcher.run(stop)
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            await parts.heartbeat.retire()
     finally:
-        watcher.db.close()
+        parts.watcher.db.close()
         close = getattr(notifier, "close", None)
         if close is not None:
             await close()

@@ -1,9 +1,11 @@
-"""What the watcher does when a call changes: check the transition, claim its side effect once, act.
+"""What the watcher does when a call changes: read, decide (`watcher/decisions.py`), write, act.
 
 Every status a call reaches has one bundle of side effects. Before acting, a watcher claims that bundle
-in a transaction on the server-only document `callServer/{callId}`, which also remembers the last
-legal status (to detect and revert illegal changes). A claim carries a lease, so a crashed claimant's
-work is taken over by the periodic sweep once the lease lapses.
+on the server-only document `callServer/{callId}`, which also remembers the last legal status and the
+call's identity (to detect and revert illegal changes) and the reviews counted. A claim carries a lease,
+so a crashed claimant's work is taken over by the periodic sweep once the lease lapses. What to do is
+decided by the pure `decisions.decide`; this module only reads the documents, writes what the decision
+says under preconditions on them, and carries out the effects.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from memharbor import calls, groups
-from memharbor.calls import Actor, Status
+from memharbor import calls
+from memharbor.calls import Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
 from memharbor.store import CALLS, GROUPS, USERS
+from watcher import decisions
+from watcher.decisions import ReactorConfig
 from watcher.push import Notifier, call_ended_payload, incoming_call_payload, resolve_target
 
 CALL_SERVER = "callServer"
@@ -47,9 +51,9 @@ class Claim(enum.Enum):
     REVERTED = "reverted"  # the change was illegal and has been undone
     INVALID = "invalid"  # the document is malformed; recorded, ignored from now on
     GONE = "gone"  # the document does not exist
+    REVIEWED = "reviewed"  # a review write on an ended call was counted (reviewCount, lastReviewAt)
 
 
-@dataclass(frozen=True)
 class ClaimRace(RuntimeError):
     """The call changed under every claim attempt; the sweep will try again."""
 
@@ -58,8 +62,9 @@ def _nest(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Turn `effects.`x`` style keys into nested maps, for a create (which takes no field paths)."""
     nested: dict[str, Any] = {}
     for key, value in fields.items():
-        if key.startswith("effects."):
-            nested.setdefault("effects", {})[key.split(".", 1)[1].strip("`")] = value
+        if "." in key:
+            parent, child = key.split(".", 1)
+            nested.setdefault(parent, {})[child.strip("`")] = value
         else:
             nested[key] = value
     return nested
@@ -78,23 +83,30 @@ _FINAL_MEMORY = 10_000
 _CLAIM_ATTEMPTS = 5
 # Statuses whose effects push to the receiver's device.
 _PUSHING = frozenset({Status.PENDING, Status.CANCELLED, Status.MISSED})
-
-
-@dataclass(frozen=True)
-class ReactorConfig:
-    """Tunables of the reactor."""
-
-    instance_id: str
-    ring_timeout_s: float
-    lease_s: float = 15.0
+# The stamp a ring timeout sets with `missed` (its transition's, as for any writer of `missed`).
+_TIMEOUT_STAMP = calls.STATUS_STAMPS[Status.MISSED][-1]
+_CLAIMS: dict[type, Claim] = {
+    decisions.Gone: Claim.GONE,
+    decisions.Invalid: Claim.INVALID,
+    decisions.Revert: Claim.REVERTED,
+    decisions.Review: Claim.REVIEWED,
+    decisions.Run: Claim.RUN,
+    decisions.Done: Claim.DONE,
+    decisions.Busy: Claim.BUSY,
+}
 
 
 def _ts(value: Any) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def _violation(reason: str, attempted: Any, restored: Any) -> dict[str, Any]:
-    return {"reason": reason, "attempted": attempted, "restored": restored, "at": firestore.SERVER_TIMESTAMP}
+def _violation(violation: decisions.Violation) -> dict[str, Any]:
+    return {
+        "reason": violation.reason,
+        "attempted": violation.attempted,
+        "restored": violation.restored,
+        "at": firestore.SERVER_TIMESTAMP,
+    }
 
 
 class CallReactor:
@@ -121,8 +133,8 @@ class CallReactor:
         # for each echo of our own writes. Any other status, even one seen before, is handled afresh.
         self._done: dict[str, str] = {}
 
-        # Calls this instance saw through to a final status (bounded): their removal from the
-        # listener's result set is an echo too.
+        # Calls this instance saw through to a final status other than `ended` (bounded): their later
+        # events are echoes. An ended call is in neither map, so each review write reaches `handle`.
         self._final: OrderedDict[str, None] = OrderedDict()
 
     def known_done(self, call_id: str, status: Any) -> bool:
@@ -130,7 +142,7 @@ class CallReactor:
         return self._done.get(call_id) == str(status)
 
     def known_final(self, call_id: str) -> bool:
-        """True when this instance handled the call's final status."""
+        """True when this instance handled the call's final status (never `ended`: reviews follow it)."""
         return call_id in self._final
 
     def forget(self, call_id: str) -> None:
@@ -154,7 +166,7 @@ class CallReactor:
         user document and the care group be read in the same round trip as the call (hints only choose
         what to prefetch: every decision uses the documents as read). With `time_out`, a pending call
         whose ring deadline has passed is moved to `missed` in the same write that claims the effects of
-        `missed` (see `_timeout`).
+        `missed`.
         """
         claimed = await self._claim(call_id, _Hints(receiver_hint, group_hint), time_out)
         call = claimed.call
@@ -162,12 +174,19 @@ class CallReactor:
         if claimed.claim is Claim.RUN:
             call_update = await self._effects(call_id, call, claimed.user)
             await self._finish(call_id, status, call_update)
-        if claimed.claim in (Claim.RUN, Claim.DONE):
-            self._done[call_id] = status
+        if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
             self._keep_timer(call_id, call)
-            if status in calls.FINAL:
-                self.forget(call_id)
+            self._remember(call_id, status)
         return claimed.claim
+
+    def _remember(self, call_id: str, status: str) -> None:
+        if status == Status.ENDED:
+            # Participants may still review an ended call: none of its later changes is an echo.
+            self._done.pop(call_id, None)
+        elif status in calls.FINAL:
+            self.forget(call_id)
+        else:
+            self._done[call_id] = status
 
     def _keep_timer(self, call_id: str, call: Mapping[str, Any]) -> None:
         deadline = _ts(call.get("ringDeadline"))
@@ -191,6 +210,7 @@ class CallReactor:
         raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
 
     async def _claim_once(self, call_id: str, hints: _Hints, time_out: bool = False) -> Claimed:
+        """One read, one decision, at most one write (guarded by the documents' update times as read)."""
         call_ref = self._db.collection(CALLS).document(call_id)
         server_ref = self._db.collection(CALL_SERVER).document(call_id)
         refs = [call_ref, server_ref]
@@ -200,68 +220,29 @@ class CallReactor:
             refs.append(self._db.collection(GROUPS).document(hints.group_id))
         snaps = {snap.reference.path: snap async for snap in self._db.get_all(refs)}
         call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
-        if not call_snap.exists:
-            return Claimed(Claim.GONE, {})
-        call = call_snap.to_dict() or {}
+        call = (call_snap.to_dict() or {}) if call_snap.exists else None
         server = server_snap.to_dict() if server_snap.exists else None
-        now = datetime.fromtimestamp(self._clock.time(), UTC)
-        guard_call = self._db.write_option(last_update_time=call_snap.update_time)
-        batch = self._db.batch()
         # Membership is judged once, when the watcher first sees the call (no server document yet).
-        group = await self._group_of(call, snaps) if server is None else None
-        verdict = self._judge(call, server, group)
-        if verdict is not None:
-            claim, write = verdict
-            if write is not None:
-                batch.update(call_ref, write, option=guard_call)
-            if claim is Claim.INVALID:
-                self._write_server(
-                    batch, server_snap, {"callId": call_id, "invalid": True, "status": call.get("status")}
-                )
-            if write is not None or claim is Claim.INVALID:
-                await batch.commit()
-            return Claimed(claim, call)
-        timeout = self._timeout(call, now) if time_out else None
-        if timeout is not None:
-            batch.update(call_ref, timeout, option=guard_call)
-            call = {**call, "status": Status.MISSED.value}
-        elif not self._may_claim(call, server, now):
-            return Claimed(Claim.DONE if self._is_done(call, server) else Claim.BUSY, call)
-        self._write_server(batch, server_snap, self._lease(call_id, call, now))
-        ring = self._ring_setup(call_id, call)
-        if ring:
-            batch.update(call_ref, ring, option=guard_call)
-        user = await self._user_for_push(call, snaps)
-        await batch.commit()
-        if timeout is not None:
-            log.info("call.timed_out", call_id=call_id)
-        call.update(ring)
-        return Claimed(Claim.RUN, call, user)
-
-    @staticmethod
-    def _timeout(call: Mapping[str, Any], now: datetime) -> dict[str, Any] | None:
-        """The `pending -> missed` update when the call still rings past its deadline, else None.
-
-        Written in the claim's batch: one read and one write instead of a transaction followed by a
-        second claim, which halves the round trips of every unanswered call.
-        """
-        deadline = _ts(call.get("ringDeadline"))
-        if call.get("status") != Status.PENDING or deadline is None or deadline > now:
-            return None
-        move = calls.check_transition(call, Status.MISSED.value, Actor.SERVER)
-        return {
-            "status": Status.MISSED.value,
-            move.stamp: firestore.SERVER_TIMESTAMP,
-            "updatedAt": firestore.SERVER_TIMESTAMP,
-        }
-
-    def _write_server(self, batch: Any, server_snap: Any, fields: dict[str, Any]) -> None:
-        """Create the server document, or update it only if nobody changed it since we read it."""
-        if server_snap.exists:
-            guard = self._db.write_option(last_update_time=server_snap.update_time)
-            batch.update(server_snap.reference, fields, option=guard)
-        else:
-            batch.create(server_snap.reference, _nest(fields))
+        group = await self._group_of(call, snaps) if call is not None and server is None else None
+        now = datetime.fromtimestamp(self._clock.time(), UTC)
+        decision = decisions.decide(call_id, call, server, group, now, self._config, time_out)
+        write = _Write(self._db, call_snap, server_snap)
+        claim = _CLAIMS[type(decision)]
+        match decision:
+            case decisions.Invalid() | decisions.Revert():
+                await write.violation(call_id, decision)
+                if decision.violation is not None:
+                    log.warning("call.violation", call_id=call_id, reason=decision.violation.reason)
+            case decisions.Review():
+                await write.review(decision)
+                log.info("call.review_counted", call_id=call_id, review_count=decision.count)
+            case decisions.Run():
+                user = await self._user_for_push({**(call or {}), "status": decision.status}, snaps)
+                claimed = await write.run(call_id, decision, self._config.instance_id)
+                if decision.time_out:
+                    log.info("call.timed_out", call_id=call_id)
+                return Claimed(claim, claimed, user)
+        return Claimed(claim, call or {})
 
     async def _group_of(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
         """The call's care group as stored (prefetched when the listener hinted it), or None."""
@@ -279,79 +260,6 @@ class CallReactor:
         ref = self._db.collection(USERS).document(receiver)
         snap = snaps.get(ref.path) or await ref.get()
         return snap.to_dict() if snap.exists else None
-
-    def _ring_setup(self, call_id: str, call: Mapping[str, Any]) -> dict[str, Any]:
-        """channelName (for any live call that lacks one, e.g. accepted before we saw it ring) and
-        ringDeadline (for a pending call), when not already assigned."""
-        if call.get("status") not in calls.ACTIVE:
-            return {}
-        created = _ts(call.get("createdAt")) or datetime.fromtimestamp(self._clock.time(), UTC)
-        update: dict[str, Any] = {}
-        if not call.get("channelName"):
-            epoch_ms = int(created.timestamp() * 1000)
-            update["channelName"] = calls.channel_name(
-                call["groupId"], call["callerId"], call["receiverId"], call_id, epoch_ms
-            )
-        if call.get("status") == Status.PENDING and _ts(call.get("ringDeadline")) is None:
-            update["ringDeadline"] = created + timedelta(seconds=self._config.ring_timeout_s)
-        return update
-
-    def _judge(
-        self, call: Mapping[str, Any], server: Mapping[str, Any] | None, group: Mapping[str, Any] | None = None
-    ) -> tuple[Claim, dict[str, Any] | None] | None:
-        """INVALID or REVERTED with the call update to make, or None when the change is legal.
-
-        `group` is the call's care group, read when the call is first seen (`server` is None).
-        """
-        status = call.get("status")
-        if server is not None and server.get("invalid"):
-            return Claim.INVALID, None
-        if server is None:
-            errors = calls.field_errors(call)
-            if _ts(call.get("createdAt")) is None:
-                errors.append("createdAt must be a timestamp")
-            if errors:
-                return Claim.INVALID, {"violation": _violation("; ".join(errors), status, None)}
-            # Admin writes bypass the rules' membership test: a stranger's call never rings.
-            if not groups.are_members(group, call["callerId"], call["receiverId"]):
-                return Claim.INVALID, {"violation": _violation(groups.NOT_GROUP_MEMBERS, status, None)}
-            return None
-        last = server.get("status")
-        if last != status and not calls.reachable(last, str(status)):
-            # Only admin credentials or undeployed rules get here: put the last legal status back.
-            reason = f"illegal transition {last} -> {status}"
-            return Claim.REVERTED, {"status": last, "violation": _violation(reason, status, last)}
-        return None
-
-    @staticmethod
-    def _effect(call: Mapping[str, Any], server: Mapping[str, Any] | None) -> Mapping[str, Any]:
-        return ((server or {}).get("effects") or {}).get(str(call.get("status"))) or {}
-
-    def _is_done(self, call: Mapping[str, Any], server: Mapping[str, Any] | None) -> bool:
-        return self._effect(call, server).get("state") == "done"
-
-    def _may_claim(self, call: Mapping[str, Any], server: Mapping[str, Any] | None, now: datetime) -> bool:
-        """Not done, and not held by another instance whose lease still runs."""
-        effect = self._effect(call, server)
-        if effect.get("state") == "done":
-            return False
-        lease = _ts(effect.get("leaseUntil"))
-        held = effect.get("state") == "claimed" and lease is not None and lease > now
-        return not held or effect.get("by") == self._config.instance_id
-
-    def _lease(self, call_id: str, call: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-        """The server-document fields that claim the effects of the call's current status."""
-        status = str(call.get("status"))
-        return {
-            "callId": call_id,
-            "status": status,
-            "effectOpen": True,
-            f"effects.`{status}`": {
-                "state": "claimed",
-                "by": self._config.instance_id,
-                "leaseUntil": now + timedelta(seconds=self._config.lease_s),
-            },
-        }
 
     async def _finish(self, call_id: str, status: str, call_update: dict[str, Any]) -> None:
         """Record the effects' results on the call and mark them done, in one write."""
@@ -398,11 +306,11 @@ class CallReactor:
         expires: datetime,
     ) -> tuple[bool, str | None, str | None]:
         receiver = str(call.get("receiverId"))
-        platform = (user or {}).get("platform")
         target = resolve_target(receiver, user, kind)
         if target is None:
+            # No usable device, whatever platform the user document names: pushPlatform stays null.
             log.info("push.skipped", call_id=call.get("callId"), kind=kind, reason="no_device_token")
-            return False, platform if isinstance(platform, str) else None, "no_device_token"
+            return False, None, "no_device_token"
         # An incoming-call push is retried only while the call still rings.
         wanted = functools.partial(self._still_ringing, str(call.get("callId"))) if kind == "incoming_call" else None
         result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
@@ -449,6 +357,82 @@ class CallReactor:
         log.info("call.ended", call_id=call_id, duration_s=duration)
         await self._recording.on_ended(call_id, call)
         return {"durationSec": duration}
+
+
+class _Write:
+    """One batch of writes on a call and its server document, each guarded by its update time as read."""
+
+    def __init__(self, db: firestore.AsyncClient, call_snap: Any, server_snap: Any) -> None:
+        self._db = db
+        self._call = call_snap
+        self._server = server_snap
+        self._batch = db.batch()
+        self._writes = 0
+
+    def _update_call(self, fields: dict[str, Any]) -> None:
+        guard = self._db.write_option(last_update_time=self._call.update_time)
+        self._batch.update(self._call.reference, fields, option=guard)
+        self._writes += 1
+
+    def _write_server(self, fields: dict[str, Any]) -> None:
+        """Create the server document, or update it only if nobody changed it since we read it."""
+        if self._server.exists:
+            guard = self._db.write_option(last_update_time=self._server.update_time)
+            self._batch.update(self._server.reference, fields, option=guard)
+        else:
+            self._batch.create(self._server.reference, _nest(fields))
+        self._writes += 1
+
+    async def _commit(self) -> None:
+        if self._writes:
+            await self._batch.commit()
+
+    async def violation(self, call_id: str, decision: decisions.Invalid | decisions.Revert) -> None:
+        """Record the violation and put back what the decision restores; mark an invalid call so."""
+        update = dict(decision.restore)
+        if decision.violation is not None:
+            update["violation"] = _violation(decision.violation)
+        if isinstance(decision, decisions.Revert):
+            update |= {name: firestore.DELETE_FIELD for name in decision.remove}
+            if decision.reviews_seen is not None:
+                self._write_server({"reviews.seen": decision.reviews_seen})
+        elif decision.violation is not None:
+            marker: dict[str, Any] = {"callId": call_id, "invalid": True, "effectOpen": False}
+            if not self._server.exists:
+                marker["status"] = decision.violation.attempted
+            self._write_server(marker)
+        if update:
+            self._update_call(update)
+        await self._commit()
+
+    async def review(self, decision: decisions.Review) -> None:
+        """Count one review write, on the call and on the server document, in one write."""
+        self._write_server({"reviews": {"count": decision.count, "seen": decision.at}})
+        self._update_call({"reviewCount": decision.count, "lastReviewAt": decision.at})
+        await self._commit()
+
+    async def run(self, call_id: str, decision: decisions.Run, instance_id: str) -> dict[str, Any]:
+        """Claim the effects of the decision's status; returns the call as it is after this write."""
+        status = decision.status
+        server: dict[str, Any] = {
+            "callId": call_id,
+            "status": status,
+            "effectOpen": True,
+            f"effects.`{status}`": {"state": "claimed", "by": instance_id, "leaseUntil": decision.lease_until},
+        }
+        if decision.identity is not None:
+            server["identity"] = dict(decision.identity)
+        known: dict[str, Any] = {"status": status, **decision.ring}
+        if decision.review is not None:
+            server["reviews"] = {"count": decision.review.count, "seen": decision.review.at}
+            known |= {"reviewCount": decision.review.count, "lastReviewAt": decision.review.at}
+        self._write_server(server)
+        stamps = {_TIMEOUT_STAMP: firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP}
+        update = {**known, **stamps} if decision.time_out else {k: v for k, v in known.items() if k != "status"}
+        if update:
+            self._update_call(update)
+        await self._commit()
+        return {**(self._call.to_dict() or {}), **known}
 
 
 class RecordingHooks(Protocol):

@@ -1,26 +1,31 @@
-"""The watcher's lifecycle: listen, react per call, keep ring timers, sweep, heartbeat, drain on stop."""
+"""The watcher's lifecycle: the change feed and its catch-up, one handler per call, ring timers, the sweep,
+and the drain on stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.calls import ACTIVE, FINAL, Status
 from memharbor.clock import Clock
-from memharbor.heartbeat import Heartbeat
 from memharbor.logs import get_logger
 from memharbor.store import CALLS
-from watcher.listener import CallEvent, CallListener
+from watcher.listener import EVENT_FIELDS, CallEvent, FeedMark, FeedSnapshot, Gap, call_event
 from watcher.reactor import CALL_SERVER, CallReactor
+from watcher.tracking import CallTracker, Job
 
 log = get_logger()
+
+# The smallest Firestore timestamp: `updatedAt` values ordered before it are not timestamps.
+_EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,41 @@ class WatcherConfig:
     # generous, because a busy listener is slow rather than dead and a resubscribe re-lists everything.
     stall_grace_s: float = 10.0
     restart_min_interval_s: float = 30.0
+    # An `updatedAt` this far past our clock is malformed (server clocks and ours differ far less).
+    future_tolerance_s: float = 60.0
+    catch_up_retry_s: float = 1.0
+
+
+def _stamp(snap: Any) -> Any:
+    """The document's `updatedAt`, whatever its type, or None without one."""
+    try:
+        return snap.get("updatedAt")
+    except KeyError:
+        return None
+
+
+class Feed(Protocol):
+    """The change feed's listener, as the watcher drives it."""
+
+    restarts: int
+    subscribed_at: float | None
+
+    @property
+    def active(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def restart(self, reason: str) -> None: ...
+
+    async def supervise(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class CatchUp(Protocol):
+    """Reads the calls of a gap in the feed, a page of events at a time."""
+
+    def pages(self, gap: Gap) -> AsyncIterator[list[CallEvent]]: ...
 
 
 class Watcher:
@@ -42,46 +82,49 @@ class Watcher:
     def __init__(
         self,
         db: firestore.AsyncClient,
-        listener: CallListener,
         reactor: CallReactor,
-        heartbeat: Heartbeat,
+        calls: CallTracker,
         clock: Clock,
         config: WatcherConfig,
+        listen: Callable[[Callable[[FeedSnapshot], None]], Feed],
+        catch_up: CatchUp,
+        mark: FeedMark | None = None,
     ) -> None:
         self.db = db
-        self.listener = listener
         self.reactor = reactor
-        self.heartbeat = heartbeat
+        self.calls = calls
         self.clock = clock
         self.config = config
+        self.catch_up = catch_up
+        self.mark = mark or FeedMark()
+        # The listener is made here, from the method it delivers to, so nothing refers to it before it exists.
+        self.listener = listen(self.on_snapshot)
         self._sem = asyncio.Semaphore(config.max_concurrency)
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._dirty: set[str] = set()
-        # What the feed delivered per call: the document's update time, and its app-facing `updatedAt`.
-        self._seen: dict[str, datetime] = {}
-        self._seen_app: dict[str, datetime] = {}
-        self._timers: dict[str, tuple[datetime, asyncio.TimerHandle]] = {}
-        self._due: set[str] = set()
-        self._latest: dict[str, CallEvent] = {}
+        self._catching_up: asyncio.Task[None] | None = None
+        self._malformed: dict[str, datetime | None] = {}
         self._last_restart = float("-inf")
         self._stopping = False
         self.stalls = 0
+        self.catch_ups = 0
+        self.caught_up_calls = 0
 
     # -- events ---------------------------------------------------------------------------------
+    def on_snapshot(self, snapshot: FeedSnapshot) -> None:
+        """Take one feed snapshot (on the loop's thread): its events, then whether to catch up."""
+        self.on_events(snapshot.events)
+        if self.mark.observe(snapshot):
+            self._catch_up_soon()
+
     def on_events(self, events: list[CallEvent]) -> None:
-        """Take a batch from the listener (on the loop's thread)."""
+        """Take a batch of call events from the feed or the catch-up (on the loop's thread)."""
         for event in events:
             if event.change == "REMOVED":
                 continue  # the call left the window, newer ones pushed it out: not a change
-            if event.update_time is not None:
-                self._seen[event.call_id] = max(event.update_time, self._seen.get(event.call_id, event.update_time))
-            if event.updated_at is not None:
-                self._seen_app[event.call_id] = max(
-                    event.updated_at, self._seen_app.get(event.call_id, event.updated_at)
-                )
+            if not self.calls.arrived(event):
+                continue  # this version arrived before (a catch-up overlapping the window, a re-listing)
             echo = self._is_echo(event)
-            if not echo or event.call_id in self._running:
-                self._latest[event.call_id] = event  # read by the handler; dropped when it finishes
+            if not echo or self.calls.running(event.call_id):
+                self.calls.hint(event)  # read by the handler; dropped when it finishes
             if not echo:
                 self.submit(event.call_id)
 
@@ -93,134 +136,150 @@ class Watcher:
 
     def submit(self, call_id: str) -> None:
         """Schedule a handler for the call, or mark it to run again once the current one finishes."""
-        if self._stopping:
-            return
-        if call_id in self._running:
-            self._dirty.add(call_id)
-            return
-        self._running[call_id] = asyncio.create_task(self._process(call_id))
+        if not self._stopping and self.calls.request(call_id):
+            self.calls.started(call_id, asyncio.create_task(self._process(call_id)))
 
     async def _process(self, call_id: str) -> None:
         try:
             while not self._stopping:
-                self._dirty.discard(call_id)
                 async with self._sem:
-                    await self._handle_once(call_id)
-                latest = self._latest.get(call_id)
-                if call_id not in self._dirty and call_id not in self._due:
-                    return
-                if call_id not in self._due and latest is not None and self._is_echo(latest):
+                    await self._handle_once(call_id, self.calls.next_job(call_id))
+                if not self.calls.run_again(call_id, self._is_echo):
                     return
         finally:
-            self._running.pop(call_id, None)
-            self._latest.pop(call_id, None)
+            self.calls.finished(call_id)
 
-    async def _handle_once(self, call_id: str) -> None:
-        due = call_id in self._due
-        self._due.discard(call_id)
+    async def _handle_once(self, call_id: str, job: Job) -> None:
         try:
-            latest = self._latest.get(call_id)
-            receiver = latest.receiver_id if latest is not None and isinstance(latest.receiver_id, str) else None
-            group = latest.group_id if latest is not None and isinstance(latest.group_id, str) else None
-            claim = await self.reactor.handle(call_id, receiver, time_out=due, group_hint=group)
-            log.debug("call.handled", call_id=call_id, claim=claim.value)
+            claim = await self.reactor.handle(call_id, job.receiver_hint, time_out=job.due, group_hint=job.group_hint)
+            log.debug("call.handled", call_id=call_id, claim=getattr(claim, "value", claim))
         except Exception as exc:
-            if due:
+            if job.due:
                 # Contention or a dropped connection: try the timeout again shortly, not at the next sweep.
                 log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
-                asyncio.get_running_loop().call_later(random.uniform(0.5, 1.5), self._fire, call_id)
+                self.calls.retry_timeout_at(call_id, self.clock.time() + random.uniform(0.5, 1.5))
             else:
                 # The claim's lease lapses and the sweep retries; the watcher itself lives on.
                 log.exception("call.handler_failed", call_id=call_id)
 
+    # -- catch-up -------------------------------------------------------------------------------
+    def _catch_up_soon(self) -> None:
+        # One catch-up at a time: it reads every gap opened while it runs before it ends.
+        if not self._stopping and (self._catching_up is None or self._catching_up.done()):
+            self._catching_up = asyncio.create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        while not self._stopping and (gap := self.mark.gap()) is not None:
+            try:
+                found = 0
+                async for events in self.catch_up.pages(gap):
+                    found += len(events)
+                    self.on_events(events)
+            except Exception as exc:
+                # The mark stays put, so the next attempt reads the same calls; the sweep backs it up.
+                log.warning("feed.catch_up_failed", error=type(exc).__name__)
+                await asyncio.sleep(self.config.catch_up_retry_s)
+                continue
+            self.mark.closed(gap)
+            self.catch_ups += 1
+            self.caught_up_calls += found
+            log.debug("feed.caught_up", since=gap.since.isoformat(), until=gap.until.isoformat(), calls=found)
+
     # -- ring timers ----------------------------------------------------------------------------
-    def schedule_timeout(self, call_id: str, deadline: datetime) -> None:
-        """Arm the ring timer of a pending call (idempotent)."""
-        current = self._timers.get(call_id)
-        if self._stopping or call_id in self._due or (current is not None and current[0] == deadline):
-            return
-        if current is not None:
-            current[1].cancel()
-        delay = max(0.0, deadline.timestamp() - self.clock.time())
-        handle = asyncio.get_running_loop().call_later(delay, self._fire, call_id)
-        self._timers[call_id] = (deadline, handle)
-
-    def cancel_timeout(self, call_id: str) -> None:
-        """Disarm a call's ring timer, if any."""
-        current = self._timers.pop(call_id, None)
-        if current is not None:
-            current[1].cancel()
-
-    def _fire(self, call_id: str) -> None:
+    async def _fire_timers_forever(self) -> None:
         # The timeout runs in the call's own handler, so it never races the call's other work here.
-        self._timers.pop(call_id, None)
-        self._due.add(call_id)
-        self.submit(call_id)
+        while True:
+            for call_id in self.calls.expired(self.clock.time()):
+                self.submit(call_id)
+            self.calls.timers_changed.clear()
+            when = self.calls.next_timer()
+            wait = None if when is None else max(0.0, when - self.clock.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.calls.timers_changed.wait(), wait)
 
     # -- sweep ----------------------------------------------------------------------------------
     async def sweep_once(self) -> dict[str, int]:
-        """Back up the timers and the listener: time out overdue calls, re-handle anything missed."""
+        """Back up the timers and the feed: time out overdue calls, re-handle anything missed, and
+        report calls whose `updatedAt` is not a plausible timestamp."""
         now = datetime.fromtimestamp(self.clock.time(), UTC)
+        arrived_by = self.calls.arrivals()
         overdue = (
             self.db.collection(CALLS)
             .where(filter=FieldFilter("status", "==", Status.PENDING.value))
             .where(filter=FieldFilter("ringDeadline", "<=", now))
+            .select(["status"])
         )
         due = 0
         async for snap in overdue.stream():
-            if snap.id not in self._timers and snap.id not in self._due:
+            if not self.calls.has_timer(snap.id):
                 due += 1
-                self._fire(snap.id)
-        missed = await self._reconcile(now)
+                self.calls.fire(snap.id)
+                self.submit(snap.id)
+        # Odd stamps first: the reactor may repair a call it judges, and its report must come before that.
+        malformed = await self._malformed_stamps(now)
+        missed, active_ids = await self._reconcile(now)
+        self.calls.keep_only(active_ids | malformed, arrived_by)
+        self.reactor.prune(active_ids)
         if missed and self.clock.monotonic() - self._last_restart > self.config.restart_min_interval_s:
             self.stalls += 1
             self._last_restart = self.clock.monotonic()
             await self.listener.restart(f"stalled: {missed} change(s) not delivered")
-        return {"overdue": due, "missed": missed}
+        return {"overdue": due, "missed": missed, "malformed": len(malformed)}
 
-    async def _reconcile(self, now: datetime) -> int:
+    async def _reconcile(self, now: datetime) -> tuple[int, set[str]]:
         missed = 0
         active_ids = set()
-        query = self.db.collection(CALLS).where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
+        active = FieldFilter("status", "in", sorted(s.value for s in ACTIVE))
+        query = self.db.collection(CALLS).where(filter=active).select(["status", "updatedAt"])
+        subscribed = self.listener.subscribed_at
         async for snap in query.stream():
             active_ids.add(snap.id)
-            if self._undelivered_app_change(snap, now):
+            if self.calls.app_change_missed(snap.id, _stamp(snap), subscribed, now, self.config.stall_grace_s):
                 missed += 1
-            seen = self._seen.get(snap.id)
-            if snap.update_time is not None and (seen is None or snap.update_time > seen):
+            if self.calls.changed_since_arrival(snap.id, snap.update_time):
                 self.submit(snap.id)  # changed since the feed last showed it (outside the window, or ours)
             elif not self.reactor.known_done(snap.id, snap.get("status")):
                 self.submit(snap.id)
-        for seen_map in (self._seen, self._seen_app):
-            for call_id in [c for c in seen_map if c not in active_ids]:
-                del seen_map[call_id]
-        self.reactor.prune(active_ids)
         servers = self.db.collection(CALL_SERVER)
-        open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True))
+        open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True)).select(["status"])
         async for snap in open_effects.stream():
             self.submit(snap.id)
-        tracked = servers.where(filter=FieldFilter("status", "in", sorted(s.value for s in ACTIVE)))
+        tracked = servers.where(filter=active).select(["status"])
         async for snap in tracked.stream():
             if snap.id not in active_ids:
                 self.submit(snap.id)  # left the active set while the stream was not looking
-        return missed
+        return missed, active_ids
 
-    def _undelivered_app_change(self, snap: Any, now: datetime) -> bool:
-        """An app change (a newer `updatedAt`) the feed has not shown after the grace: a stalled stream.
+    async def _malformed_stamps(self, now: datetime) -> set[str]:
+        """Calls whose `updatedAt` is not a timestamp or lies in the future, whatever their status.
 
-        Only changes made since the watch subscribed count (older calls may sit outside the window), and
-        our own writes leave `updatedAt` alone, so they never count.
+        The feed cannot see them (its range filter matches timestamps up to its horizon only), so each
+        new version is reported here once and handed to the reactor, which judges the call.
         """
-        try:
-            updated_at = snap.get("updatedAt")
-        except KeyError:
-            return False
-        subscribed = self.listener.subscribed_at
-        if not isinstance(updated_at, datetime) or subscribed is None or updated_at.timestamp() <= subscribed:
-            return False
-        seen = self._seen_app.get(snap.id)
-        stale = seen is None or updated_at > seen
-        return stale and (now - updated_at).total_seconds() > self.config.stall_grace_s
+        calls = self.db.collection(CALLS).select(EVENT_FIELDS)
+        future = now + timedelta(seconds=self.config.future_tolerance_s)
+        queries = {
+            "future": calls.where(filter=FieldFilter("updatedAt", ">", future)),
+            # Firestore orders values by type first: strings, bytes, references, maps, ... above timestamps,
+            "above_timestamps": calls.order_by("updatedAt").start_at({"updatedAt": ""}),
+            # and null, booleans and numbers below them.
+            "below_timestamps": calls.order_by("updatedAt").end_before({"updatedAt": _EARLIEST}),
+        }
+        found: dict[str, datetime | None] = {}
+        for kind, query in queries.items():
+            async for snap in query.stream():
+                found[snap.id] = snap.update_time
+                fresh = self.calls.arrived(call_event(snap, "SWEPT"))
+                if self._malformed.get(snap.id, False) != snap.update_time:
+                    value = _stamp(snap)
+                    log.warning(
+                        "call.updated_at_malformed", call_id=snap.id, kind=kind, value_type=type(value).__name__
+                    )
+                    fresh = True
+                if fresh:
+                    self.submit(snap.id)
+        self._malformed = found  # reported once per version, for as long as they stay malformed
+        return set(found)
 
     async def _sweep_forever(self) -> None:
         # The first sweep runs at once: it arms the timers of ringing calls older than the feed's window.
@@ -240,29 +299,31 @@ class Watcher:
             "listenerActive": self.listener.active,
             "listenerRestarts": self.listener.restarts,
             "stalls": self.stalls,
-            "inFlight": len(self._running),
-            "timers": len(self._timers),
+            "inFlight": len(self.calls.in_flight()),
+            "timers": self.calls.timers(),
+            "catchUps": self.catch_ups,
+            "caughtUpCalls": self.caught_up_calls,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then stop taking events and drain in-flight work to a deadline."""
-        await self.heartbeat.beat()
         await self.listener.start()
         loops = [
             asyncio.create_task(self.listener.supervise()),
             asyncio.create_task(self._sweep_forever()),
-            asyncio.create_task(self.heartbeat.run()),
+            asyncio.create_task(self._fire_timers_forever()),
         ]
         log.info("watcher.started")
         await stop.wait()
-        log.info("watcher.stopping", in_flight=len(self._running))
+        log.info("watcher.stopping", in_flight=len(self.calls.in_flight()))
         self._stopping = True
+        self.calls.close()
         await self.listener.stop()
+        if self._catching_up is not None:
+            loops.append(self._catching_up)
         for task in loops:
             task.cancel()
-        for call_id in list(self._timers):
-            self.cancel_timeout(call_id)
-        pending = list(self._running.values())
+        pending = self.calls.in_flight()
         if pending:
             _, late = await asyncio.wait(pending, timeout=self.config.drain_s)
             for task in late:
@@ -270,5 +331,4 @@ class Watcher:
             log.info("watcher.drained", finished=len(pending) - len(late), abandoned=len(late))
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*loops, return_exceptions=True)
-        await self.heartbeat.retire()
         log.info("watcher.stopped")

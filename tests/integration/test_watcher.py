@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from google.cloud import firestore
 
 from memharbor.emulators import EmulatorSet, free_port
-from tests.support.firestore_rest import FirestoreRest
+from tests.support.firestore_rest import FirestoreRest, encode_fields
 from tests.support.groups import seed_group
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_for
@@ -316,3 +318,158 @@ class TestLifecycle:
         assert beat["kind"] == "watcher" and beat["expiresAt"] > beat["beatAt"]
         assert watcher.terminate() == 0
         assert not db.collection("workers").document(watcher.instance_id).get().exists
+
+
+def logged(watcher: WatcherProcess, event: str, call_id: str) -> list[dict[str, Any]]:
+    """The watcher's JSON log lines of `event` about `call_id`."""
+    lines = [json.loads(line) for line in watcher.log_file.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == event and line.get("call_id") == call_id]
+
+
+def violation_of(db: firestore.Client, call_id: str) -> dict[str, Any] | None:
+    """The call document once it carries a violation."""
+    doc = call_doc(db, call_id)
+    return doc if doc.get("violation") else None
+
+
+def create_in_one_commit(rest: FirestoreRest, caller: str, receivers: list[str]) -> list[str]:
+    """Create calls in a single commit as the caller's app could: they share createdAt to the microsecond."""
+    app = rest.as_user(caller)
+    ids, writes = [], []
+    for receiver in receivers:
+        call_id = uuid.uuid4().hex
+        fields = {"callId": call_id, "groupId": "group1", "callerId": caller, "receiverId": receiver}
+        fields["status"] = "pending"
+        stamps = [{"fieldPath": name, "setToServerValue": "REQUEST_TIME"} for name in ("createdAt", "updatedAt")]
+        writes.append(
+            {
+                "update": {"name": app.name(f"calls/{call_id}"), "fields": encode_fields(fields)},
+                "updateTransforms": stamps,
+                "currentDocument": {"exists": False},
+            }
+        )
+        ids.append(call_id)
+    result = app.commit(writes)
+    assert result.ok, result
+    return ids
+
+
+class TestInvariants:
+    """States are judged by their invariants; violations are restored where possible and logged, never looped."""
+
+    def test_jump_without_answer_is_reverted(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """An admin write pending -> ended without answeredAt is put back to pending, with no durationSec."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        db.collection("calls").document(call_id).update(
+            {"status": "ended", "endedAt": firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP}
+        )
+        doc = wait_for(lambda: violation_of(db, call_id), what="violation")
+        assert doc["status"] == "pending" and "endedAt" not in doc and "durationSec" not in doc
+        assert (doc["violation"]["attempted"], doc["violation"]["restored"]) == ("ended", "pending")
+        assert "answeredAt must be a timestamp" in doc["violation"]["reason"]
+        # The log line follows the violation's write (and is flushed after it): wait for it as well.
+        lines = wait_for(lambda: logged(watcher, "call.violation", call_id), what="call.violation line")
+        assert [line["level"] for line in lines] == ["warning"]
+
+    def test_created_as_ended_is_a_violation(self, db: firestore.Client, watchers: Any) -> None:
+        """A call written directly as ended (admin rights) gets a violation and no durationSec or channel."""
+        watcher = watchers().start(db)
+        now = {name: firestore.SERVER_TIMESTAMP for name in ("createdAt", "updatedAt", "answeredAt", "endedAt")}
+        fields = {"callId": "born-ended", "groupId": "group1", "callerId": "alice", "receiverId": "bob"}
+        db.collection("calls").document("born-ended").set({**fields, "status": "ended", **now})
+        doc = wait_for(lambda: violation_of(db, "born-ended"), what="violation")
+        assert "answeredAt must be later than createdAt" in doc["violation"]["reason"]
+        time.sleep(1.5)
+        doc = call_doc(db, "born-ended")
+        assert "durationSec" not in doc and "channelName" not in doc
+        lines = wait_for(lambda: logged(watcher, "call.violation", "born-ended"), what="call.violation line")
+        assert lines[0]["reason"] == doc["violation"]["reason"]
+
+    @pytest.mark.parametrize(
+        ("preset", "field"),
+        [
+            ({"channelName": "group1_alice_bob_1"}, "channelName"),
+            ({"pushSent": True}, "pushSent"),
+            ({"ringDeadline": datetime.now(UTC) + timedelta(days=365)}, "ringDeadline"),
+        ],
+    )
+    def test_server_fields_on_a_new_call(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any, preset: dict[str, Any], field: str
+    ) -> None:
+        """A new call carrying a server-owned field never rings: violation, no push."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        stamps = {"createdAt": firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP}
+        fields = {"callId": "preset", "groupId": "group1", "callerId": "alice", "receiverId": "bob"}
+        db.collection("calls").document("preset").set({**fields, "status": "pending", **stamps, **preset})
+        doc = wait_for(lambda: violation_of(db, "preset"), what="violation")
+        assert field in doc["violation"]["reason"] and doc["violation"]["restored"] is None
+        good = place_call(rest)
+        wait_for(lambda: watcher.pushes("incoming_call", good), what="a valid call still rings")
+        assert watcher.pushes(call_id="preset") == []
+
+    def test_caller_removed_then_accepted(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """A known call whose callerId was removed and status set to accepted is restored, and no handler fails."""
+        seed_user(db, "bob")
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        db.collection("calls").document(call_id).update({"callerId": firestore.DELETE_FIELD})
+        db.collection("calls").document(call_id).update({"status": "accepted"})
+        wait_for(lambda: (d := call_doc(db, call_id)).get("status") == "pending" and d.get("violation"), what="revert")
+        time.sleep(3.5)  # three sweeps (MEMHARBOR_SWEEP_INTERVAL_S=1) look at the call again
+        doc = call_doc(db, call_id)
+        assert (doc["status"], doc["callerId"]) == ("pending", "alice")
+        assert "callerId changed" in doc["violation"]["reason"]
+        assert logged(watcher, "call.handler_failed", call_id) == []
+        assert watcher.alive()
+        assert wait_for(lambda: logged(watcher, "call.violation", call_id), what="call.violation line")
+
+    def test_same_millisecond_calls_get_their_own_channels(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """Two calls between the same short uids created in one commit (one createdAt) get different channels."""
+        seed_user(db, "bob")
+        watchers().start(db)
+        first, second = create_in_one_commit(rest, "alice", ["bob", "bob"])
+        docs = [wait_for(lambda c=c: (d := call_doc(db, c)).get("channelName") and d) for c in (first, second)]
+        assert docs[0]["createdAt"] == docs[1]["createdAt"]
+        epoch_ms = int(docs[0]["createdAt"].timestamp() * 1000)
+        assert all(d["channelName"].startswith(f"group1_alice_bob_{epoch_ms}_") for d in docs)
+        assert docs[0]["channelName"] != docs[1]["channelName"]
+
+    def test_no_usable_device_has_no_push_platform(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """An iOS receiver with only its regular APNs token (no VoIP token) gets pushPlatform null."""
+        db.collection("users").document("bob").set({"platform": "ios", "apnsToken": "apns-bob"})
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        doc = wait_for(lambda: (d := call_doc(db, call_id)).get("pushSent") is not None and d, what="push result")
+        assert (doc["pushSent"], doc["pushPlatform"], doc["pushError"]) == (False, None, "no_device_token")
+        assert watcher.pushes(call_id=call_id) == []
+
+    def test_reviews_counted_once_each_with_two_watchers(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """Each review write bumps reviewCount once and sets lastReviewAt to its updatedAt within 2 s."""
+        seed_user(db, "bob")
+        watchers().start(db)
+        watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="push result")
+        move(rest, "bob", call_id, "accepted", "answeredAt")
+        move(rest, "alice", call_id, "ended", "endedAt")
+        wait_for(lambda: call_doc(db, call_id).get("durationSec") is not None, what="durationSec")
+        reviews = [("alice", "humanSummary"), ("bob", "humanNotes"), ("alice", "humanSummary")]
+        for count, (uid, field) in enumerate(reviews, 1):
+            result = rest.as_user(uid).update(f"calls/{call_id}", {field: f"review {count}"}, server_time=["updatedAt"])
+            assert result.ok, result
+            doc = wait_for(lambda n=count: (d := call_doc(db, call_id)).get("reviewCount") == n and d, timeout=2.0)
+            assert doc["lastReviewAt"] == doc["updatedAt"] > doc["endedAt"]
+        time.sleep(2.0)
+        doc = call_doc(db, call_id)
+        assert doc["reviewCount"] == 3 and doc["status"] == "ended" and "violation" not in doc

@@ -106,6 +106,8 @@ class TestCallDelete:
 
 
 def review_update(world: World, principal: str, fields: dict[str, Any], **kwargs: Any) -> Any:
+    """A review write as the contract asks for it: the fields, and updatedAt stamped with the request time."""
+    kwargs.setdefault("server_time", ["updatedAt"])
     return world.client(principal).update(CALL_PATH, fields, **kwargs)
 
 
@@ -195,7 +197,10 @@ class TestCallReview:
 
     @pytest.mark.parametrize(
         "other",
-        sorted((calls.SERVER_FIELDS | calls.CREATE_REQUIRED | calls.CREATE_OPTIONAL | {"endedAt", "x"}) - {"status"}),
+        sorted(
+            (calls.SERVER_FIELDS | calls.CREATE_REQUIRED | calls.CREATE_OPTIONAL | {"endedAt", "x"})
+            - {"status", "updatedAt"}
+        ),
     )
     def test_other_field_with_review_denied(self, world: World, other: str) -> None:
         """A review write that touches any other field is refused."""
@@ -209,11 +214,24 @@ class TestCallReview:
         result = review_update(world, "caller", {"humanSummary": "ok", "status": status.value})
         assert result.denied
 
-    def test_updated_at_with_review_denied(self, world: World) -> None:
-        """A review write may not bump updatedAt (the server records review activity)."""
+    def test_review_without_updated_at_denied(self, world: World) -> None:
+        """A review write that leaves updatedAt alone is refused: the watcher finds reviews by that stamp."""
         world.seed_call(Status.ENDED)
-        assert review_update(world, "caller", {"humanSummary": "ok"}, server_time=["updatedAt"]).denied
-        assert review_update(world, "caller", {"humanSummary": "ok", "updatedAt": CLIENT_TIME}).denied
+        assert review_update(world, "caller", {"humanSummary": "ok"}, server_time=[]).denied
+        stored = world.stored(CALL_PATH)
+        assert stored is not None and "humanSummary" not in stored
+
+    def test_review_with_client_updated_at_denied(self, world: World) -> None:
+        """updatedAt in a review write must be the request time, not a client clock value."""
+        world.seed_call(Status.ENDED)
+        assert review_update(world, "caller", {"humanSummary": "ok", "updatedAt": CLIENT_TIME}, server_time=[]).denied
+
+    def test_review_stamps_updated_at(self, world: World) -> None:
+        """An allowed review write moves updatedAt past endedAt (the request time)."""
+        world.seed_call(Status.ENDED)
+        assert review_update(world, "receiver", {"humanNotes": "Call again."}).ok
+        stored = world.stored(CALL_PATH)
+        assert stored is not None and stored["updatedAt"] > stored["endedAt"]
 
     @pytest.mark.parametrize("fields", GOOD_REVIEWS)
     def test_good_values_allowed(self, world: World, fields: dict[str, Any]) -> None:

@@ -1,12 +1,14 @@
-"""The watcher's handling of change-feed events and of its stall check, with in-memory fakes."""
+"""The watcher's handling of feed snapshots and of the catch-up they call for, with in-memory fakes."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from watcher.listener import CallEvent
+from watcher.listener import CallEvent, FeedMark, FeedSnapshot, Gap
+from watcher.tracking import CallTracker
 from watcher.worker import Watcher, WatcherConfig
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -30,18 +32,50 @@ class FakeReactor:
         self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
     ) -> Any:
         self.handled.append((call_id, time_out))
-        return FakeClaim()
+        return "done"
 
 
-class FakeClaim:
-    value = "done"
+class FakeFeed:
+    """The listener as the watcher drives it, made from the watcher's own snapshot method."""
+
+    def __init__(self, deliver: Callable[[FeedSnapshot], None]) -> None:
+        self.deliver = deliver
+        self.restarts = 0
+        self.subscribed_at: float | None = None
+        self.active = True
+
+    async def start(self) -> None:
+        pass
+
+    async def restart(self, reason: str) -> None:
+        self.restarts += 1
+
+    async def supervise(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
 
-class FakeListener:
-    """Only what the stall check reads: when the watch subscribed."""
+class FakeCatchUp:
+    """Serves the calls stored for it, page by page; can hold a pass, or fail the first one."""
 
-    def __init__(self, subscribed_at: float | None) -> None:
-        self.subscribed_at = subscribed_at
+    def __init__(self, calls: list[CallEvent] | None = None, fail_first: bool = False) -> None:
+        self.calls = calls or []
+        self.gaps: list[Gap] = []
+        self.fail_first = fail_first
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def pages(self, gap: Gap) -> AsyncIterator[list[CallEvent]]:
+        self.gaps.append(gap)
+        await self.gate.wait()
+        if self.fail_first:
+            self.fail_first = False
+            raise ConnectionError("dropped")
+        found = [c for c in self.calls if c.updated_at is not None and gap.since <= c.updated_at <= gap.until]
+        for start in range(0, len(found), 2):
+            yield found[start : start + 2]
 
 
 class FakeClock:
@@ -52,32 +86,35 @@ class FakeClock:
         return 0.0
 
 
-class FakeSnapshot:
-    """A call document as a query returns it."""
-
-    def __init__(self, call_id: str, updated_at: Any) -> None:
-        self.id = call_id
-        self._updated_at = updated_at
-
-    def get(self, name: str) -> Any:
-        if name != "updatedAt" or self._updated_at is None:
-            raise KeyError(name)
-        return self._updated_at
-
-
-def make_watcher(reactor: FakeReactor, subscribed_at: float | None = None) -> Watcher:
+def make_watcher(reactor: FakeReactor, catch_up: FakeCatchUp | None = None) -> Watcher:
     return Watcher(
         db=None,  # type: ignore[arg-type]
-        listener=FakeListener(subscribed_at),  # type: ignore[arg-type]
         reactor=reactor,  # type: ignore[arg-type]
-        heartbeat=None,  # type: ignore[arg-type]
+        calls=CallTracker(),
         clock=FakeClock(),
-        config=WatcherConfig(sweep_interval_s=15.0, stall_grace_s=10.0),
+        config=WatcherConfig(sweep_interval_s=15.0, catch_up_retry_s=0.01),
+        listen=FakeFeed,
+        catch_up=catch_up or FakeCatchUp(),
+        mark=FeedMark(min_lag_s=0.0),
     )
 
 
 def event(call_id: str, change: str, status: str, updated_at: datetime | None = None) -> CallEvent:
     return CallEvent(call_id, change, status, update_time=updated_at, receiver_id="r1", updated_at=updated_at)
+
+
+def snapshot(
+    read_s: float, events: list[CallEvent] | None = None, full: bool = True, floor_change: str | None = None
+) -> FeedSnapshot:
+    return FeedSnapshot(events or [], full, T0, floor_change, T0 + timedelta(seconds=read_s))
+
+
+async def settle(done: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the watcher did not settle")
 
 
 class TestOnEvents:
@@ -88,32 +125,32 @@ class TestOnEvents:
         reactor = FakeReactor()
         watcher = make_watcher(reactor)
         watcher.on_events([event("c1", "ADDED", "pending", T0)])
-        await asyncio.sleep(0)
-        await asyncio.gather(*watcher._running.values())
+        await asyncio.gather(*watcher.calls.in_flight())
         assert reactor.handled == [("c1", False)]
 
     async def test_removed_means_pushed_out_of_the_window(self) -> None:
-        """A REMOVED event is not a change: nothing runs and nothing is forgotten."""
-        reactor = FakeReactor()
+        """A REMOVED event is not a change: nothing runs and what arrived stays known."""
+        reactor = FakeReactor(done={"c1": "pending"})
         watcher = make_watcher(reactor)
-        watcher._seen_app["c1"] = T0
-        watcher.on_events([event("c1", "REMOVED", "pending", T0)])
-        assert not watcher._running and reactor.handled == []
-        assert watcher._seen_app["c1"] == T0
+        watcher.on_events([event("c1", "ADDED", "pending", T0)])
+        watcher.on_events([event("c1", "REMOVED", "pending", T0 + timedelta(seconds=1))])
+        assert watcher.calls.in_flight() == [] and reactor.handled == []
+        assert not watcher.calls.changed_since_arrival("c1", T0)
 
     async def test_final_status_this_instance_finished_is_an_echo(self) -> None:
         """Our own timeout write (missed) or a later review edit of a finished call runs nothing."""
         reactor = FakeReactor(final={"c1"})
         watcher = make_watcher(reactor)
-        watcher.on_events([event("c1", "MODIFIED", "missed", T0), event("c1", "MODIFIED", "ended", T0)])
-        assert not watcher._running and reactor.handled == []
+        later = T0 + timedelta(seconds=1)
+        watcher.on_events([event("c1", "MODIFIED", "missed", T0), event("c1", "MODIFIED", "ended", later)])
+        assert watcher.calls.in_flight() == [] and reactor.handled == []
 
     async def test_final_status_of_another_call_is_handled(self) -> None:
         """A call that ended without this instance seeing it through is handled (e.g. the app ended it)."""
         reactor = FakeReactor(final={"other"})
         watcher = make_watcher(reactor)
         watcher.on_events([event("c1", "MODIFIED", "ended", T0)])
-        await asyncio.gather(*watcher._running.values())
+        await asyncio.gather(*watcher.calls.in_flight())
         assert reactor.handled == [("c1", False)]
 
     async def test_known_done_status_is_an_echo(self) -> None:
@@ -121,41 +158,68 @@ class TestOnEvents:
         reactor = FakeReactor(done={"c1": "pending"})
         watcher = make_watcher(reactor)
         watcher.on_events([event("c1", "MODIFIED", "pending", T0)])
-        assert not watcher._running
+        assert watcher.calls.in_flight() == []
+
+    async def test_a_version_that_arrived_before_runs_nothing(self) -> None:
+        """The same version again (a catch-up overlapping the window, a re-listing) is not a change."""
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor)
+        watcher.on_events([event("c1", "ADDED", "pending", T0)])
+        await asyncio.gather(*watcher.calls.in_flight())
+        watcher.on_events([event("c1", "CAUGHT_UP", "pending", T0)])
+        assert watcher.calls.in_flight() == [] and reactor.handled == [("c1", False)]
 
 
-class TestUndeliveredAppChange:
-    """The stall check: an app change newer than the subscription that the feed never showed."""
+class TestCatchUp:
+    """A window that may have overflowed is followed by a read of the calls updated since the mark."""
 
-    def test_change_after_subscribe_not_seen_past_the_grace_counts(self) -> None:
-        """An updatedAt after the subscription, unseen and older than the grace, is a missed change."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=(T0 - timedelta(minutes=5)).timestamp())
-        snap = FakeSnapshot("c1", T0 - timedelta(seconds=30))
-        assert watcher._undelivered_app_change(snap, T0)
+    async def test_no_catch_up_while_the_window_keeps_its_floor(self) -> None:
+        """Snapshots whose oldest call was already in the window read nothing more."""
+        catch_up = FakeCatchUp()
+        watcher = make_watcher(FakeReactor(), catch_up)
+        for second in range(5):
+            watcher.on_snapshot(snapshot(second, [event(f"c{second}", "ADDED", "pending", T0)]))
+        await asyncio.sleep(0.02)
+        assert catch_up.gaps == [] and watcher.catch_ups == 0
 
-    def test_seen_change_does_not_count(self) -> None:
-        """A change the feed delivered is not missed."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=(T0 - timedelta(minutes=5)).timestamp())
-        watcher._seen_app["c1"] = T0 - timedelta(seconds=30)
-        assert not watcher._undelivered_app_change(FakeSnapshot("c1", T0 - timedelta(seconds=30)), T0)
+    async def test_overflow_reads_the_gap_and_handles_its_calls(self) -> None:
+        """Calls that changed past a full window reach their handlers through the catch-up."""
+        passed = [event(f"p{i}", "CAUGHT_UP", "pending", T0 + timedelta(seconds=1.5)) for i in range(5)]
+        catch_up = FakeCatchUp(passed)
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, catch_up)
+        watcher.on_snapshot(snapshot(1))
+        watcher.on_snapshot(snapshot(2, [event("w1", "ADDED", "pending", T0 + timedelta(seconds=2))], True, "ADDED"))
+        await settle(lambda: watcher.catch_ups == 1)
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert catch_up.gaps == [Gap(T0 + timedelta(seconds=1), T0 + timedelta(seconds=2), T0)]
+        assert sorted(c for c, _ in reactor.handled) == ["p0", "p1", "p2", "p3", "p4", "w1"]
+        assert watcher.mark.mark == T0 + timedelta(seconds=2) and watcher.mark.gap() is None
 
-    def test_call_older_than_the_subscription_does_not_count(self) -> None:
-        """A ringing call last changed before the watch subscribed may sit outside the window."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=(T0 - timedelta(seconds=20)).timestamp())
-        assert not watcher._undelivered_app_change(FakeSnapshot("c1", T0 - timedelta(minutes=1)), T0)
+    async def test_overflows_during_a_catch_up_are_read_together(self) -> None:
+        """A burst of overflowing snapshots makes few reads, the last one up to the newest snapshot."""
+        catch_up = FakeCatchUp()
+        catch_up.gate.clear()
+        watcher = make_watcher(FakeReactor(), catch_up)
+        watcher.on_snapshot(snapshot(1))
+        watcher.on_snapshot(snapshot(2, floor_change="ADDED"))
+        await settle(lambda: len(catch_up.gaps) == 1)  # the first read has begun and waits
+        for second in range(3, 12):
+            watcher.on_snapshot(snapshot(second, floor_change="ADDED"))
+        catch_up.gate.set()
+        await settle(lambda: watcher.mark.gap() is None)
+        assert [gap.until for gap in catch_up.gaps] == [T0 + timedelta(seconds=2), T0 + timedelta(seconds=11)]
+        assert catch_up.gaps[1].since == T0 + timedelta(seconds=2)
 
-    def test_recent_change_within_the_grace_does_not_count(self) -> None:
-        """A change younger than the grace may still be on its way."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=(T0 - timedelta(minutes=5)).timestamp())
-        assert not watcher._undelivered_app_change(FakeSnapshot("c1", T0 - timedelta(seconds=2)), T0)
-
-    def test_missing_or_malformed_stamp_does_not_count(self) -> None:
-        """Admin-written documents without a timestamp updatedAt never trip the check."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=(T0 - timedelta(minutes=5)).timestamp())
-        assert not watcher._undelivered_app_change(FakeSnapshot("c1", None), T0)
-        assert not watcher._undelivered_app_change(FakeSnapshot("c2", "yesterday"), T0)
-
-    def test_before_any_subscription_nothing_counts(self) -> None:
-        """Until the watch has subscribed there is no stream to blame."""
-        watcher = make_watcher(FakeReactor(), subscribed_at=None)
-        assert not watcher._undelivered_app_change(FakeSnapshot("c1", T0 - timedelta(seconds=30)), T0)
+    async def test_a_failed_catch_up_is_tried_again(self) -> None:
+        """A read that fails leaves the mark in place and is retried shortly."""
+        passed = [event("p1", "CAUGHT_UP", "pending", T0 + timedelta(seconds=1.5))]
+        catch_up = FakeCatchUp(passed, fail_first=True)
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, catch_up)
+        watcher.on_snapshot(snapshot(1))
+        watcher.on_snapshot(snapshot(2, floor_change="ADDED"))
+        await settle(lambda: watcher.catch_ups == 1)
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert len(catch_up.gaps) == 2 and catch_up.gaps[0] == catch_up.gaps[1]
+        assert reactor.handled == [("p1", False)]

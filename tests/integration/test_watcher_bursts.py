@@ -1,0 +1,225 @@
+"""Bursts, malformed `updatedAt` stamps and listener failures against the Firestore emulator.
+
+The watchers here run with a feed window of 5 and a sweep that only runs at start (once an hour), so a
+call can only ring in time through the change feed and its catch-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from memharbor.callstore import new_call_document
+from memharbor.emulators import EmulatorSet
+from memharbor.listening import SupervisedListener
+from tests.support.groups import seed_group
+from tests.support.waiting import wait_for
+from tests.support.watchers import WatcherProcess
+from watcher.listener import change_feed_query
+
+FEED_ONLY = {"MEMHARBOR_LISTEN_WINDOW": "5", "MEMHARBOR_SWEEP_INTERVAL_S": "3600", "MEMHARBOR_RING_TIMEOUT_S": "60"}
+RECEIVERS = ("bob", "carol", "dan", "dave", "erin")
+
+
+@pytest.fixture
+def db(clean_emulators: EmulatorSet) -> Iterator[firestore.Client]:
+    """An admin client on the wiped emulator, with the tests' care group and a device for every receiver."""
+    client = firestore.Client(project=clean_emulators.project_id)
+    seed_group(client)
+    for uid in RECEIVERS:
+        client.collection("users").document(uid).set({"platform": "android", "fcmToken": f"fcm-{uid}"})
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def watcher(clean_emulators: EmulatorSet, db: firestore.Client, tmp_path: Path) -> Iterator[WatcherProcess]:
+    """One watcher that only the feed (and the sweep at its start) can tell about calls."""
+    process = WatcherProcess(clean_emulators, tmp_path / "pushes.jsonl", tmp_path, **FEED_ONLY)
+    yield process
+    process.stop()
+
+
+def call_doc(index: int) -> tuple[str, dict[str, Any]]:
+    """A new call from alice to one of the receivers, as an app writes it (server timestamps)."""
+    call_id = uuid.uuid4().hex
+    return call_id, new_call_document(call_id, "group1", "alice", RECEIVERS[index % len(RECEIVERS)])
+
+
+def all_rang(watcher: WatcherProcess, call_ids: list[str]) -> bool:
+    pushed = {p["payload"]["callId"] for p in watcher.pushes("incoming_call")}
+    return pushed >= set(call_ids)
+
+
+def log_events(watcher: WatcherProcess, name: str) -> list[dict[str, Any]]:
+    """The watcher's JSON log lines of one event."""
+    if not watcher.log_file.exists():
+        return []
+    lines = [json.loads(line) for line in watcher.log_file.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == name]
+
+
+def start_feed_only(db: firestore.Client, watcher: WatcherProcess) -> None:
+    """Start the watcher and let its start-up sweep finish, so only the feed can find later calls."""
+    watcher.start(db)
+    wait_for(lambda: log_events(watcher, "watcher.started"), what="watcher.started")
+    time.sleep(1.0)
+
+
+def caught_up(db: firestore.Client, watcher: WatcherProcess) -> int:
+    """How many calls the watcher's catch-up has read, from its heartbeat."""
+    beat = db.collection("workers").document(watcher.instance_id).get().to_dict() or {}
+    return int((beat.get("status") or {}).get("caughtUpCalls", 0))
+
+
+def assert_rang_once_in_time(db: firestore.Client, watcher: WatcherProcess, call_ids: list[str]) -> None:
+    for call_id in call_ids:
+        doc = db.collection("calls").document(call_id).get().to_dict() or {}
+        assert doc.get("channelName") and doc.get("pushSent") is True, (call_id, doc.get("pushError"))
+        assert len(watcher.pushes("incoming_call", call_id)) == 1, call_id
+
+
+class TestBursts:
+    """More calls at once than the feed's window holds all ring through the catch-up, not the sweep."""
+
+    def test_one_commit(self, db: firestore.Client, watcher: WatcherProcess) -> None:
+        """Forty calls created in one commit (eight windows' worth) all ring within seconds."""
+        start_feed_only(db, watcher)
+        batch, call_ids = db.batch(), []
+        for index in range(40):
+            call_id, doc = call_doc(index)
+            batch.create(db.collection("calls").document(call_id), doc)
+            call_ids.append(call_id)
+        batch.commit()
+        wait_for(lambda: all_rang(watcher, call_ids), timeout=30, what="every call of the burst rang")
+        assert_rang_once_in_time(db, watcher, call_ids)
+        assert wait_for(lambda: caught_up(db, watcher) >= 35, what="catch-up counted in the heartbeat")
+
+    def test_parallel_writers(self, db: firestore.Client, watcher: WatcherProcess) -> None:
+        """Forty calls written by eight threads at once all ring, each once."""
+        start_feed_only(db, watcher)
+        docs = [call_doc(index) for index in range(40)]
+
+        def create(item: tuple[str, dict[str, Any]]) -> str:
+            db.collection("calls").document(item[0]).create(item[1])
+            return item[0]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            call_ids = list(pool.map(create, docs))
+        wait_for(lambda: all_rang(watcher, call_ids), timeout=30, what="every call of the burst rang")
+        assert_rang_once_in_time(db, watcher, call_ids)
+
+
+class TestMalformedStamps:
+    """Admin-written `updatedAt` values that are not plausible timestamps neither blind the feed nor go unreported."""
+
+    def _write(self, db: firestore.Client, stamps: list[Any]) -> list[str]:
+        call_ids = []
+        for index, stamp in enumerate(stamps):
+            call_id, doc = call_doc(index)
+            doc["createdAt"] = datetime.now(UTC)
+            doc["updatedAt"] = stamp
+            db.collection("calls").document(call_id).set(doc)
+            call_ids.append(call_id)
+        return call_ids
+
+    def test_strings_and_future_stamps(self, db: firestore.Client, watcher: WatcherProcess) -> None:
+        """More odd stamps than the window holds: a new call still rings at once, and each odd one is reported."""
+        future = datetime.now(UTC) + timedelta(days=365)
+        odd = self._write(db, ["2099-01-01"] * 6 + [future] * 6 + [42])
+        watcher.start(db)
+        wait_for(lambda: len(log_events(watcher, "call.updated_at_malformed")) >= len(odd), what="reports")
+        reported = {e["call_id"]: e["kind"] for e in log_events(watcher, "call.updated_at_malformed")}
+        assert reported == {
+            **dict.fromkeys(odd[:6], "above_timestamps"),
+            **dict.fromkeys(odd[6:12], "future"),
+            odd[12]: "below_timestamps",
+        }
+        assert all(e["level"] == "warning" for e in log_events(watcher, "call.updated_at_malformed"))
+        started = time.monotonic()
+        call_id, doc = call_doc(0)
+        db.collection("calls").document(call_id).create(doc)
+        wait_for(lambda: watcher.pushes("incoming_call", call_id), timeout=10, what="the new call rang")
+        assert time.monotonic() - started < 10
+
+
+def poisoned(change: Any) -> str:
+    if change.document.get("poison"):
+        raise ValueError("this document cannot be read")
+    return str(change.document.id)
+
+
+class TestListenerCallback:
+    """The supervised listener over a real watch: a failing callback neither raises nor stops the events."""
+
+    async def test_poisoned_document_does_not_stop_the_events(self, db: firestore.Client) -> None:
+        """A document whose event cannot be built is skipped; events for later writes keep arriving."""
+        received: list[str] = []
+        listener = SupervisedListener(
+            "poison-test",
+            lambda: firestore.Client(project=db.project),
+            lambda client: client.collection("probes"),
+            poisoned,
+            received.extend,
+        )
+        await listener.start()
+        try:
+            db.collection("probes").document("bad").set({"poison": True})
+            db.collection("probes").document("first").set({"poison": False})
+            await asyncio.to_thread(wait_for, lambda: "first" in received, 10.0, 0.05, "first event")
+            db.collection("probes").document("bad").set({"poison": True, "again": 1})
+            db.collection("probes").document("second").set({"poison": False})
+            await asyncio.to_thread(wait_for, lambda: "second" in received, 10.0, 0.05, "second event")
+            assert "bad" not in received and listener.unreadable_changes >= 2
+            assert listener.active and listener.restarts == 0
+        finally:
+            await listener.stop()
+
+
+class TestResentDocumentsWatch:
+    """The feed's watch skips the emulator's resends but reports what the library's own watch reports."""
+
+    def test_same_changes_as_the_library(self, db: firestore.Client) -> None:
+        """Creates, server-side edits and calls pushed out of the window give the same changes to both."""
+        calls = db.collection("calls")
+        plain_query = (
+            calls.where(filter=FieldFilter("updatedAt", "<=", datetime.now(UTC) + timedelta(minutes=5)))
+            .order_by("updatedAt", direction=firestore.Query.DESCENDING)
+            .limit(4)
+        )
+        seen: dict[str, list[tuple[str, str, Any]]] = {"feed": [], "library": []}
+        lock = threading.Lock()
+
+        def recorder(name: str) -> Any:
+            def callback(docs: Any, changes: Any, read_time: Any) -> None:
+                with lock:
+                    seen[name].extend((c.type.name, c.document.id, c.document.update_time) for c in changes)
+
+            return callback
+
+        feed = change_feed_query(db, window=4).on_snapshot(recorder("feed"))
+        library = plain_query.on_snapshot(recorder("library"))
+        try:
+            for index in range(8):
+                doc = call_doc(index)[1]
+                calls.document(f"c{index}").set({**doc, "callId": f"c{index}"})
+                calls.document(f"c{max(0, index - 1)}").update({"pushSent": index})  # a write without a new stamp
+            time.sleep(2.0)
+            with lock:
+                assert sorted(seen["feed"]) == sorted(seen["library"])
+                assert {kind for kind, _, _ in seen["feed"]} == {"ADDED", "MODIFIED", "REMOVED"}
+        finally:
+            feed.unsubscribe()
+            library.unsubscribe()

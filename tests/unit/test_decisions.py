@@ -1,0 +1,732 @@
+"""The watcher's decision core (watcher/decisions.py), table-driven, and its I/O shell over an in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from structlog.testing import capture_logs
+
+from memharbor import calls
+from memharbor.calls import Status
+from memharbor.groups import NOT_GROUP_MEMBERS, group_document
+from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
+from watcher.push import PushResult, PushTarget
+from watcher.reactor import CALL_SERVER, CallReactor, Claim, ClaimRace
+from watcher.tracking import CallTracker
+from watcher.worker import Watcher, WatcherConfig
+
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+CALL_ID = "call-1"
+ME, OTHER = "watcher-me", "watcher-other"
+CONFIG = ReactorConfig(ME, ring_timeout_s=60.0, lease_s=15.0)
+IDENTITY = {"callId": CALL_ID, "groupId": "group1", "callerId": "alice", "receiverId": "bob"}
+GROUP = group_document(["alice", "bob"])
+DEADLINE = T0 + timedelta(seconds=60)
+ABSENT = object()  # a field the document does not have
+
+
+def app_call(status: Status = Status.PENDING, **extra: Any) -> dict[str, Any]:
+    """A call as the apps' writes leave it in `status` (each status change 10 s after the last)."""
+    doc: dict[str, Any] = {**IDENTITY, "status": status.value, "createdAt": T0, "updatedAt": T0, "callerName": "Al"}
+    moment = T0
+    for move in calls.path_to(status):
+        moment += timedelta(seconds=10)
+        doc[move.stamp] = doc["updatedAt"] = moment
+    doc.update(extra)
+    return {name: value for name, value in doc.items() if value is not ABSENT}
+
+
+def edited(doc: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """`doc` with fields changed (ABSENT removes one), e.g. a status outside `Status`."""
+    return {name: value for name, value in {**doc, **changes}.items() if value is not ABSENT}
+
+
+def known_call(status: Status = Status.PENDING, **extra: Any) -> dict[str, Any]:
+    """The call after the server set it up: channel, ring deadline and push result."""
+    server_set = {"channelName": "group1_alice_bob_1", "ringDeadline": DEADLINE, "pushSent": True}
+    return app_call(status, **{**server_set, "pushPlatform": "ios", "pushError": None, **extra})
+
+
+def server_doc(status: str, effects: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """callServer/{id} after the watcher claimed `status` (with `effects` of that status, if any)."""
+    doc: dict[str, Any] = {"callId": CALL_ID, "status": status, "identity": dict(IDENTITY), "effects": {}}
+    if effects is not None:
+        doc["effects"][status] = dict(effects)
+    doc.update(extra)
+    return doc
+
+
+# ---- the status x claim state x time position table ------------------------------------------------
+
+# Claim states of the call's current status, as of `now`: the server document's record of its effects.
+CLAIM_STATES = ("none", "unclaimed", "ours", "theirs", "lapsed", "done", "invalid")
+# Time positions: `now` relative to the ring deadline, and whether the ring timer fired.
+TIMES = {
+    "before": (T0 + timedelta(seconds=30), False),
+    "before-timer": (T0 + timedelta(seconds=30), True),
+    "after": (T0 + timedelta(seconds=90), False),
+    "after-timer": (T0 + timedelta(seconds=90), True),
+}
+# What each claim state leads to when nothing times out.
+OUTCOME: dict[str, type] = {
+    "none": Run,  # first seen: validated, then its effects are claimed
+    "unclaimed": Run,
+    "ours": Run,  # this instance's own claim (a retry after a crash of our handler)
+    "theirs": Busy,  # another instance's live lease
+    "lapsed": Run,  # another instance's lease ran out: take its work over
+    "done": Done,
+    "invalid": Invalid,
+}
+
+
+def documents(status: Status, state: str, now: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The call and server document for one row of the table."""
+    if state == "none":
+        return app_call(status), None
+    effects = {
+        "unclaimed": None,
+        "ours": {"state": "claimed", "by": ME, "leaseUntil": now + timedelta(seconds=10)},
+        "theirs": {"state": "claimed", "by": OTHER, "leaseUntil": now + timedelta(seconds=10)},
+        "lapsed": {"state": "claimed", "by": OTHER, "leaseUntil": now - timedelta(seconds=1)},
+        "done": {"state": "done", "by": OTHER},
+        "invalid": None,
+    }[state]
+    server = server_doc(status.value, effects, **({"invalid": True} if state == "invalid" else {}))
+    return known_call(status), server
+
+
+def times_out(status: Status, state: str, position: str) -> bool:
+    """Only a known pending call whose timer fired after its deadline moves to missed."""
+    return status == Status.PENDING and position == "after-timer" and state not in ("none", "invalid")
+
+
+def expected_ring(status: Status, state: str) -> set[str]:
+    """The set-up fields a claim writes: a first-seen live call has none of them yet."""
+    if state != "none" or status not in calls.ACTIVE:
+        return set()
+    return {"channelName", "ringDeadline"} if status == Status.PENDING else {"channelName"}
+
+
+class TestDecisionTable:
+    """decide() over every status x claim state x time position."""
+
+    @pytest.mark.parametrize("position", list(TIMES))
+    @pytest.mark.parametrize("state", CLAIM_STATES)
+    @pytest.mark.parametrize("status", list(Status), ids=str)
+    def test_outcome(self, status: Status, state: str, position: str) -> None:
+        """Each row decides as the claim-state table says, with the timeout and ring set-up in their place."""
+        now, timer = TIMES[position]
+        call, server = documents(status, state, now)
+        decision = decide(CALL_ID, call, server, GROUP, now, CONFIG, time_out=timer)
+        if times_out(status, state, position):
+            assert decision == Run(Status.MISSED.value, now + timedelta(seconds=15), time_out=True)
+            return
+        assert type(decision) is OUTCOME[state]
+        if isinstance(decision, Run):
+            assert (decision.status, decision.time_out) == (status.value, False)
+            assert decision.lease_until == now + timedelta(seconds=CONFIG.lease_s)
+            assert set(decision.ring) == expected_ring(status, state)
+            assert decision.identity == (IDENTITY if state == "none" else None)
+            assert decision.review is None
+        elif isinstance(decision, Busy | Done):
+            assert decision.status == status.value
+        elif isinstance(decision, Invalid):
+            assert decision.violation is None  # recorded when the call was marked, never again
+
+    def test_gone(self) -> None:
+        """A call document that does not exist is gone, whatever the server document says."""
+        assert decide(CALL_ID, None, server_doc("pending"), None, T0, CONFIG) == Gone()
+
+    def test_inputs_are_not_changed(self) -> None:
+        """decide() only reads: the documents are the same after a decision that writes a lot."""
+        call = app_call(Status.PENDING)
+        before = dict(call)
+        decide(CALL_ID, call, None, GROUP, T0, CONFIG)
+        assert call == before
+
+
+class TestRingSetup:
+    """The channel and ring deadline a first claim assigns."""
+
+    def test_pending_gets_channel_and_deadline(self) -> None:
+        """channelName comes from calls.channel_name over createdAt; ringDeadline is createdAt + ring timeout."""
+        decision = decide(CALL_ID, app_call(), None, GROUP, T0, CONFIG)
+        assert isinstance(decision, Run)
+        epoch_ms = int(T0.timestamp() * 1000)
+        assert decision.ring == {
+            "channelName": calls.channel_name("group1", "alice", "bob", CALL_ID, epoch_ms),
+            "ringDeadline": DEADLINE,
+        }
+
+    def test_known_call_missing_its_channel_gets_one(self) -> None:
+        """A known live call whose channel is gone gets the same name again (the name is the call's own)."""
+        call = known_call(Status.ACCEPTED, channelName=ABSENT)
+        decision = decide(CALL_ID, call, server_doc("accepted"), None, T0, CONFIG)
+        assert isinstance(decision, Run)
+        epoch_ms = int(T0.timestamp() * 1000)
+        assert decision.ring == {"channelName": calls.channel_name("group1", "alice", "bob", CALL_ID, epoch_ms)}
+
+    def test_timer_before_deadline_does_not_time_out(self) -> None:
+        """A timer that fires early (clock skew) leaves a ringing call pending."""
+        server = server_doc("pending", {"state": "done", "by": ME})
+        decision = decide(CALL_ID, known_call(), server, None, DEADLINE - timedelta(seconds=1), CONFIG, time_out=True)
+        assert decision == Done("pending")
+
+
+# ---- invariants on first sight ------------------------------------------------------------------------
+
+NEW_CALL_VIOLATIONS = [
+    pytest.param(app_call(callerId=ABSENT), "callerId must be", id="caller-missing"),
+    pytest.param(app_call(callerId=42), "callerId must be", id="caller-int"),
+    pytest.param(app_call(callId="other"), "callId must equal the document id", id="call-id-not-doc-id"),
+    pytest.param(edited(app_call(), status="ringing"), "status must be one of", id="unknown-status"),
+    pytest.param(app_call(createdAt="yesterday"), "createdAt must be a timestamp", id="created-string"),
+    pytest.param(
+        app_call(Status.ENDED, answeredAt=T0, endedAt=T0, updatedAt=T0),
+        "answeredAt must be later than createdAt",
+        id="created-as-ended",
+    ),
+    pytest.param(app_call(Status.ENDED, answeredAt=ABSENT), "answeredAt must be a timestamp", id="ended-unanswered"),
+    pytest.param(
+        app_call(Status.ENDED, endedAt=T0 + timedelta(seconds=5)),
+        "endedAt must be no earlier than answeredAt",
+        id="ended-before-answer",
+    ),
+    pytest.param(app_call(Status.ACCEPTED, answeredAt="now"), "answeredAt must be a timestamp", id="answered-string"),
+    pytest.param(
+        app_call(Status.MISSED, answeredAt=T0 + timedelta(seconds=5)),
+        "answeredAt must be absent while missed",
+        id="missed-answered",
+    ),
+    pytest.param(app_call(endedAt=T0), "endedAt must be absent while pending", id="pending-ended-stamp"),
+    pytest.param(
+        app_call(channelName="group1_alice_bob_1"),
+        "server-owned fields set before the server saw the call: channelName",
+        id="preset-channel",
+    ),
+    pytest.param(app_call(pushSent=True), "pushSent", id="preset-push-sent"),
+    pytest.param(app_call(ringDeadline=T0 + timedelta(days=365)), "ringDeadline", id="deadline-a-year-away"),
+    pytest.param(app_call(Status.ENDED, reviewCount=9), "reviewCount", id="preset-review-count"),
+]
+
+
+class TestFirstSight:
+    """A call the watcher never acted on is judged by every invariant of its status."""
+
+    @pytest.mark.parametrize(("call", "reason"), NEW_CALL_VIOLATIONS)
+    def test_violation(self, call: dict[str, Any], reason: str) -> None:
+        """The call is invalid, with a violation naming the broken invariant and nothing restored."""
+        decision = decide(CALL_ID, call, None, GROUP, T0, CONFIG)
+        assert isinstance(decision, Invalid) and decision.violation is not None
+        assert reason in decision.violation.reason
+        assert (decision.violation.attempted, decision.violation.restored) == (call.get("status"), None)
+        assert decision.restore == {}
+
+    @pytest.mark.parametrize("status", list(Status), ids=str)
+    def test_valid_call_of_every_status_is_claimed(self, status: Status) -> None:
+        """A call first seen in any status, with its path's stamps, is claimed (the watcher may have been down)."""
+        decision = decide(CALL_ID, app_call(status), None, GROUP, T0, CONFIG)
+        assert isinstance(decision, Run) and decision.status == status.value
+
+    @pytest.mark.parametrize(
+        ("updated_at", "reason"),
+        [("2099", "updatedAt must be a timestamp"), (T0 + timedelta(minutes=2), "updatedAt lies in the future")],
+    )
+    def test_malformed_updated_at_is_replaced(self, updated_at: Any, reason: str) -> None:
+        """An updatedAt that is no timestamp or lies past the tolerance is flagged and replaced with `now`."""
+        decision = decide(CALL_ID, app_call(updatedAt=updated_at), None, GROUP, T0, CONFIG)
+        assert isinstance(decision, Invalid) and decision.violation is not None
+        assert reason in decision.violation.reason.split("; ")
+        assert decision.restore == {"updatedAt": T0}
+
+    def test_updated_at_within_tolerance_is_fine(self) -> None:
+        """A stamp a little ahead of the watcher's clock (clock skew) is no violation."""
+        decision = decide(CALL_ID, app_call(updatedAt=T0 + timedelta(seconds=59)), None, GROUP, T0, CONFIG)
+        assert isinstance(decision, Run)
+
+    @pytest.mark.parametrize(
+        "group", [None, group_document(["alice"]), group_document(["alice", "mallory"]), {"memberIds": "alice bob"}]
+    )
+    def test_not_group_members(self, group: dict[str, Any] | None) -> None:
+        """A valid call between people who are not both members of its group is invalid: not_group_members."""
+        decision = decide(CALL_ID, app_call(), None, group, T0, CONFIG)
+        assert decision == Invalid(Violation(NOT_GROUP_MEMBERS, "pending", None))
+
+
+# ---- known calls: transitions proven by stamps, identity kept ----------------------------------------
+
+KNOWN_JUDGEMENTS = [
+    # (last legal status, the call as found, expected decision type, status restored, reason fragment)
+    pytest.param("pending", known_call(Status.ENDED), Run, None, None, id="pending-to-ended-with-stamps"),
+    pytest.param("pending", known_call(Status.MISSED), Run, None, None, id="pending-to-missed"),
+    pytest.param(
+        "pending", known_call(Status.ENDED, answeredAt=ABSENT), Revert, "pending", "answeredAt must be a timestamp",
+        id="pending-to-ended-unanswered",
+    ),
+    pytest.param(
+        "pending", known_call(Status.ACCEPTED, answeredAt=ABSENT), Revert, "pending", "not proven by its stamps",
+        id="pending-to-accepted-unstamped",
+    ),
+    pytest.param(
+        "accepted", known_call(Status.PENDING, answeredAt=T0 + timedelta(seconds=10)), Revert, "accepted",
+        "illegal transition accepted -> pending", id="back-to-pending",
+    ),
+    pytest.param(
+        "ended", known_call(Status.ACCEPTED, endedAt=T0 + timedelta(seconds=20)), Revert, "ended",
+        "illegal transition ended -> accepted", id="ended-reopened",
+    ),
+    pytest.param("pending", edited(known_call(), status="ringing"), Revert, "pending", "illegal", id="unknown-status"),
+    pytest.param("pending", edited(known_call(), status=ABSENT), Revert, "pending", "illegal", id="status-removed"),
+    pytest.param(
+        "pending", known_call(Status.ACCEPTED, callerId=ABSENT, answeredAt=ABSENT), Revert, "pending",
+        "callerId changed", id="caller-removed-then-accepted",
+    ),
+    pytest.param(
+        "pending", known_call(Status.ACCEPTED, callerId=ABSENT), Revert, "accepted", "callerId changed",
+        id="caller-removed-legal-accept",
+    ),
+    pytest.param(
+        "accepted", known_call(Status.ACCEPTED, callerId="mallory"), Revert, "accepted", "callerId changed",
+        id="caller-swapped",
+    ),
+    pytest.param(
+        "accepted", known_call(Status.ACCEPTED, answeredAt=ABSENT), Invalid, None, "answeredAt must be",
+        id="stamp-deleted",
+    ),
+    pytest.param("accepted", known_call(Status.ACCEPTED, callerName=7), Invalid, None, "callerName", id="name-int"),
+    pytest.param(
+        "pending", known_call(updatedAt="soon"), Revert, "pending", "updatedAt must be a timestamp", id="updated-string"
+    ),
+    pytest.param(
+        "pending", known_call(updatedAt=T0 + timedelta(days=365)), Revert, "pending", "updatedAt lies in the future",
+        id="updated-a-year-ahead",
+    ),
+]
+
+
+class TestKnownCalls:
+    """A call the watcher acted on before: a change must be reachable and proven by stamps; identity is kept."""
+
+    @pytest.mark.parametrize(("last", "call", "kind", "restored", "reason"), KNOWN_JUDGEMENTS)
+    def test_judgement(
+        self, last: str, call: dict[str, Any], kind: type, restored: str | None, reason: str | None
+    ) -> None:
+        """Legal changes are claimed; anything else is a violation, restored where possible."""
+        server = server_doc(last, {"state": "done", "by": ME})
+        decision = decide(CALL_ID, call, server, None, T0, CONFIG)
+        assert type(decision) is kind, decision
+        if isinstance(decision, Revert | Invalid):
+            assert decision.violation is not None and reason is not None
+            assert reason in decision.violation.reason
+            assert decision.violation.attempted == call.get("status")
+            assert decision.violation.restored == restored
+        if isinstance(decision, Revert):
+            assert decision.restore.get("status", call.get("status")) == restored
+            # What the revert leaves satisfies every invariant, so it cannot be reverted again.
+            after = {**call, **decision.restore}
+            for name in decision.remove:
+                after.pop(name)
+            assert calls.invariant_errors(after, CALL_ID) == []
+
+    def test_revert_removes_stamps_of_the_illegal_status(self) -> None:
+        """Back to pending, the answeredAt and endedAt an unproven jump brought are removed."""
+        call = known_call(Status.ENDED, answeredAt=T0 + timedelta(seconds=30))  # answered after it ended
+        decision = decide(CALL_ID, call, server_doc("pending"), None, T0, CONFIG)
+        assert isinstance(decision, Revert)
+        assert decision.restore == {"status": "pending"} and decision.remove == ("answeredAt", "endedAt")
+
+    def test_identity_restored_from_server_document(self) -> None:
+        """A removed callerId is put back from the identity the first claim remembered."""
+        call = known_call(Status.ACCEPTED, callerId=ABSENT)
+        decision = decide(CALL_ID, call, server_doc("accepted"), None, T0, CONFIG)
+        assert isinstance(decision, Revert) and decision.restore == {"callerId": "alice"}
+
+    def test_identity_unknown_makes_call_invalid(self) -> None:
+        """Without a remembered identity (an older server document), a removed callerId cannot be restored."""
+        server = server_doc("pending")
+        server.pop("identity")
+        decision = decide(CALL_ID, known_call(Status.ACCEPTED, callerId=ABSENT), server, None, T0, CONFIG)
+        assert isinstance(decision, Invalid) and decision.violation is not None
+        assert "callerId must be" in decision.violation.reason
+
+    def test_older_server_document_gets_identity(self) -> None:
+        """A claim on a call whose server document has no identity remembers it."""
+        server = server_doc("pending")
+        server.pop("identity")
+        decision = decide(CALL_ID, known_call(Status.ACCEPTED), server, None, T0, CONFIG)
+        assert isinstance(decision, Run) and decision.identity == IDENTITY
+
+    def test_server_document_without_status(self) -> None:
+        """A server document that lost the last legal status leaves nothing to restore: invalid, no crash."""
+        server = server_doc("pending")
+        server.pop("status")
+        decision = decide(CALL_ID, known_call(), server, None, T0, CONFIG)
+        assert isinstance(decision, Invalid) and decision.violation is not None
+
+    def test_reopened_ended_call_is_no_review(self) -> None:
+        """Reverting an ended call marks the illegal write's updatedAt as seen, so it never counts as a review."""
+        stamp = T0 + timedelta(minutes=5)
+        call = known_call(Status.PENDING, answeredAt=T0 + timedelta(seconds=10), endedAt=T0 + timedelta(seconds=20))
+        call["updatedAt"] = stamp
+        decision = decide(CALL_ID, call, server_doc("ended", {"state": "done"}), None, stamp, CONFIG)
+        assert isinstance(decision, Revert) and decision.reviews_seen == stamp
+
+    def test_restamped_ended_call_is_no_review(self) -> None:
+        """The updatedAt put back on an ended call is marked seen: the server's own stamp is not a review."""
+        call = known_call(Status.ENDED, updatedAt="later")
+        decision = decide(CALL_ID, call, server_doc("ended", {"state": "done"}), None, LATER, CONFIG)
+        assert isinstance(decision, Revert)
+        assert decision.restore == {"updatedAt": LATER} and decision.reviews_seen == LATER
+
+
+# ---- reviews -----------------------------------------------------------------------------------------
+
+ENDED_AT = T0 + timedelta(seconds=20)
+REVIEWED_AT = T0 + timedelta(minutes=3)
+LATER = T0 + timedelta(minutes=10)  # when the watcher handles the review
+
+
+def reviewed(**extra: Any) -> dict[str, Any]:
+    """An ended call a participant reviewed at REVIEWED_AT."""
+    return known_call(Status.ENDED, humanSummary="Garden.", updatedAt=REVIEWED_AT, **extra)
+
+
+REVIEW_CASES = [
+    # (call, the ended effects' claim, reviews counted on the server, expected decision)
+    pytest.param(known_call(Status.ENDED), {"state": "done"}, None, Done("ended"), id="no-review"),
+    pytest.param(reviewed(), {"state": "done"}, None, Review(1, REVIEWED_AT), id="first-review"),
+    pytest.param(reviewed(), {"state": "done"}, {"count": 2, "seen": ENDED_AT}, Review(3, REVIEWED_AT), id="third"),
+    pytest.param(reviewed(), {"state": "done"}, {"count": 1, "seen": REVIEWED_AT}, Done("ended"), id="already-counted"),
+    pytest.param(reviewed(), {"state": "done"}, {"count": True, "seen": "x"}, Review(1, REVIEWED_AT), id="garbled"),
+    pytest.param(
+        reviewed(), {"state": "claimed", "by": OTHER, "leaseUntil": LATER + timedelta(seconds=5)}, None,
+        Review(1, REVIEWED_AT), id="effects-busy-elsewhere",
+    ),
+    pytest.param(
+        reviewed(), None, None, Run("ended", LATER + timedelta(seconds=15), review=Review(1, REVIEWED_AT)),
+        id="with-the-ended-claim",
+    ),
+    pytest.param(
+        reviewed(endedAt=REVIEWED_AT), {"state": "done"}, None, Done("ended"), id="stamped-with-the-end",
+    ),
+]
+
+
+class TestReviews:
+    """A review write after `ended` (it stamps updatedAt) is counted once: reviewCount and lastReviewAt."""
+
+    @pytest.mark.parametrize(("call", "effect", "reviews", "expected"), REVIEW_CASES)
+    def test_review(
+        self, call: dict[str, Any], effect: dict[str, Any] | None, reviews: dict[str, Any] | None, expected: Any
+    ) -> None:
+        """Each row counts the review, leaves a counted one alone, or claims the ended effects with it."""
+        server = server_doc("ended", effect, **({"reviews": reviews} if reviews else {}))
+        assert decide(CALL_ID, call, server, None, LATER, CONFIG) == expected
+
+    def test_first_seen_reviewed_call(self) -> None:
+        """A call first seen already reviewed (the watcher was down) counts the review with its ended claim."""
+        call = app_call(Status.ENDED, humanNotes="Sunday.", updatedAt=REVIEWED_AT)
+        decision = decide(CALL_ID, call, None, GROUP, LATER, CONFIG)
+        assert isinstance(decision, Run) and decision.review == Review(1, REVIEWED_AT)
+
+
+# ---- the I/O shell over an in-memory store -----------------------------------------------------------
+
+
+class FakeRef:
+    """A document reference of FakeStore."""
+
+    def __init__(self, store: FakeStore, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.id = path.rsplit("/", 1)[1]
+
+    async def get(self) -> FakeSnapshot:
+        return self.store.snapshot(self)
+
+
+class FakeSnapshot:
+    """A document as read: its data, or nothing, and the update time it had."""
+
+    def __init__(self, ref: FakeRef, data: dict[str, Any] | None, update_time: int) -> None:
+        self.reference = ref
+        self.id = ref.id
+        self.exists = data is not None
+        self._data = data
+        self.update_time = update_time
+
+    def to_dict(self) -> dict[str, Any] | None:
+        return None if self._data is None else dict(self._data)
+
+
+class FakeCollection:
+    def __init__(self, store: FakeStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def document(self, doc_id: str) -> FakeRef:
+        return FakeRef(self.store, f"{self.name}/{doc_id}")
+
+
+class FakeBatch:
+    """Writes applied together at commit, each after its precondition (the update time it was read at)."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.writes: list[tuple[str, FakeRef, dict[str, Any], int | None]] = []
+
+    def update(self, ref: FakeRef, fields: dict[str, Any], option: Any = None) -> None:
+        self.writes.append(("update", ref, fields, option))
+
+    def create(self, ref: FakeRef, fields: dict[str, Any]) -> None:
+        self.writes.append(("create", ref, fields, None))
+
+    async def commit(self) -> None:
+        for kind, ref, _, guard in self.writes:
+            if kind == "create" and ref.path in self.store.docs:
+                raise gexc.AlreadyExists(ref.path)
+            stale = guard is not None and guard != self.store.times.get(ref.path)
+            if kind == "update" and (ref.path not in self.store.docs or stale):
+                raise gexc.FailedPrecondition(ref.path)
+        for kind, ref, fields, _ in self.writes:
+            self.store.apply(ref.path, fields, replace=kind == "create")
+
+
+class FakeStore:
+    """The part of firestore.AsyncClient the reactor uses, in memory.
+
+    Documents in `churn` change (their update time moves on) right after every read, as a call an app
+    keeps writing to would: every write guarded by the read's update time then fails its precondition.
+    """
+
+    def __init__(self, now: datetime, churn: frozenset[str] = frozenset()) -> None:
+        self.now = now
+        self.churn = churn
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.times: dict[str, int] = {}
+        self.reads: dict[str, int] = {}
+        self._clock = itertools.count(1)
+
+    def collection(self, name: str) -> FakeCollection:
+        return FakeCollection(self, name)
+
+    def batch(self) -> FakeBatch:
+        return FakeBatch(self)
+
+    def write_option(self, last_update_time: int) -> int:
+        return last_update_time
+
+    def snapshot(self, ref: FakeRef) -> FakeSnapshot:
+        snap = FakeSnapshot(ref, self.docs.get(ref.path), self.times.get(ref.path, 0))
+        self.reads[ref.path] = self.reads.get(ref.path, 0) + 1
+        if ref.path in self.churn:
+            self.times[ref.path] = next(self._clock)
+        return snap
+
+    async def get_all(self, refs: list[FakeRef]) -> AsyncIterator[FakeSnapshot]:
+        for ref in refs:
+            yield self.snapshot(ref)
+
+    def put(self, path: str, data: dict[str, Any]) -> None:
+        self.apply(path, data, replace=True)
+
+    def apply(self, path: str, fields: Mapping[str, Any], replace: bool = False) -> None:
+        doc = {} if replace else self.docs.setdefault(path, {})
+        for key, value in fields.items():
+            *parents, leaf = [part.strip("`") for part in key.split(".")] if not replace else [key]
+            target = doc
+            for part in parents:
+                target = target.setdefault(part, {})
+            if value is firestore.DELETE_FIELD:
+                target.pop(leaf, None)
+            else:
+                target[leaf] = self.now if value is firestore.SERVER_TIMESTAMP else value
+        self.docs[path] = doc
+        self.times[path] = next(self._clock)
+
+
+class FakeNotifier:
+    """A Notifier that records pushes and reports each delivered."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, str]]] = []
+
+    async def send(
+        self, target: PushTarget, kind: Any, payload: Mapping[str, str], expires_at: float, still_wanted: Any = None
+    ) -> PushResult:
+        self.sent.append((target.uid, kind, dict(payload)))
+        return PushResult(True, target.platform)
+
+
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now.timestamp()
+
+    def monotonic(self) -> float:
+        return 0.0
+
+
+def make_reactor(store: FakeStore, notifier: FakeNotifier | None = None) -> CallReactor:
+    """A reactor over the store whose ring timers go to a CallTracker nobody fires."""
+    timers = CallTracker()
+    return CallReactor(
+        store,  # type: ignore[arg-type]
+        notifier or FakeNotifier(),
+        FixedClock(store.now),
+        CONFIG,
+        schedule_timeout=timers.schedule_timeout,
+        cancel_timeout=timers.cancel_timeout,
+    )
+
+
+def seeded_store(*churning: str, user: dict[str, Any] | None = None, now: datetime | None = None) -> FakeStore:
+    """A store holding the care group, bob's device and a new pending call per id in `churning` plus `steady`."""
+    store = FakeStore(now or T0 + timedelta(seconds=1), frozenset(f"calls/{c}" for c in churning))
+    store.put("groups/group1", GROUP)
+    store.put("users/bob", user if user is not None else {"platform": "android", "fcmToken": "fcm-bob"})
+    for call_id in (*churning, "steady"):
+        store.put(f"calls/{call_id}", app_call(callId=call_id))
+    return store
+
+
+def steady_server(status: str, effects: Mapping[str, Any]) -> dict[str, Any]:
+    """The server document of the call `steady` after the watcher claimed `status`."""
+    return server_doc(status, effects, callId="steady", identity={**IDENTITY, "callId": "steady"})
+
+
+class TestReactorShell:
+    """CallReactor reads, calls decide() and writes what it says, guarded by what it read."""
+
+    async def test_new_call_is_set_up_and_rung(self) -> None:
+        """A new pending call gets its channel, deadline and push result, and its server document the claim."""
+        store = seeded_store()
+        notifier = FakeNotifier()
+        assert await make_reactor(store, notifier).handle("steady", "bob", group_hint="group1") is Claim.RUN
+        call = store.docs["calls/steady"]
+        assert call["channelName"] == calls.channel_name("group1", "alice", "bob", "steady", int(T0.timestamp() * 1000))
+        assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "android", None)
+        assert [(uid, kind) for uid, kind, _ in notifier.sent] == [("bob", "incoming_call")]
+        server = store.docs[f"{CALL_SERVER}/steady"]
+        assert server["effects"]["pending"]["state"] == "done"
+        assert server["identity"] == {**IDENTITY, "callId": "steady"}
+
+    async def test_no_usable_device_has_no_platform(self) -> None:
+        """An iOS receiver with only a regular APNs token gets no incoming-call push: pushPlatform is null."""
+        store = seeded_store(user={"platform": "ios", "apnsToken": "apns-bob"})
+        await make_reactor(store).handle("steady")
+        call = store.docs["calls/steady"]
+        assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (False, None, "no_device_token")
+
+    async def test_violation_is_written_and_logged(self) -> None:
+        """A call created as ended gets a violation map and a warning naming the call and the reason."""
+        store = seeded_store()
+        store.put("calls/steady", app_call(Status.ENDED, callId="steady", answeredAt=T0, endedAt=T0))
+        with capture_logs() as logs:
+            assert await make_reactor(store).handle("steady") is Claim.INVALID
+        violation = store.docs["calls/steady"]["violation"]
+        assert set(violation) == {"reason", "attempted", "restored", "at"}
+        assert "answeredAt must be later than createdAt" in violation["reason"]
+        assert store.docs[f"{CALL_SERVER}/steady"]["invalid"] is True
+        warnings = [e for e in logs if e["event"] == "call.violation"]
+        assert [(e["log_level"], e["call_id"]) for e in warnings] == [("warning", "steady")]
+        assert warnings[0]["reason"] == violation["reason"]
+
+    async def test_review_counted_once(self) -> None:
+        """A review write is counted on the call and the server document; handling it again changes nothing."""
+        store = seeded_store(now=LATER)
+        store.put("calls/steady", reviewed(callId="steady"))
+        store.put(f"{CALL_SERVER}/steady", steady_server("ended", {"state": "done"}))
+        reactor = make_reactor(store)
+        assert await reactor.handle("steady") is Claim.REVIEWED
+        assert await reactor.handle("steady") is Claim.DONE
+        call = store.docs["calls/steady"]
+        assert (call["reviewCount"], call["lastReviewAt"]) == (1, REVIEWED_AT)
+        assert store.docs[f"{CALL_SERVER}/steady"]["reviews"] == {"count": 1, "seen": REVIEWED_AT}
+
+    async def test_ended_call_stays_open_to_reviews(self) -> None:
+        """After handling `ended`, neither known_done nor known_final hides the call's next change (a review)."""
+        store = seeded_store()
+        store.put("calls/steady", known_call(Status.ENDED, callId="steady"))
+        store.put(f"{CALL_SERVER}/steady", steady_server("accepted", {"state": "done"}))
+        reactor = make_reactor(store)
+        assert await reactor.handle("steady") is Claim.RUN
+        assert store.docs["calls/steady"]["durationSec"] == 10
+        assert not reactor.known_done("steady", "ended") and not reactor.known_final("steady")
+
+
+class TestClaimRace:
+    """A call that changes under every claim attempt raises ClaimRace; the worker logs it and carries on."""
+
+    async def test_claim_race_raised(self) -> None:
+        """Five reads, five failed guarded writes, then ClaimRace with a message (not a TypeError)."""
+        store = seeded_store("busy")
+        with pytest.raises(ClaimRace, match="call busy kept changing during 5 claim attempts"):
+            await make_reactor(store).handle("busy")
+        assert store.reads["calls/busy"] == 5
+        assert f"{CALL_SERVER}/busy" not in store.docs and "channelName" not in store.docs["calls/busy"]
+
+    async def test_worker_logs_and_carries_on(self) -> None:
+        """The worker logs the race for that call and still handles the next one."""
+        store = seeded_store("busy")
+        notifier = FakeNotifier()
+        watcher = Watcher(
+            db=store,  # type: ignore[arg-type]
+            reactor=make_reactor(store, notifier),
+            calls=CallTracker(),
+            clock=FixedClock(store.now),
+            config=WatcherConfig(sweep_interval_s=15.0),
+            listen=lambda deliver: IdleFeed(),
+            catch_up=NoCatchUp(),
+        )
+        with capture_logs() as logs:
+            watcher.submit("busy")
+            watcher.submit("steady")
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if watcher.status()["inFlight"] == 0:
+                    break
+        failed = [e for e in logs if e["event"] == "call.handler_failed"]
+        assert [e["call_id"] for e in failed] == ["busy"]
+        assert [(uid, kind) for uid, kind, _ in notifier.sent] == [("bob", "incoming_call")]
+        assert store.docs["calls/steady"]["pushSent"] is True
+        assert watcher.status()["inFlight"] == 0
+
+
+class IdleFeed:
+    """A change feed that delivers nothing (the test submits calls itself)."""
+
+    restarts = 0
+    subscribed_at: float | None = None
+    active = True
+
+    async def start(self) -> None:
+        return None
+
+    async def restart(self, reason: str) -> None:
+        return None
+
+    async def supervise(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class NoCatchUp:
+    """A catch-up that finds nothing."""
+
+    async def pages(self, gap: Any) -> AsyncIterator[list[Any]]:
+        pages: list[list[Any]] = []
+        for page in pages:
+            yield page
+
