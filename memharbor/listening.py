@@ -12,6 +12,7 @@ listener whose query moves with time is `refresh`ed (a new watch before the old 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -32,7 +33,7 @@ log = get_logger()
 _REFRESH_OVERLAP_S = 10.0
 
 
-class SupervisedWatch(Generic[B]):
+class SupervisedWatch(abc.ABC, Generic[B]):
     """Owns one watch on the query `make_query(client)`; delivers one batch per snapshot on the loop.
 
     Subclasses say what a batch is (`_batch`, on the client's thread).
@@ -70,8 +71,9 @@ class SupervisedWatch(Generic[B]):
         # previous watch, so it keeps this): changes made after it must reach us through the watch.
         self.subscribed_at: float | None = None
 
+    @abc.abstractmethod
     def _batch(self, docs: Sequence[Any], changes: Sequence[Any], read_time: Any) -> B:
-        raise NotImplementedError
+        """What one snapshot hands to the loop (on the client's thread; it may raise, the caller catches)."""
 
     def _each_change(self, changes: Sequence[Any], to_event: Callable[[Any], E]) -> list[E]:
         """`to_event` of every change; one that cannot be read is logged and left out, never raised."""
