@@ -35,7 +35,7 @@ unit: venv
 bench: bench-token bench-calls bench-push bench-recorder
 
 bench-token: venv
-	$(PY) bench/token_bench.py
+	$(PY) bench/token_bench.py --minimal
 
 bench-calls: venv
 	$(PY) bench/calls_bench.py

@@ -1,22 +1,26 @@
-"""The one middleware: a request id on every log line and response, JSON errors, one access line per request."""
+"""The request context: a request id on every log line and response, JSON errors, one access line per request.
+
+Every route is registered through `in_request_context`, which also adds a catch-all route answering
+404 and 405 the same way. It is not an aiohttp middleware: aiohttp runs any middleware inside layers
+of its own (a current-app middleware, a partial and a coroutine each), 4 % of a token request's CPU.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Iterable
 
-import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from memharbor.logs import HotLogger
+from memharbor import logs
 from token_http.errors import error_response
-from token_http.keys import REQUEST_ID
 
-access_log = HotLogger()
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -40,31 +44,49 @@ _ids = RequestIds()
 os.register_at_fork(after_in_child=_ids.reset)
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bind a request id, run the handler, render failures as JSON, log `http.request`."""
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else _ids.next()
-    request[REQUEST_ID] = request_id
-    started = time.perf_counter()
-    status = 499  # unless the handler finishes: the client went away and aiohttp cancelled it
-    # bind/reset with tokens: half the cost of the bound_contextvars() context manager, same effect.
-    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
-    try:
+def with_request_context(handler: Handler) -> Handler:
+    """`handler` with a request id bound, failures rendered as JSON and the `http.request` line logged."""
+
+    async def in_context(request: web.Request) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-ID")
+        request_id = incoming if incoming and _SAFE_ID.fullmatch(incoming) else _ids.next()
+        started = time.perf_counter_ns()
+        status = 499  # unless the handler finishes: the client went away and aiohttp cancelled it
+        token = logs.REQUEST_ID.set(request_id)
         try:
-            response = await handler(request)
-        except Exception as exc:
-            response = error_response(request, exc)
-        status = response.status
-        response.headers["X-Request-ID"] = request_id
-        return response  # type: ignore[no-any-return]
-    finally:
-        access_log.current().info(
-            "http.request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            client=request.remote,
-        )
-        structlog.contextvars.reset_contextvars(**tokens)
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = error_response(request, exc)
+            status = response.status
+            response.headers["X-Request-ID"] = request_id
+            return response
+        finally:
+            # Hundredths of a millisecond, rounded half up: integer arithmetic, a third of the cost of round().
+            duration_ms = (time.perf_counter_ns() - started + 5_000) // 10_000 / 100
+            logs.access_line(request.method, request.path, status, duration_ms, request.remote, request_id)
+            logs.REQUEST_ID.reset(token)
+
+    return functools.update_wrapper(in_context, handler)
+
+
+def in_request_context(routes: Iterable[web.RouteDef]) -> list[web.RouteDef]:
+    """The routes with their handlers in the request context, then a catch-all route for 404 and 405."""
+    wrapped = []
+    for route in routes:
+        if isinstance(route.handler, type):
+            raise TypeError(f"{route!r}: class-based views are not supported")
+        wrapped.append(web.RouteDef(route.method, route.path, with_request_context(route.handler), route.kwargs))
+    return [*wrapped, web.route("*", "/{path:.*}", with_request_context(_unmatched))]
+
+
+async def _unmatched(request: web.Request) -> web.StreamResponse:
+    """What aiohttp's router answers when no route matches: 405 with Allow if the path has routes, else 404."""
+    allowed: set[str] = set()
+    catch_all = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not catch_all:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()

@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, middlewares and resource lifecycles."""
+"""The aiohttp application: routes, each in the request context, and resource lifecycles."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from aiohttp import web
 
 from memharbor.logs import get_logger
 from memharbor.settings import Settings
-from token_http.access_log import request_context
+from token_http import call_routes, recording_routes
+from token_http.access_log import in_request_context
 from token_http.body import MAX_BODY_BYTES
-from token_http.call_routes import register as register_call_routes
 from token_http.health import get_health
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS, Deps, HealthCache
 from token_http.openapi import get_openapi
-from token_http.recording_routes import register as register_recording_routes
-from token_http.token_route import post_token
+from token_http.token_route import token_handler
 
 log = get_logger()
 
@@ -24,14 +23,18 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 def create_app(settings: Settings, deps: Deps, cleanup_ctx: list[CleanupCtx] | None = None) -> web.Application:
     """Build the application; `cleanup_ctx` owns the adapters' lifecycles (clients opened and closed)."""
-    app = web.Application(middlewares=[request_context], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[HEALTH_CACHE] = HealthCache()
-    app.router.add_post("/api/token", post_token)
-    app.router.add_get("/api/health", get_health)
-    app.router.add_get("/api/openapi.json", get_openapi)
-    register_call_routes(app)
-    register_recording_routes(app)
+    routes = [
+        web.post("/api/token", token_handler(settings, deps)),
+        web.get("/api/health", get_health),
+        web.get("/api/openapi.json", get_openapi),
+        *call_routes.routes(),
+        *recording_routes.routes(),
+    ]
+    # Every route, and the catch-all answering 404 and 405, runs in the request context.
+    app.add_routes(in_request_context(routes))
     app.cleanup_ctx.extend(cleanup_ctx or [])
     return app

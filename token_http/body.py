@@ -22,9 +22,11 @@ _BEYOND_64_BITS = 2.0**63
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or 413 / 415 / 400 with a clear message."""
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
         raise ApiError(413, "request body too large (limit 64 KiB)")
-    if request.content_type != "application/json":
+    # The exact header every client sends needs no parsing; anything else (parameters, other case) does.
+    if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
         raise ApiError(415, "expected Content-Type: application/json", field="Content-Type")
     raw = await request.read()
     if len(raw) > MAX_BODY_BYTES:

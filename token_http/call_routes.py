@@ -441,12 +441,14 @@ async def get_status(request: web.Request) -> web.Response:
     return json_response(status_body(call_id, call))
 
 
-def register(app: web.Application) -> None:
-    """Add the call routes to the application's router."""
-    app.router.add_post("/api/call/invite", post_invite)
-    app.router.add_post("/api/call/answer", post_answer)
-    app.router.add_post("/api/call/cancel", post_cancel)
-    app.router.add_post("/api/call/missed", post_missed)
-    app.router.add_post("/api/call/timeout/sweep", post_sweep)
-    app.router.add_post("/api/call/end", post_end)
-    app.router.add_get("/api/call/status/{call_id}", get_status)
+def routes() -> list[web.RouteDef]:
+    """The call routes, for the application's router."""
+    return [
+        web.post("/api/call/invite", post_invite),
+        web.post("/api/call/answer", post_answer),
+        web.post("/api/call/cancel", post_cancel),
+        web.post("/api/call/missed", post_missed),
+        web.post("/api/call/timeout/sweep", post_sweep),
+        web.post("/api/call/end", post_end),
+        web.get("/api/call/status/{call_id}", get_status),
+    ]

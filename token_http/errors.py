@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from memharbor.logs import get_logger
-from token_http.keys import REQUEST_ID
+from memharbor.logs import REQUEST_ID, get_logger
 
 log = get_logger()
 
@@ -88,4 +87,4 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         return _json_error(exc.status, {"error": message}, exc.headers)
     # A bug, never bad input: log it with the stack and hide the details from the client.
     log.error("http.unhandled", path=request.path, exc_info=exc)
-    return _json_error(500, {"error": "internal error", "request_id": request.get(REQUEST_ID)})
+    return _json_error(500, {"error": "internal error", "request_id": REQUEST_ID.get()})

@@ -14,7 +14,7 @@ from memharbor.recording_service import RecordingService
 from memharbor.settings import Settings
 from memharbor.store import CallDirectory, HealthSource
 
-if TYPE_CHECKING:  # auth and ratelimit raise ApiError, whose middleware reads a key from here
+if TYPE_CHECKING:  # annotations only: the adapters' modules need not load with the keys
     from token_http.auth import Authenticator
     from token_http.ratelimit import RateLimiter
 
@@ -36,7 +36,6 @@ class Deps:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-REQUEST_ID = web.RequestKey("request_id", str)
 DEPS = web.AppKey("deps", Deps)
 
 

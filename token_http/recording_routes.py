@@ -420,9 +420,11 @@ async def get_list(request: web.Request) -> web.Response:
     )
 
 
-def register(app: web.Application) -> None:
-    """Add the recording routes to the application's router."""
-    app.router.add_post("/api/recording/start", post_start)
-    app.router.add_post("/api/recording/stop", post_stop)
-    app.router.add_get("/api/recording/status", get_status)
-    app.router.add_get("/api/recording/list", get_list)
+def routes() -> list[web.RouteDef]:
+    """The recording routes, for the application's router."""
+    return [
+        web.post("/api/recording/start", post_start),
+        web.post("/api/recording/stop", post_stop),
+        web.get("/api/recording/status", get_status),
+        web.get("/api/recording/list", get_list),
+    ]

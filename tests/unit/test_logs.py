@@ -300,25 +300,141 @@ class TestUtcStamper:
         assert stamps == sorted(stamps) and stamps[0][:19] != stamps[-1][:19]
 
 
-class TestHotLogger:
-    """The per-request logger bound once per configuration."""
+ACCESS = {
+    "method": "POST",
+    "path": "/api/token",
+    "status": 200,
+    "duration_ms": 1.25,
+    "client": "127.0.0.1",
+    "request_id": "0123456789abcdef0123456789abcdef",
+}
 
-    def test_follows_reconfiguration(self) -> None:
-        """After configure() runs again, the hot logger writes to the new sink, not the old one."""
-        hot = logs.HotLogger()
-        first, second = io.StringIO(), io.StringIO()
-        logs.configure("json", "info", stream=first)
-        hot.current().info("one")
-        logs.configure("json", "info", stream=second)
-        hot.current().info("two")
-        assert [line["event"] for line in json_lines(first.getvalue())] == ["one"]
-        assert [line["event"] for line in json_lines(second.getvalue())] == ["two"]
 
-    def test_carries_bound_context(self) -> None:
-        """Context bound with contextvars still reaches lines from the hot logger."""
+def log_access(**changes: Any) -> None:
+    """Write one access line through the fast path, with ACCESS's fields unless changed."""
+    fields = {**ACCESS, **changes}
+    logs.access_line(
+        fields["method"],
+        fields["path"],
+        fields["status"],
+        fields["duration_ms"],
+        fields["client"],
+        fields["request_id"],
+    )
+
+
+class TestAccessLine:
+    """logs.access_line(): the per-request line written without the processor chain."""
+
+    def test_same_line_as_the_pipeline(self) -> None:
+        """The fast line has the keys, order, values and timestamp format of the same event logged through structlog."""
         stream = io.StringIO()
         logs.configure("json", "info", stream=stream)
-        with structlog.contextvars.bound_contextvars(request_id="r-1"):
-            logs.HotLogger().current().info("http.request")
+        token = logs.REQUEST_ID.set(ACCESS["request_id"])
+        try:
+            fields = {key: value for key, value in ACCESS.items() if key != "request_id"}
+            logs.get_logger().info("http.request", **fields)
+        finally:
+            logs.REQUEST_ID.reset(token)
+        log_access()
+        piped, fast = json_lines(stream.getvalue())
+        assert list(fast) == list(piped)
+        assert {k: v for k, v in fast.items() if k != "timestamp"} == {
+            k: v for k, v in piped.items() if k != "timestamp"
+        }
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", fast["timestamp"])
+        assert fast["timestamp"] >= piped["timestamp"]
+
+    def test_no_field_is_one_redaction_would_hide(self) -> None:
+        """Redaction would leave the line as it is: no key is credential-like, so skipping it hides nothing."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        log_access()
         [line] = json_lines(stream.getvalue())
-        assert line["request_id"] == "r-1"
+        assert line["request_id"] == ACCESS["request_id"]
+        assert dict(logs.redact_secrets(None, "info", dict(line))) == line
+
+    def test_buffered_then_written_to_stream_and_file(self, tmp_path: Path) -> None:
+        """With a flush interval the line waits in memory, then reaches the stream and the file like info lines."""
+        stream = io.StringIO()
+        log_file = tmp_path / "api.log"
+        logs.configure("json", "info", file=log_file, stream=stream, flush_interval_s=3600)
+        log_access()
+        assert stream.getvalue() == ""
+        logs.get_logger().warning("after")
+        for text in (stream.getvalue(), log_file.read_text()):
+            assert [line["event"] for line in json_lines(text)] == ["http.request", "after"]
+
+    def test_follows_reconfiguration(self) -> None:
+        """After configure() runs again, access lines go to the new sink, not the old one."""
+        first, second = io.StringIO(), io.StringIO()
+        logs.configure("json", "info", stream=first)
+        log_access(path="/one")
+        logs.configure("json", "info", stream=second)
+        log_access(path="/two")
+        assert [line["path"] for line in json_lines(first.getvalue())] == ["/one"]
+        assert [line["path"] for line in json_lines(second.getvalue())] == ["/two"]
+
+    def test_console_format_takes_the_pipeline(self) -> None:
+        """In console mode the access line is a readable console line with the request id, not JSON."""
+        stream = io.StringIO()
+        logs.configure("console", "info", stream=stream)
+        log_access()
+        text = stream.getvalue()
+        assert "http.request" in text and ACCESS["request_id"] in text
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text.splitlines()[0])
+
+    def test_level_above_info_drops_it(self) -> None:
+        """At level warning no access line is written."""
+        stream = io.StringIO()
+        logs.configure("json", "warning", stream=stream)
+        log_access()
+        assert stream.getvalue() == ""
+
+    def test_reset_structlog_is_respected(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """Once structlog is reset to its defaults the line no longer goes to the sinks configure() set up."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        structlog.reset_defaults()
+        log_access()
+        assert stream.getvalue() == ""
+        assert ACCESS["request_id"] in capsys.readouterr().out
+
+    def test_a_lone_surrogate_in_the_path_is_escaped(self) -> None:
+        """A path holding a lone surrogate still makes one valid JSON line with the path escaped."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        log_access(path="/api/call/status/\udcff")
+        [line] = json_lines(stream.getvalue())
+        assert line["path"] == "/api/call/status/\udcff"
+        assert stream.getvalue().isascii()
+
+
+class TestRequestIdContext:
+    """logs.REQUEST_ID: the request being served, on every line logged meanwhile."""
+
+    def test_added_while_set_and_gone_after_reset(self) -> None:
+        """Lines logged while the variable is set carry its request id, stdlib ones too; later lines do not."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        token = logs.REQUEST_ID.set("req-7")
+        try:
+            logs.get_logger().info("inside")
+            logging.getLogger("some.lib").warning("stdlib inside")
+        finally:
+            logs.REQUEST_ID.reset(token)
+        logs.get_logger().info("outside")
+        assert [line.get("request_id") for line in json_lines(stream.getvalue())] == ["req-7", "req-7", None]
+
+    def test_an_explicit_request_id_wins(self) -> None:
+        """A request_id passed with the event is kept rather than replaced by the current one."""
+        stream = io.StringIO()
+        logs.configure("json", "info", stream=stream)
+        token = logs.REQUEST_ID.set("current")
+        try:
+            logs.get_logger().info("other", request_id="given")
+        finally:
+            logs.REQUEST_ID.reset(token)
+        [line] = json_lines(stream.getvalue())
+        assert line["request_id"] == "given"

@@ -30,6 +30,8 @@ def router_operations(app: web.Application) -> set[tuple[str, str]]:
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("path") or info.get("formatter")
         assert path, f"route without a path: {route!r}"
+        if (route.method, path) == ("*", "/{path}"):
+            continue  # the catch-all answering 404 and 405 (token_http.access_log), not an operation
         operations.add((route.method.upper(), path))
     gets = {path for method, path in operations if method == "GET"}
     return {(m, p) for m, p in operations if not (m == "HEAD" and p in gets)}

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -772,6 +773,34 @@ class TestAccessLog:
             (line["method"], line["status"]) for line in log_lines(log_stream) if line["event"] == "http.request"
         ]
         assert statuses == [("POST", 401), ("GET", 404), ("PUT", 405)]
+
+    async def test_every_route_answers_in_the_request_context(self, client: Client, log_stream: io.StringIO) -> None:
+        """Each registered route and the catch-all answer with an X-Request-ID that one access line also names."""
+        requests = []
+        for route in client.server.app.router.routes():
+            info = route.resource.get_info() if route.resource is not None else {}
+            path = re.sub(r"\{[^}]*\}", "x", info.get("path") or info.get("formatter") or "")
+            requests.append(("GET", "/nowhere") if route.method == "*" else (route.method, path))
+        assert len(requests) > 10 and ("POST", "/api/token") in requests
+        for method, path in requests:
+            response = await client.request(method, path)
+            request_id = response.headers["X-Request-ID"]
+            access = [
+                line
+                for line in log_lines(log_stream)
+                if line["event"] == "http.request" and line["request_id"] == request_id
+            ]
+            assert [(line["method"], line["path"], line["status"]) for line in access] == [
+                (method, path, response.status)
+            ]
+
+    async def test_wrong_method_lists_the_methods_the_path_has(self, client: Client) -> None:
+        """A method a path lacks is a JSON 405 whose Allow header names exactly the path's methods."""
+        response = await client.put("/api/call/status/abc")
+        assert response.status == 405
+        assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+        assert (await response.json()) == {"error": "method not allowed"}
+        assert response.headers["X-Request-ID"]
 
     async def test_safe_incoming_request_id_is_kept(self, client: Client, log_stream: io.StringIO) -> None:
         """A well-formed X-Request-ID from the caller is reused in the response and the log."""
