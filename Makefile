@@ -24,6 +24,7 @@ test: venv lint typecheck
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 
 typecheck: venv

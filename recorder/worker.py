@@ -193,8 +193,16 @@ class Recorder:
         return uploaded, entries
 
     async def _deliver(
-        self, sid: str, owner: str, call_id: str | None, mix: FileResult, tracks: list[FileResult], *,
-        started_at: datetime, reason: str | None, interrupted: bool,
+        self,
+        sid: str,
+        owner: str,
+        call_id: str | None,
+        mix: FileResult,
+        tracks: list[FileResult],
+        *,
+        started_at: datetime,
+        reason: str | None,
+        interrupted: bool,
     ) -> str:
         uploaded, track_entries = await self._upload_files(mix, tracks)
         report = SegmentReport(
@@ -218,8 +226,14 @@ class Recorder:
         plan = segment.plan
         try:
             await self._deliver(
-                plan.sid, plan.worker_id, plan.call_id, segment.mix, segment.tracks,
-                started_at=segment.started_at, reason=segment.stop_reason, interrupted=False,
+                plan.sid,
+                plan.worker_id,
+                plan.call_id,
+                segment.mix,
+                segment.tracks,
+                started_at=segment.started_at,
+                reason=segment.stop_reason,
+                interrupted=False,
             )
             self.stats["recorded"] += 1
         except UploadError as exc:
@@ -278,9 +292,14 @@ class Recorder:
                 if self.files.path(name).exists()
             ]
             outcome = await self._deliver(
-                sidecar.sid, sidecar.worker_id, sidecar.call_id, mix, tracks,
+                sidecar.sid,
+                sidecar.worker_id,
+                sidecar.call_id,
+                mix,
+                tracks,
                 started_at=datetime.fromtimestamp(sidecar.started_at, UTC),
-                reason=sidecar.stop_reason or CRASHED, interrupted=crashed,
+                reason=sidecar.stop_reason or CRASHED,
+                interrupted=crashed,
             )
         finally:
             wav.unlock(fd)

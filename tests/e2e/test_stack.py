@@ -165,7 +165,6 @@ class TestRestAndAppPaths:
         assert stack.request("POST", "/api/call/cancel", {"call_id": invited["callId"]}, uid=caller)[0] == 200
         assert stack.request("POST", "/api/token", body, uid=receiver)[0] == 403
 
-
     def test_stranger_cannot_invite_a_member(self, stack: Stack, db: firestore.Client) -> None:
         """A signed-in non-member naming a group and one of its members gets 403, and no call exists."""
         receiver = f"bob{uuid.uuid4().hex[:6]}"

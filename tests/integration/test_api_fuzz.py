@@ -107,15 +107,40 @@ def _seed(emulators: EmulatorSet) -> None:
     base = {"groupId": GROUP, "callerId": OTHER, "receiverId": USER, "updatedAt": now}
     docs: dict[str, dict[str, Any]] = {
         f"groups/{GROUP}": {"memberIds": [USER, OTHER]},
-        f"calls/{PENDING}": {**base, "callId": PENDING, "status": "pending", "createdAt": now,
-                             "channelName": CHANNELS[PENDING]},
-        f"calls/{LIVE}": {**base, "callId": LIVE, "status": "accepted", "createdAt": now, "answeredAt": now,
-                          "channelName": CHANNELS[LIVE]},
-        f"calls/{ENDED}": {**base, "callId": ENDED, "status": "ended", "createdAt": now - timedelta(minutes=5),
-                           "answeredAt": now - timedelta(minutes=4), "endedAt": now, "channelName": CHANNELS[ENDED]},
-        f"calls/{MALFORMED}": {"callId": MALFORMED, "receiverId": USER, "status": 5, "groupId": {"id": GROUP},
-                               "createdAt": "yesterday", "durationSec": "10", "humanKeywords": ["ok", 3],
-                               "reviewCount": "2"},
+        f"calls/{PENDING}": {
+            **base,
+            "callId": PENDING,
+            "status": "pending",
+            "createdAt": now,
+            "channelName": CHANNELS[PENDING],
+        },
+        f"calls/{LIVE}": {
+            **base,
+            "callId": LIVE,
+            "status": "accepted",
+            "createdAt": now,
+            "answeredAt": now,
+            "channelName": CHANNELS[LIVE],
+        },
+        f"calls/{ENDED}": {
+            **base,
+            "callId": ENDED,
+            "status": "ended",
+            "createdAt": now - timedelta(minutes=5),
+            "answeredAt": now - timedelta(minutes=4),
+            "endedAt": now,
+            "channelName": CHANNELS[ENDED],
+        },
+        f"calls/{MALFORMED}": {
+            "callId": MALFORMED,
+            "receiverId": USER,
+            "status": 5,
+            "groupId": {"id": GROUP},
+            "createdAt": "yesterday",
+            "durationSec": "10",
+            "humanKeywords": ["ok", 3],
+            "reviewCount": "2",
+        },
     }
     try:
         for path, fields in docs.items():
@@ -188,8 +213,13 @@ def _aim(case: Any, call_id: str | None) -> None:
         case.path_parameters["call_id"] = call_id
     if not isinstance(case.body, dict):
         return
-    seeded = {"call_id": call_id, "channel": CHANNELS.get(call_id), "group_id": GROUP, "caller_id": USER,
-              "receiver_id": OTHER}
+    seeded = {
+        "call_id": call_id,
+        "channel": CHANNELS.get(call_id),
+        "group_id": GROUP,
+        "caller_id": USER,
+        "receiver_id": OTHER,
+    }
     for field in seeded.keys() & case.body.keys():
         if seeded[field] is not None:
             case.body[field] = seeded[field]

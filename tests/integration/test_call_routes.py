@@ -158,8 +158,14 @@ def place(api: Api, caller: str = ALICE, receiver: str = BOB) -> dict[str, Any]:
 def seed_call(db: FirestoreRest, call_id: str, status: str, created: datetime, **extra: Any) -> None:
     """Write a call directly as the server (owner), e.g. with a past createdAt."""
     doc = {
-        "callId": call_id, "groupId": "grp1", "callerId": ALICE, "receiverId": BOB, "status": status,
-        "createdAt": created, "updatedAt": created, **extra,
+        "callId": call_id,
+        "groupId": "grp1",
+        "callerId": ALICE,
+        "receiverId": BOB,
+        "status": status,
+        "createdAt": created,
+        "updatedAt": created,
+        **extra,
     }
     assert db.as_owner().create(f"calls/{call_id}", doc).ok
 
@@ -178,8 +184,13 @@ class TestInvite:
         status, data = api.post("/api/call/invite", body, ALICE)
         elapsed = time.monotonic() - started
         assert status == 200
-        assert data == {"success": True, "callId": data["callId"], "channelName": None, "pushSent": None,
-                        "pushPlatform": None}
+        assert data == {
+            "success": True,
+            "callId": data["callId"],
+            "channelName": None,
+            "pushSent": None,
+            "pushPlatform": None,
+        }
         assert PUSH_WAIT_S - 0.1 <= elapsed < PUSH_WAIT_S + 6  # waited, and not much longer (slack for load)
         doc = db.as_owner().get(f"calls/{data['callId']}").data
         assert set(doc) >= calls.CREATE_REQUIRED
@@ -258,7 +269,10 @@ class TestAnswer:
         status, data = api.post("/api/call/answer", {"call_id": call["callId"], "action": action}, BOB)
         assert status == 200
         assert data == {
-            "success": True, "callId": call["callId"], "channelName": call["channelName"], "status": expected
+            "success": True,
+            "callId": call["callId"],
+            "channelName": call["channelName"],
+            "status": expected,
         }
         doc = db.as_owner().get(f"calls/{call['callId']}").data
         assert doc["status"] == expected and isinstance(doc["answeredAt"], datetime)
@@ -341,11 +355,24 @@ class TestStatus:
         doc = db.as_owner().get(f"calls/{placed['callId']}").data
         assert status == 200
         assert data == {
-            "callId": placed["callId"], "channelName": placed["channelName"], "groupId": "grp1", "receiverId": BOB,
-            "caregiverUserId": ALICE, "groupNameSnapshot": "Boston", "giverNameSnapshot": "Jungwon",
-            "receiverNameSnapshot": None, "status": "accepted", "createdAt": format_timestamp(doc["createdAt"]),
-            "answeredAt": format_timestamp(doc["answeredAt"]), "endedAt": None, "durationSec": None,
-            "humanSummary": "", "humanKeywords": [], "humanNotes": "", "aiSummary": "", "reviewCount": 0,
+            "callId": placed["callId"],
+            "channelName": placed["channelName"],
+            "groupId": "grp1",
+            "receiverId": BOB,
+            "caregiverUserId": ALICE,
+            "groupNameSnapshot": "Boston",
+            "giverNameSnapshot": "Jungwon",
+            "receiverNameSnapshot": None,
+            "status": "accepted",
+            "createdAt": format_timestamp(doc["createdAt"]),
+            "answeredAt": format_timestamp(doc["answeredAt"]),
+            "endedAt": None,
+            "durationSec": None,
+            "humanSummary": "",
+            "humanKeywords": [],
+            "humanNotes": "",
+            "aiSummary": "",
+            "reviewCount": 0,
             "lastReviewAt": None,
         }
 

@@ -65,15 +65,23 @@ def request(db: firestore.Client, with_call: bool = True) -> tuple[str, str, str
         channel = f"group1_alice_bob_{int(time.time() * 1000)}"
         db.collection("calls").document(call_id).set(
             {
-                "callId": call_id, "groupId": "group1", "callerId": "alice", "receiverId": "bob",
-                "status": "accepted", "channelName": channel,
-                "createdAt": firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP,
+                "callId": call_id,
+                "groupId": "group1",
+                "callerId": "alice",
+                "receiverId": "bob",
+                "status": "accepted",
+                "channelName": channel,
+                "createdAt": firestore.SERVER_TIMESTAMP,
+                "updatedAt": firestore.SERVER_TIMESTAMP,
             }
         )
     else:
         channel = f"group{uuid.uuid4().hex[:6]}_carol_dave"
     doc: dict[str, Any] = {
-        "channel": channel, "status": "requested", "requestedBy": "alice", "createdAt": firestore.SERVER_TIMESTAMP,
+        "channel": channel,
+        "status": "requested",
+        "requestedBy": "alice",
+        "createdAt": firestore.SERVER_TIMESTAMP,
     }
     if call_id:
         doc["callId"] = call_id

@@ -177,7 +177,8 @@ class ApnsServer:
         """Requests seen so far, optionally only for one token and/or one answer status."""
         with self._lock:
             return [
-                r for r in self._records
+                r
+                for r in self._records
                 if (token is None or r.token == token) and (status is None or r.status == status)
             ]
 
@@ -354,7 +355,9 @@ class ApnsServer:
             claims = self._verified.get(token)
             if claims is None:
                 claims = jwt.decode(
-                    token, self._public_key, algorithms=["ES256"],  # type: ignore[arg-type]
+                    token,
+                    self._public_key,
+                    algorithms=["ES256"],  # type: ignore[arg-type]
                     options={"verify_iat": False, "verify_exp": False, "require": ["iss", "iat"]},
                 )
                 self._verified[token] = claims
@@ -434,4 +437,3 @@ class ApnsServer:
 def _new_uuid() -> str:
     raw = secrets.token_hex(16)
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
-

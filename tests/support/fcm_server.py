@@ -46,15 +46,44 @@ MAGIC = {
     "unavailable": (503, "UNAVAILABLE"),
     "internal": (500, "INTERNAL"),
 }
-_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 _TOKEN = re.compile(r"^[A-Za-z0-9_:\-]{20,4096}$")
 _DURATION = re.compile(r"^\d{1,12}(\.\d{1,9})?s$")
-_MESSAGE_FIELDS = {"name", "data", "notification", "android", "webpush", "apns", "fcm_options", "fcmOptions",
-                   "token", "topic", "condition"}
-_ANDROID_FIELDS = {"collapse_key", "collapseKey", "priority", "ttl", "restricted_package_name",
-                   "restrictedPackageName", "data", "notification", "fcm_options", "fcmOptions", "direct_boot_ok",
-                   "directBootOk"}
+_MESSAGE_FIELDS = {
+    "name",
+    "data",
+    "notification",
+    "android",
+    "webpush",
+    "apns",
+    "fcm_options",
+    "fcmOptions",
+    "token",
+    "topic",
+    "condition",
+}
+_ANDROID_FIELDS = {
+    "collapse_key",
+    "collapseKey",
+    "priority",
+    "ttl",
+    "restricted_package_name",
+    "restrictedPackageName",
+    "data",
+    "notification",
+    "fcm_options",
+    "fcmOptions",
+    "direct_boot_ok",
+    "directBootOk",
+}
 _RESERVED_DATA = {"from", "notification", "message_type", "collapse_key"}
 
 
@@ -173,7 +202,8 @@ class FcmServer:
     def records(self, token: str | None = None, status: int | None = None) -> list[FcmRecord]:
         with self._lock:
             return [
-                r for r in self._records
+                r
+                for r in self._records
                 if (token is None or r.token == token) and (status is None or r.status == status)
             ]
 
@@ -213,7 +243,10 @@ class FcmServer:
             unverified = jwt.decode(assertion, options={"verify_signature": False})
             key_id, public_key = self._accounts[str(unverified.get("iss"))]
             claims = jwt.decode(
-                assertion, public_key, algorithms=["RS256"], audience=[GOOGLE_TOKEN_URI, self.token_uri],
+                assertion,
+                public_key,
+                algorithms=["RS256"],
+                audience=[GOOGLE_TOKEN_URI, self.token_uri],
                 options={"verify_exp": False, "verify_iat": False, "require": ["iss", "aud", "iat", "exp", "scope"]},
             )
         except (jwt.PyJWTError, KeyError) as exc:
@@ -293,7 +326,7 @@ class FcmServer:
         unknown = set(body) - {"message", "validate_only", "validateOnly"}
         if unknown:
             name = sorted(unknown)[0]
-            raise _Reject(400, f"Invalid JSON payload received. Unknown name \"{name}\": Cannot find field.")
+            raise _Reject(400, f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.')
 
     def _check_message(self, message: dict[str, Any]) -> None:
         unknown = set(message) - _MESSAGE_FIELDS
@@ -323,8 +356,11 @@ class FcmServer:
         if "priority" in android and android["priority"] not in ("normal", "high", "NORMAL", "HIGH"):
             raise _Reject(400, "Invalid value at 'message.android.priority'", field="message.android.priority")
         if "ttl" in android and (not isinstance(android["ttl"], str) or not _DURATION.match(android["ttl"])):
-            raise _Reject(400, "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
-                          field="message.android.ttl")
+            raise _Reject(
+                400,
+                "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
+                field="message.android.ttl",
+            )
 
     def _outcome(self, token: str) -> None:
         with self._lock:
@@ -346,4 +382,3 @@ class FcmServer:
         if kind == "unregistered":
             raise _Reject(404, "Requested entity was not found.", code)
         raise _Reject(status, f"The service is {code.lower().replace('_', ' ')}.", code)
-

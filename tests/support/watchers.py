@@ -34,7 +34,11 @@ class WatcherProcess:
             **env,
         }
         self.process = ManagedProcess(
-            "watcher", [sys.executable, "-m", "memharbor", "watcher"], "127.0.0.1", 0, ready_path=None,
+            "watcher",
+            [sys.executable, "-m", "memharbor", "watcher"],
+            "127.0.0.1",
+            0,
+            ready_path=None,
             env=child_environment(variables),
         )
 

@@ -770,13 +770,24 @@ class TestStatusPathParameter:
 
 # Raw bodies: a lone \uD800-\uDFFF escape is valid JSON text but no UTF-8 string (json.dumps would not write one).
 SURROGATE_POSTS = [
-    ("invite-group", "/api/call/invite", b'{"group_id": "\\ud800", "caller_id": "alice", "receiver_id": "bob"}',
-     "group_id"),
-    ("invite-name", "/api/call/invite",
-     b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "caller_name": "Jung\\udc00"}', "caller_name"),
-    ("invite-snapshot", "/api/call/invite",
-     b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "giver_name_snapshot": ["\\ud800"]}',
-     "giver_name_snapshot"),
+    (
+        "invite-group",
+        "/api/call/invite",
+        b'{"group_id": "\\ud800", "caller_id": "alice", "receiver_id": "bob"}',
+        "group_id",
+    ),
+    (
+        "invite-name",
+        "/api/call/invite",
+        b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "caller_name": "Jung\\udc00"}',
+        "caller_name",
+    ),
+    (
+        "invite-snapshot",
+        "/api/call/invite",
+        b'{"group_id": "g1", "caller_id": "alice", "receiver_id": "bob", "giver_name_snapshot": ["\\ud800"]}',
+        "giver_name_snapshot",
+    ),
     ("answer-id", "/api/call/answer", b'{"call_id": "\\ud800", "action": "accept"}', "call_id"),
     ("answer-action", "/api/call/answer", b'{"call_id": "c1", "action": "\\ud800"}', "action"),
     ("cancel", "/api/call/cancel", b'{"call_id": "c\\ud8001"}', "call_id"),
@@ -892,7 +903,11 @@ class TestStatusOfMalformedCalls:
     async def test_strings_are_not_passed_as_timestamps(self, client: Client, world: World) -> None:
         """Timestamps stored as ISO strings or numbers are null: only datetimes are reported."""
         data = await self._status(
-            client, world, status="ended", answeredAt="2026-02-02T02:40:00Z", endedAt=1_770_000_000,
+            client,
+            world,
+            status="ended",
+            answeredAt="2026-02-02T02:40:00Z",
+            endedAt=1_770_000_000,
             lastReviewAt="soon",
         )
         assert data["answeredAt"] is None and data["endedAt"] is None and data["lastReviewAt"] is None
@@ -907,7 +922,12 @@ class TestStatusOfMalformedCalls:
     async def test_review_fields_keep_their_types(self, client: Client, world: World) -> None:
         """Non-string texts become '', non-string keywords are dropped, a non-integer count is 0; all named."""
         data = await self._status(
-            client, world, humanSummary=7, humanKeywords=["tea", 3, None], humanNotes=["x"], aiSummary={"a": 1},
+            client,
+            world,
+            humanSummary=7,
+            humanKeywords=["tea", 3, None],
+            humanNotes=["x"],
+            aiSummary={"a": 1},
             reviewCount="2",
         )
         assert (data["humanSummary"], data["humanNotes"], data["aiSummary"]) == ("", "", "")
@@ -950,8 +970,16 @@ class TestStatusOfMalformedCalls:
         """A call written by the contract fits the schema and has no malformedFields."""
         now = world.service.now()
         data = await self._status(
-            client, world, status="ended", answeredAt=now, endedAt=now + timedelta(seconds=3), durationSec=3,
-            humanKeywords=["a"], reviewCount=1, lastReviewAt=now, callerName="J",
+            client,
+            world,
+            status="ended",
+            answeredAt=now,
+            endedAt=now + timedelta(seconds=3),
+            durationSec=3,
+            humanKeywords=["a"],
+            reviewCount=1,
+            lastReviewAt=now,
+            callerName="J",
         )
         assert "malformedFields" not in data and data["durationSec"] == 3
 

@@ -381,4 +381,3 @@ class TestPushSettings:
         """Without them APNs is reached directly and trusted through the system CAs."""
         settings = from_mapping(self._apns_env())
         assert settings.apns is not None and settings.apns.proxy is None and settings.apns.ca_file is None
-

@@ -139,11 +139,13 @@ class Connection:
         pcm = tone(1000.0, 0.5, seconds=0.5)
         for k in range(50):
             chunk = bytearray(pcm[k * 320 : (k + 1) * 320])
-            frame = AudioFrame(samples_per_channel=160, bytes_per_sample=2, channels=1, samples_per_sec=16000,
-                               buffer=chunk)
+            frame = AudioFrame(
+                samples_per_channel=160, bytes_per_sample=2, channels=1, samples_per_sec=16000, buffer=chunk
+            )
             self.frames.on_playback_audio_frame_before_mixing(None, channel, "4242", frame, -1, None)
-        odd = AudioFrame(samples_per_channel=480, bytes_per_sample=2, channels=1, samples_per_sec=48000,
-                         buffer=bytearray(960))
+        odd = AudioFrame(
+            samples_per_channel=480, bytes_per_sample=2, channels=1, samples_per_sec=48000, buffer=bytearray(960)
+        )
         self.frames.on_playback_audio_frame_before_mixing(None, channel, "4242", odd, -1, None)
         self.observer.on_user_left(self, "4242", 0)
 
@@ -182,14 +184,25 @@ class AgoraService:
 def stub_sdk(monkeypatch: pytest.MonkeyPatch) -> type[AgoraService]:
     """Install the stub as `agora.rtc.agora_service` / `agora.rtc.agora_base`; reset the shared service."""
     base = types.ModuleType("agora.rtc.agora_base")
-    for cls in (ClientRoleType, ChannelProfileType, AudioScenarioType, AudioPublishType, VideoPublishType,
-                RTCConnConfig, RtcConnectionPublishConfig):
+    for cls in (
+        ClientRoleType,
+        ChannelProfileType,
+        AudioScenarioType,
+        AudioPublishType,
+        VideoPublishType,
+        RTCConnConfig,
+        RtcConnectionPublishConfig,
+    ):
         setattr(base, cls.__name__, cls)
     service = types.ModuleType("agora.rtc.agora_service")
     service.AgoraService = AgoraService  # type: ignore[attr-defined]
     service.AgoraServiceConfig = AgoraServiceConfig  # type: ignore[attr-defined]
-    for name, module in (("agora", types.ModuleType("agora")), ("agora.rtc", types.ModuleType("agora.rtc")),
-                         ("agora.rtc.agora_base", base), ("agora.rtc.agora_service", service)):
+    for name, module in (
+        ("agora", types.ModuleType("agora")),
+        ("agora.rtc", types.ModuleType("agora.rtc")),
+        ("agora.rtc.agora_base", base),
+        ("agora.rtc.agora_service", service),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(agora_channel, "_service", None)
     monkeypatch.setattr(agora_channel, "_service_app_id", None)
@@ -291,8 +304,13 @@ class TestSessionOverAgora:
                 return None
 
         session = RecordingSession(
-            SessionPlan("s", "c", "w"), AgoraChannel("a" * 32), RecordingDir(tmp_path), SessionClock(),
-            SessionConfig(idle_s=0.3), lambda c, u, t: "tok", Hooks(),
+            SessionPlan("s", "c", "w"),
+            AgoraChannel("a" * 32),
+            RecordingDir(tmp_path),
+            SessionClock(),
+            SessionConfig(idle_s=0.3),
+            lambda c, u, t: "tok",
+            Hooks(),
         )
         segment = await session.run()
         x = np.frombuffer(wav.read_pcm(tmp_path / segment.mix.filename)[1], dtype="<i2")

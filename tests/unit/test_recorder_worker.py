@@ -51,8 +51,14 @@ class FakeSession:
 
 def recorder(root: Path, store: Any = None, uploader: Any = None) -> Recorder:
     return Recorder(
-        store or FakeStore(), None, uploader or FakeUploader(), lambda: None,  # type: ignore[arg-type,return-value]
-        RecordingDir(root), None, SessionClock(), RecorderConfig(worker_id="me", session=SessionConfig()),  # type: ignore[arg-type]
+        store or FakeStore(),
+        None,
+        uploader or FakeUploader(),
+        lambda: None,  # type: ignore[arg-type,return-value]
+        RecordingDir(root),
+        None,
+        SessionClock(),
+        RecorderConfig(worker_id="me", session=SessionConfig()),  # type: ignore[arg-type]
         lambda c, u, t: "",
     )
 
@@ -64,8 +70,15 @@ def leave_crashed_file(root: Path, worker_id: str, seconds: float = 1.0, state: 
     name = files.new_name("group1_alice_bob", datetime(2026, 2, 3, 12, 0, tzinfo=UTC))
     with open(root / name, "wb") as f:
         f.write(wav.header(0) + b"\x10\x00" * int(16000 * seconds))
-    sidecar = Sidecar(sid="sid-9", channel="group1_alice_bob", filename=name, worker_id=worker_id,
-                      started_at=1770120000.0, call_id="call-9", state=state)
+    sidecar = Sidecar(
+        sid="sid-9",
+        channel="group1_alice_bob",
+        filename=name,
+        worker_id=worker_id,
+        started_at=1770120000.0,
+        call_id="call-9",
+        state=state,
+    )
     files.write_sidecar(sidecar)
     return sidecar
 
@@ -115,8 +128,15 @@ class TestRecovery:
         assert store.completed == [] and len(RecordingDir(tmp_path).sidecars()) == 1
 
 
-def event(sid: str, status: str, *, stop: bool = False, worker: str | None = None, lease_s: float | None = None,
-          change: str = "MODIFIED") -> SessionEvent:
+def event(
+    sid: str,
+    status: str,
+    *,
+    stop: bool = False,
+    worker: str | None = None,
+    lease_s: float | None = None,
+    change: str = "MODIFIED",
+) -> SessionEvent:
     lease = datetime.now(UTC) + timedelta(seconds=lease_s) if lease_s is not None else None
     return SessionEvent(sid, change, status, stop, worker, lease)
 
@@ -144,8 +164,9 @@ class TestEvents:
             ("stopped", None, None, False),
         ],
     )
-    def test_claimable(self, tmp_path: Path, status: str, worker: str | None, lease_s: float | None,
-                       claimable: bool) -> None:
+    def test_claimable(
+        self, tmp_path: Path, status: str, worker: str | None, lease_s: float | None, claimable: bool
+    ) -> None:
         """Requested and unheld, or held under a lapsed lease: claimable; anything else is not."""
         e = event("x", status, worker=worker, lease_s=lease_s)
         assert recorder(tmp_path)._claimable(e.status, e.worker_id, e.lease_until) is claimable
