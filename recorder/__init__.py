@@ -1,1 +1,4 @@
-"""recorder: the recording worker (not built yet; see the recording issue)."""
+"""recorder: the recording worker (`memharbor recorder`): claims `recordings/{sid}`, records calls to WAV, uploads.
+
+See recorder/README.md for the audio path, the stop conditions, crash recovery and the simulation.
+"""

@@ -6,7 +6,9 @@ network jitter does not tear the audio apart, and a burst never piles onto the s
 until its arrival time runs more than `resync_slots` ahead of that count, e.g. after it paused or was
 muted, when it is placed by arrival time again: the gap stays silent and the timeline stays true.
 Slots are kept in a small ring of int32 sums and written out (clipped to int16) once they are
-`latency_slots` behind the present, so memory is constant.
+`latency_slots` behind the present, so memory is constant. Silence after the last placed frame is held
+back: it is written only once later audio arrives (as the gap before it) or when `finish` is asked to
+end later, so a recording that stops because everyone left can end where the last audio ended.
 A frame whose slot has already been written (its sender fell behind by more than the latency) is
 put in the oldest open slot instead of being thrown away, and counted in `late`.
 """
@@ -115,17 +117,28 @@ class TimelineMixer:
         return track
 
     def advance(self, now_s: float) -> None:
-        """Write out every slot more than the latency behind `now_s`."""
-        target = slot_of(now_s) - self.latency_slots
+        """Write out every slot more than the latency behind `now_s`, up to the last placed frame."""
+        target = min(slot_of(now_s) - self.latency_slots, self.placed_end)
         if target > self.written:
             self._flush_to(target)
 
-    def finish(self, end_s: float) -> None:
-        """Write everything: up to `end_s`, or to the end of the last placed frame if that is later."""
-        self._flush_to(max(slot_of(end_s), self.placed_end))
+    def finish(self, end_s: float, *, trim_silence: bool = False) -> None:
+        """Write everything: up to `end_s`, or to the end of the last placed frame if that is later.
+
+        With `trim_silence` the file ends with the last placed frame whatever `end_s` says.
+        """
+        self._flush_to(self.placed_end if trim_silence else max(slot_of(end_s), self.placed_end))
 
     def _flush_to(self, target: int) -> None:
         while self.written < target:
+            if self.written >= self.placed_end:
+                # Beyond the last placed frame the ring holds only zeros; held-back silence can be long
+                # (participants present but muted), so it bypasses the ring in large writes.
+                samples = (target - self.written) * FRAME_SAMPLES
+                for writer in (self.out, *(track.writer for track in self.tracks.values())):
+                    writer.write_silence(samples)
+                self.written = target
+                return
             start = self.written % self.capacity
             n = min(target - self.written, self.capacity - start)
             self.out.write(self._take(self._ring, start, n))

@@ -3,7 +3,8 @@
 The session knows nothing of Firestore: it reports `started` and `stopping` through hooks and returns
 the finished segment; the worker claims, uploads and writes documents around it. Stop conditions
 checked here: a stop request (`request_stop`: stopRequested, SIGTERM, a lost lease), every remote
-participant gone for `idle_s`, and `max_s` of recording.
+participant gone for `idle_s`, and `max_s` of recording. The file runs from the join to the stop
+moment, except after an idle stop: then it ends where the last audio ended, without the wait.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 from memharbor.logs import get_logger
 from memharbor.wav import WavWriter
 from recorder.audio import CONNECTION_FAILED, JOINED, LEFT, TOKEN_WILL_EXPIRE, AudioSource, Event
-from recorder.clock import SessionClock
+from recorder.clock import Clock
 from recorder.files import FINALIZED, RecordingDir, Sidecar, safe
 from recorder.mixer import TimelineMixer
 
@@ -98,7 +99,7 @@ class RecordingSession:
         plan: SessionPlan,
         source: AudioSource,
         files: RecordingDir,
-        clock: SessionClock,
+        clock: Clock,
         config: SessionConfig,
         mint_token: TokenMinter,
         hooks: SessionHooks,
@@ -243,7 +244,9 @@ class RecordingSession:
             log.warning("session.connection_problem", sid=self.plan.sid, detail=event.detail)
 
     def _finish(self, mixer: TimelineMixer, end_s: float, started_at: datetime, reason: str) -> Segment:
-        mixer.finish(end_s)
+        # After an idle stop the tail is `idle_s` of nothing (30 s by default): a listener, or a summary
+        # model, gets the call without it, and the stored duration is that of the trimmed file.
+        mixer.finish(end_s, trim_silence=reason == IDLE)
         results = []
         for writer in self._writers:
             info = writer.close()

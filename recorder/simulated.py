@@ -1,9 +1,16 @@
 """SimulatedChannel: an AudioSource for dev and tests, with scripted participants that talk in real time.
 
-Each participant joins, talks (a tone or a WAV file of 16 kHz mono 16-bit PCM) during its talk spans
-and leaves, on cue, relative to the moment the bot joined. Frames are delivered every `tick_s` (all
-frames that have come due since the last tick), each stamped with the instant it was due, as a
-perfect network would deliver them; the same joined/left events as Agora's are sent.
+Each participant joins, talks (a tone or a WAV file) during its talk spans and leaves, on cue, relative
+to the moment the bot joined. Frames are delivered every `tick_s` (all frames that have come due since
+the last tick), each stamped with the instant it was due, as a perfect network would deliver them; the
+same joined/left events as Agora's are sent.
+
+A participant's signal runs on only while it talks: a later talk span continues where the previous one
+stopped, so one WAV file can hold what a participant says in several turns. A WAV file may be any
+integer PCM (8/16/24/32-bit, any rate, any number of channels): it is converted to 16 kHz mono once, as
+`recorder.pcm` describes (channels averaged, polyphase resampling with an anti-alias filter). A file
+that is played once ends with its last partial 10 ms frame padded with silence; a looping file runs on
+from its last sample into its first with no gap.
 
 A script is JSON: a list of participants, or `{"participants": [...]}`, each
 `{"uid": "101", "tone_hz": 440, "amplitude": 0.3, "join_at": 0, "leave_at": null, "talk": [[0, null]]}`
@@ -13,9 +20,10 @@ or with `"wav": "path/to/file.wav"` instead of a tone (it repeats when `"loop": 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,8 @@ import numpy as np
 
 from memharbor import wav
 from recorder.audio import FRAME_BYTES, FRAME_S, JOINED, LEFT, SAMPLE_RATE, Inbox, JoinError
-from recorder.clock import SessionClock
+from recorder.clock import Clock, SessionClock
+from recorder.pcm import to_recorder_format
 
 
 class ScriptError(ValueError):
@@ -49,22 +58,30 @@ class SimParticipant:
         return any(start <= t and (end is None or t < end) for start, end in self.talk)
 
 
-@dataclass
 class _Voice:
-    """A participant's signal: one second (or the whole WAV) of PCM read frame by frame."""
+    """A participant's signal (one second of tone, or the whole WAV) read frame by frame.
 
-    pcm: bytes
-    loop: bool
-    frames: int = field(init=False)
+    `frame(k)` is the k-th 10 ms frame of talk. A looping signal wraps at the sample, so a file whose
+    length is not a whole number of frames loops without a gap; a signal played once has its last
+    partial frame padded with silence and then ends.
+    """
 
-    def __post_init__(self) -> None:
-        self.frames = len(self.pcm) // FRAME_BYTES
+    def __init__(self, pcm: bytes, loop: bool) -> None:
+        self.loop = loop
+        self.pcm = pcm if loop else pcm + bytes(-len(pcm) % FRAME_BYTES)
+        self.frames = -(-len(self.pcm) // FRAME_BYTES)
 
     def frame(self, k: int) -> bytes | None:
-        if self.frames == 0 or (k >= self.frames and not self.loop):
+        size = len(self.pcm)
+        if size == 0 or (k >= self.frames and not self.loop):
             return None
-        k %= self.frames
-        return self.pcm[k * FRAME_BYTES : (k + 1) * FRAME_BYTES]
+        start = k * FRAME_BYTES % size
+        end = start + FRAME_BYTES
+        if end <= size:
+            return self.pcm[start:end]
+        # Across the loop point: the end of the signal, then its beginning (as often as it takes).
+        need = (end - size) // size + 2
+        return (self.pcm[start:] + self.pcm * need)[:FRAME_BYTES]
 
 
 def tone(hz: float, amplitude: float = 0.3, seconds: float = 1.0) -> bytes:
@@ -74,23 +91,37 @@ def tone(hz: float, amplitude: float = 0.3, seconds: float = 1.0) -> bytes:
     return np.round(samples).astype("<i2").tobytes()
 
 
+@functools.lru_cache(maxsize=16)
+def _converted(path: Path, mtime_ns: int, size: int) -> bytes:
+    """A WAV file's samples as 16 kHz mono int16, converted once per version of the file (every session reuses it)."""
+    try:
+        info, pcm = wav.read_pcm(path)
+    except (OSError, wav.WavError) as exc:
+        raise ScriptError(f"{path}: {exc}") from None
+    return to_recorder_format(pcm, info.sample_rate, info.channels, info.bits_per_sample)
+
+
+def load_wav(path: Path) -> bytes:
+    """The samples of a WAV file of any integer PCM format, as 16 kHz mono int16 PCM."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ScriptError(f"{path}: {exc.strerror}") from None
+    return _converted(path, stat.st_mtime_ns, stat.st_size)
+
+
 def _voice(p: SimParticipant) -> _Voice:
     if p.wav is not None:
-        info, pcm = wav.read_pcm(p.wav)
-        if (info.sample_rate, info.channels, info.bits_per_sample) != (SAMPLE_RATE, 1, 16):
-            raise ScriptError(f"{p.wav}: expected 16 kHz mono 16-bit PCM")
-        return _Voice(pcm, p.loop)
+        return _Voice(load_wav(p.wav), p.loop)
     return _Voice(tone(p.tone_hz or 440.0, p.amplitude), True)
 
 
 class SimulatedChannel:
     """Plays a script into the inbox, in (possibly sped-up) real time."""
 
-    def __init__(
-        self, participants: list[SimParticipant], clock: SessionClock | None = None, tick_s: float = 0.02
-    ) -> None:
+    def __init__(self, participants: list[SimParticipant], clock: Clock | None = None, tick_s: float = 0.02) -> None:
         self.participants = participants
-        self.clock = clock or SessionClock()
+        self.clock: Clock = clock or SessionClock()
         self.tick_s = tick_s
         self.inbox = Inbox()
         self.channel: str | None = None
@@ -101,6 +132,7 @@ class SimulatedChannel:
         self._task: asyncio.Task[None] | None = None
         self._start = 0.0
         self._next_k = [0] * len(participants)
+        self._spoken = [0] * len(participants)  # frames of talk so far: where each signal continues
         self._present = [False] * len(participants)
 
     async def join(self, channel: str, uid: int, token: str) -> None:
@@ -145,20 +177,12 @@ class SimulatedChannel:
         while (k + 1) * FRAME_S <= now + 1e-9:
             t = k * FRAME_S
             if p.talking(t):
-                pcm = voice.frame(self._talk_frame(p, k))
+                pcm = voice.frame(self._spoken[i])
+                self._spoken[i] += 1
                 if pcm is not None:
                     self.inbox.frame(p.uid, start + t, pcm)
                     self.emitted += 1
             k += 1
-        return k
-
-    @staticmethod
-    def _talk_frame(p: SimParticipant, k: int) -> int:
-        """Frame number within the current talk span (each span starts the signal from its beginning)."""
-        t = k * FRAME_S
-        for span_start, end in p.talk:
-            if span_start <= t and (end is None or t < end):
-                return k - round(max(span_start, p.join_at) / FRAME_S)
         return k
 
 

@@ -22,7 +22,7 @@ from memharbor.heartbeat import Heartbeat
 from memharbor.logs import get_logger
 from memharbor.recording_requests import RecordingStatus
 from recorder.audio import AudioSource, JoinError
-from recorder.clock import SessionClock
+from recorder.clock import Clock
 from recorder.files import RECORDING, RecordingDir, Sidecar
 from recorder.listener import SessionEvent, SessionListener
 from recorder.session import (
@@ -70,7 +70,7 @@ class Recorder:
         make_source: Callable[[], AudioSource],
         files: RecordingDir,
         heartbeat: Heartbeat,
-        clock: SessionClock,
+        clock: Clock,
         config: RecorderConfig,
         mint_token: TokenMinter,
     ) -> None:

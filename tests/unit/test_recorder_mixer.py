@@ -72,13 +72,15 @@ class TestMixing:
     def test_late_frame_is_kept_not_dropped(self, tmp_path: Path) -> None:
         """A frame whose slot is already written goes into the oldest open slot and is counted."""
         m = mixer(tmp_path, latency_slots=5, capacity=20)
-        m.add("a", 0.0, frame(1))
-        m.advance(1.0)
+        for k in range(100):
+            m.add("a", k * 0.01, frame(1))
+        m.advance(1.0)  # slots before 0.95 s are on disk
         m.add("b", 0.05, frame(7))
         m.finish(1.0)
         m.out.close()
         x = samples(tmp_path / "mix.wav")
-        assert m.late == 1 and (x == 7).sum() == 160
+        assert m.late == 1 and len(x) == 100 * 160
+        assert (x[95 * 160 : 96 * 160] == 8).all() and (x == 8).sum() == 160
 
     def test_burst_is_laid_end_to_end(self, tmp_path: Path) -> None:
         """Ten frames arriving at once take ten consecutive slots instead of piling up."""
@@ -96,6 +98,43 @@ class TestMixing:
         m.finish(0.01)
         m.out.close()
         assert m.malformed == 1 and len(samples(tmp_path / "mix.wav")) == 160
+
+
+class TestTrailingSilence:
+    """Silence after the last frame is written only when later audio or the stop asks for it."""
+
+    def test_silence_after_the_last_frame_is_held_back(self, tmp_path: Path) -> None:
+        """Five seconds after a single frame only that frame is on disk; finish pads to the stop."""
+        m = mixer(tmp_path)
+        m.add("a", 0.0, frame(5))
+        m.advance(5.0)
+        assert m.written == 1 and m.out.data_bytes == 320
+        m.finish(5.0)
+        m.out.close()
+        x = samples(tmp_path / "mix.wav")
+        assert len(x) == 500 * 160 and (x[:160] == 5).all() and (x[160:] == 0).all()
+
+    def test_trimmed_finish_ends_with_the_last_frame(self, tmp_path: Path) -> None:
+        """finish(trim_silence=True) ends the file with the last placed frame, whatever the stop time."""
+        m = mixer(tmp_path)
+        m.add("a", 0.0, frame(5, 30))
+        m.advance(40.0)
+        m.finish(40.0, trim_silence=True)
+        m.out.close()
+        x = samples(tmp_path / "mix.wav")
+        assert len(x) == 30 * 160 and (x == 5).all() and m.duration_ms == 300
+
+    def test_long_gap_is_written_when_audio_returns(self, tmp_path: Path) -> None:
+        """Audio a minute after the last frame lands at its true time, the minute between silent."""
+        m = mixer(tmp_path)
+        m.add("a", 0.0, frame(5))
+        m.advance(59.0)
+        m.add("a", 60.0, frame(6))
+        m.finish(60.01, trim_silence=True)
+        m.out.close()
+        x = samples(tmp_path / "mix.wav")
+        assert len(x) == 6001 * 160 and (x[:160] == 5).all() and (x[-160:] == 6).all()
+        assert not x[160:-160].any() and m.late == 0
 
 
 class TestTracks:
@@ -121,3 +160,24 @@ class TestTracks:
         assert (t1 == 10).all()
         assert (t2[:8000] == 0).all() and (t2[8000:] == 20).all()
         assert (mix[8000:] == 30).all() and m.late == 0
+
+    def test_held_back_silence_reaches_every_track(self, tmp_path: Path) -> None:
+        """A ten-second gap before participant 1 speaks again is silence of the same length in both tracks."""
+        writers: dict[str, wav.WavWriter] = {}
+
+        def track(uid: str) -> wav.WavWriter:
+            writers[uid] = wav.WavWriter(tmp_path / f"t{uid}.wav")
+            return writers[uid]
+
+        m = TimelineMixer(wav.WavWriter(tmp_path / "mix.wav"), track_writer=track)
+        m.add("1", 0.0, frame(10))
+        m.add("2", 0.0, frame(20))
+        m.advance(9.0)
+        m.add("1", 10.0, frame(30))
+        m.finish(10.01)
+        for w in (m.out, *writers.values()):
+            w.close()
+        t1, t2, mix = samples(tmp_path / "t1.wav"), samples(tmp_path / "t2.wav"), samples(tmp_path / "mix.wav")
+        assert len(t1) == len(t2) == len(mix) == 1001 * 160
+        assert (t1[:160] == 10).all() and (t1[-160:] == 30).all() and not t1[160:-160].any()
+        assert (t2[:160] == 20).all() and not t2[160:].any() and (mix[-160:] == 30).all()

@@ -1,4 +1,7 @@
-"""A recording session over a SimulatedChannel, on a sped-up clock: timing, content and stop conditions."""
+"""A recording session over a SimulatedChannel, on a virtual clock: timing, content and stop conditions.
+
+The virtual clock never waits, so a session of minutes runs in milliseconds on the same timeline.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,10 @@ import pytest
 
 from memharbor import wav
 from recorder.audio import TOKEN_WILL_EXPIRE, Inbox
-from recorder.clock import SessionClock
+from recorder.clock import VirtualClock
 from recorder.files import FINALIZED, RECORDING, RecordingDir
 from recorder.session import RecordingSession, Segment, SessionConfig, SessionPlan
-from recorder.simulated import ScriptError, SimParticipant, SimulatedChannel, parse_script, tone
-
-SPEED = 4.0
+from recorder.simulated import ScriptError, SimParticipant, SimulatedChannel, _Voice, parse_script, tone
 
 
 class Hooks:
@@ -38,7 +39,7 @@ class Hooks:
 def make(
     tmp_path: Path, participants: list[SimParticipant], hooks: Hooks | None = None, **config: object
 ) -> RecordingSession:
-    clock = SessionClock(SPEED)
+    clock = VirtualClock()
     source = SimulatedChannel(participants, clock)
     settings = SessionConfig(**config)  # type: ignore[arg-type]
     return RecordingSession(
@@ -50,6 +51,12 @@ def make(
         lambda channel, uid, ttl: f"token-{channel}-{uid}-{ttl}",
         hooks or Hooks(),
     )
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, channels: int = 1) -> None:
+    writer = wav.WavWriter(path, sample_rate=rate, channels=channels)
+    writer.write(samples.astype("<i2").tobytes())
+    writer.close()
 
 
 def pcm(tmp_path: Path, segment: Segment, name: str | None = None) -> np.ndarray:
@@ -70,9 +77,9 @@ def sound_span(x: np.ndarray) -> tuple[float, float]:
 async def stop_after(session: RecordingSession, seconds: float) -> float:
     """Request a stop `seconds` after the recording began; returns the recording time of the request."""
     while session.mixer is None:
-        await asyncio.sleep(0.001)
+        await session.clock.sleep(0.001)
     while session.now() < seconds:
-        await asyncio.sleep(0.002)
+        await session.clock.sleep(seconds - session.now())
     at = session.now()
     session.request_stop("requested")
     return at
@@ -93,8 +100,8 @@ class TestTimeline:
         start, end = sound_span(x)
         assert abs(start - 0.5) <= 0.05 and abs(end - 2.5) <= 0.05
         assert abs((end - start) - 2.0) <= 0.05
-        assert segment.stop_reason == "idle"
-        assert 3.0 - 0.05 <= segment.mix.duration_ms / 1000 <= 3.3
+        assert segment.stop_reason == "idle" and abs(session.stop_at - 3.0) <= 0.05
+        assert 2.5 - 0.05 <= segment.mix.duration_ms / 1000 <= 2.5 + 0.05
         assert segment.late_frames == 0 and segment.dropped_frames == 0
 
     async def test_both_participants_audible_in_the_mix(self, tmp_path: Path) -> None:
@@ -140,13 +147,35 @@ class TestStops:
     async def test_nobody_ever_joins(self, tmp_path: Path) -> None:
         """An empty channel is idle from the start."""
         segment = await make(tmp_path, [], idle_s=0.3).run()
-        assert segment.stop_reason == "idle" and segment.frames == 0
+        assert segment.stop_reason == "idle" and segment.frames == 0 and segment.mix.duration_ms == 0
 
     async def test_idle_waits_for_the_last_participant(self, tmp_path: Path) -> None:
         """One leaving does not stop it while the other stays; the stop comes idle_s after the last left."""
         people = [SimParticipant("1", leave_at=0.5), SimParticipant("2", 1000.0, leave_at=1.5)]
-        segment = await make(tmp_path, people, idle_s=0.5).run()
-        assert segment.stop_reason == "idle" and segment.mix.duration_ms >= 1950
+        session = make(tmp_path, people, idle_s=0.5)
+        segment = await session.run()
+        assert segment.stop_reason == "idle" and abs(session.stop_at - 2.0) <= 0.05
+        assert abs(segment.mix.duration_ms - 1500) <= 10
+
+    async def test_idle_stop_ends_the_file_at_the_last_audio(self, tmp_path: Path) -> None:
+        """After the default 30 s idle wait the WAV ends with the last participant's audio (+ at most a frame)."""
+        session = make(tmp_path, [SimParticipant("1", 440.0, talk=((0, 1.2),), leave_at=1.5)])
+        segment = await session.run()
+        x = pcm(tmp_path, segment)
+        assert segment.stop_reason == "idle" and abs(session.stop_at - 31.5) <= 0.05
+        assert 1.2 <= len(x) / 16000 <= 1.2 + 0.01 and sound_span(x)[1] >= 1.19
+        info = wav.read_info(tmp_path / segment.mix.filename)
+        assert segment.mix.duration_ms == info.duration_ms == len(x) * 1000 // 16000
+        assert segment.mix.file_size == (tmp_path / segment.mix.filename).stat().st_size
+
+    async def test_requested_stop_keeps_the_silence_before_it(self, tmp_path: Path) -> None:
+        """Only an idle stop trims: a stop request 1 s after the talk ended keeps that second of silence."""
+        session = make(tmp_path, [SimParticipant("1", 440.0, talk=((0, 0.5),))])
+        task = asyncio.create_task(stop_after(session, 1.5))
+        segment = await session.run()
+        await task
+        x = pcm(tmp_path, segment)
+        assert abs(len(x) / 16000 - 1.5) <= 0.02 and np.abs(x[int(0.55 * 16000) :]).max() == 0
 
     async def test_lost_claim_stops_at_once(self, tmp_path: Path) -> None:
         """When `started` says the session is no longer ours, it stops with lease_lost."""
@@ -173,7 +202,7 @@ class TestTokensAndFiles:
         source2 = session2.source
         assert isinstance(source2, SimulatedChannel)
         run2 = asyncio.create_task(session2.run())
-        await asyncio.sleep(0.05)
+        await session2.clock.sleep(0.05)
         source2.inbox.event(TOKEN_WILL_EXPIRE, "", 0.0)
         await stop_after(session2, 0.5)
         await run2
@@ -183,7 +212,7 @@ class TestTokensAndFiles:
         """While recording the sidecar names the session and state `recording`; then `finalized`."""
         session = make(tmp_path, [SimParticipant("1")])
         run = asyncio.create_task(session.run())
-        await asyncio.sleep(0.1)
+        await session.clock.sleep(0.1)
         [sidecar] = RecordingDir(tmp_path).sidecars()
         assert (sidecar.sid, sidecar.call_id, sidecar.state) == ("sid-1", "call-1", RECORDING)
         assert wav.try_lock(tmp_path / sidecar.filename) is None
@@ -236,6 +265,78 @@ class TestSimulation:
         await task
         start, end = sound_span(pcm(out, segment))
         assert start <= 0.01 and abs(end - 0.5) <= 0.02
+
+    async def test_later_talk_span_continues_the_file(self, tmp_path: Path) -> None:
+        """Talk spans [0, 0.5) and [1, 1.5) say the file's first half, then its second half."""
+        voice = np.random.default_rng(7).integers(-8000, 8000, 16000)
+        write_wav(tmp_path / "voice.wav", voice)
+        script = [{"uid": "9", "wav": "voice.wav", "loop": False, "talk": [[0, 0.5], [1, 1.5]], "leave_at": 1.5}]
+        [p] = parse_script(json.dumps(script), tmp_path)
+        segment = await make(tmp_path / "out", [p], idle_s=0.2).run()
+        x = pcm(tmp_path / "out", segment)
+        assert (x[:8000] == voice[:8000]).all() and (x[8000:16000] == 0).all()
+        assert (x[16000:24000] == voice[8000:]).all() and len(x) == 24000
+
+    async def test_partial_last_frame_is_played_padded(self, tmp_path: Path) -> None:
+        """A file of 50.5 frames played once is heard whole, its last half frame followed by silence."""
+        voice = np.random.default_rng(8).integers(-8000, 8000, 8080)
+        write_wav(tmp_path / "voice.wav", voice)
+        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
+        session = make(tmp_path / "out", [p])
+        task = asyncio.create_task(stop_after(session, 1.0))
+        segment = await session.run()
+        await task
+        x = pcm(tmp_path / "out", segment)
+        assert (x[:8080] == voice).all() and (x[8080:] == 0).all() and len(x) >= 16000
+
+    async def test_looping_file_runs_on_without_a_gap(self, tmp_path: Path) -> None:
+        """A looping file of 50.5 frames starts again right after its last sample, not at a frame boundary."""
+        voice = np.random.default_rng(9).integers(-8000, 8000, 8080)
+        write_wav(tmp_path / "voice.wav", voice)
+        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": True}]), tmp_path)
+        session = make(tmp_path / "out", [p])
+        task = asyncio.create_task(stop_after(session, 1.2))
+        segment = await session.run()
+        await task
+        x = pcm(tmp_path / "out", segment)
+        assert (x[: 2 * 8080] == np.tile(voice, 2)).all()
+
+    async def test_file_shorter_than_a_frame_loops_within_each_frame(self) -> None:
+        """A looping 100-sample file fills every 160-sample frame with itself, end to end."""
+        voice = np.arange(100, dtype="<i2")
+        clock = VirtualClock()
+        channel = SimulatedChannel([SimParticipant("9")], clock)
+        channel._voices[0] = _Voice(voice.tobytes(), True)
+        await channel.join("c", 999999, "t")
+        await clock.sleep(0.03)
+        await channel.leave()
+        frames = [item[2] for item in channel.inbox.drain() if isinstance(item, tuple)]
+        played = np.frombuffer(b"".join(frames), dtype="<i2")
+        assert len(frames) == 3 and (played == np.tile(voice, 5)[:480]).all()
+
+    async def test_48_khz_stereo_file_plays_as_16_khz_mono(self, tmp_path: Path) -> None:
+        """0.5 s of a 1000 Hz tone at 48 kHz in both channels is heard for 0.5 s at 1000 Hz and its level."""
+        t = np.arange(24000) / 48000
+        left = np.round(np.sin(2 * np.pi * 1000 * t) * 12000)
+        write_wav(tmp_path / "voice.wav", np.stack([left, left], axis=1), rate=48000, channels=2)
+        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
+        session = make(tmp_path / "out", [p])
+        task = asyncio.create_task(stop_after(session, 1.0))
+        segment = await session.run()
+        await task
+        x = pcm(tmp_path / "out", segment)
+        start, end = sound_span(x)
+        assert start <= 0.002 and abs(end - 0.5) <= 0.002
+        assert energy(x[:8000], 1000) > 0.99 and 11800 <= np.abs(x[200:7800]).max() <= 12200
+
+    def test_float_wav_is_refused_naming_the_file(self, tmp_path: Path) -> None:
+        """A 32-bit float WAV (format 3) cannot be played: ScriptError with its path."""
+        head = bytearray(wav.header(4, bits=32))
+        head[20:22] = (3).to_bytes(2, "little")
+        (tmp_path / "float.wav").write_bytes(bytes(head) + b"\x00" * 4)
+        [p] = parse_script(json.dumps([{"uid": "9", "wav": "float.wav"}]), tmp_path)
+        with pytest.raises(ScriptError, match=r"float\.wav"):
+            SimulatedChannel([p], VirtualClock())
 
     def test_inbox_counts_what_it_cannot_hold(self) -> None:
         """Beyond max_items frames are dropped and counted; events always fit."""
