@@ -1,11 +1,13 @@
 # Two commands matter: `make run` (the whole stack locally) and `make test` (the whole suite).
-# Both create or update .venv themselves.
+# Both create or update .venv themselves. The bench targets also install the `bench` extra (Django and
+# gunicorn, for the seed-style baseline of bench-token); no test needs it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: run test venv lint typecheck unit bench bench-token bench-calls bench-push bench-recorder clean
+.PHONY: run test venv bench-venv lint typecheck unit bench bench-token bench-calls bench-push bench-recorder clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -15,6 +17,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
 
 run: venv
 	$(VENV)/bin/memharbor dev
@@ -35,16 +43,16 @@ unit: venv
 
 bench: bench-token bench-calls bench-push bench-recorder
 
-bench-token: venv
+bench-token: bench-venv
 	$(PY) bench/token_bench.py --minimal
 
-bench-calls: venv
+bench-calls: bench-venv
 	$(PY) bench/calls_bench.py
 
-bench-push: venv
+bench-push: bench-venv
 	$(PY) bench/push_bench.py
 
-bench-recorder: venv
+bench-recorder: bench-venv
 	$(PY) bench/recorder_bench.py --sessions 200 --seconds 30
 
 clean:

@@ -44,7 +44,7 @@ from memharbor import firebase
 from memharbor.callstore import new_call_document, new_call_id
 from memharbor.emulators import EmulatorError, EmulatorSet
 from memharbor.groups import group_document
-from memharbor.settings import child_environment, from_mapping
+from memharbor.settings import child_environment, watcher_settings
 from memharbor.store import CALLS, GROUPS, USERS, WORKERS
 from watcher.push import read_sink
 
@@ -186,7 +186,9 @@ def say(message: str) -> None:
 
 def make_client(env: dict[str, str]) -> firestore.Client:
     """A Firestore client on the emulators (admin: the emulator lets it past the rules)."""
-    return firebase.firestore_sync(from_mapping(env))
+    settings = watcher_settings(env)
+    firebase.use_emulators(settings)
+    return firebase.firestore_sync(settings)
 
 
 def caller_id(pair: int) -> str:

@@ -1,7 +1,7 @@
 """The one command line: `memharbor dev | http | watcher | recorder`.
 
-Each subcommand builds the settings once, then hands them to its process's `main()`. Service
-packages are imported lazily so one process never loads another's code.
+Each subcommand builds its own process's settings once, then hands them to that process's `main()`.
+Service packages are imported lazily so one process never loads another's code.
 """
 
 from __future__ import annotations
@@ -12,34 +12,32 @@ from collections.abc import Callable, Sequence
 
 from memharbor import settings as settings_mod
 
-NOT_BUILT: dict[str, str] = {}
 
-
-def _run_http(settings: settings_mod.Settings) -> int:
+def _run_http() -> int:
     from token_http.main import main
 
-    return main(settings)
+    return main(settings_mod.load(settings_mod.http_settings))
 
 
-def _run_watcher(settings: settings_mod.Settings) -> int:
+def _run_watcher() -> int:
     from watcher.main import main
 
-    return main(settings)
+    return main(settings_mod.load(settings_mod.watcher_settings))
 
 
-def _run_recorder(settings: settings_mod.Settings) -> int:
+def _run_recorder() -> int:
     from recorder.main import main
 
-    return main(settings)
+    return main(settings_mod.load(settings_mod.recorder_settings))
 
 
-def _run_dev(settings: settings_mod.Settings) -> int:
-    from memharbor.dev import main
+def _run_dev() -> int:
+    from memharbor.dev import dev_settings, main
 
-    return main(settings)
+    return main(dev_settings())
 
 
-RUNNERS: dict[str, Callable[[settings_mod.Settings], int]] = {
+RUNNERS: dict[str, Callable[[], int]] = {
     "http": _run_http,
     "watcher": _run_watcher,
     "recorder": _run_recorder,
@@ -60,22 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `memharbor` console script."""
     args = _parser().parse_args(argv)
-    if args.command in NOT_BUILT:
-        print(f"memharbor {args.command}: {NOT_BUILT[args.command]}", file=sys.stderr)
-        return 2
     try:
-        if args.command == "dev":
-            from memharbor.dev import dev_settings
-
-            settings = dev_settings()
-        else:
-            settings = settings_mod.load()
+        return RUNNERS[args.command]()
     except settings_mod.SettingsError as exc:
-        print(f"memharbor {args.command}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return RUNNERS[args.command](settings)
-    except settings_mod.SettingsError as exc:
+        # A setting missing or malformed, found while reading settings or composing the process.
         print(f"memharbor {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from memharbor import logs
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess
 from memharbor.groups import group_document
-from memharbor.settings import Settings, child_environment, load
+from memharbor.settings import HttpSettings, StackSettings, child_environment, load, stack_settings
 
 # Dev-only Agora credentials: tokens signed with them are well-formed but Agora will reject them.
 DEV_AGORA_APP_ID = "0" * 31 + "1"
@@ -64,70 +64,73 @@ def seed_demo(emulators: EmulatorSet) -> None:
             response.read()
 
 
-def dev_settings() -> Settings:
+def dev_settings() -> StackSettings:
     """Settings for the local stack: the environment and .env, over dev defaults."""
-    return load(defaults=DEV_DEFAULTS)
+    return load(stack_settings, defaults=DEV_DEFAULTS)
 
 
-def _service_env(settings: Settings, emulators: EmulatorSet) -> dict[str, str]:
-    agora = settings.require_agora()
+def _service_env(settings: StackSettings, emulators: EmulatorSet) -> dict[str, str]:
+    http = settings.http
+    agora = http.require_agora()
     return child_environment(
         {
             **emulators.env(),
             "AGORA_APP_ID": agora.app_id,
             "AGORA_APP_CERT": agora.app_certificate.value,
-            "MEMHARBOR_HTTP_HOST": settings.http_host,
-            "MEMHARBOR_HTTP_PORT": str(settings.http_port),
-            "MEMHARBOR_AUTH": settings.auth_mode,
-            "MEMHARBOR_LOG_FORMAT": settings.log_format,
-            "FIREBASE_AUTH_EMULATOR_HOST": settings.auth_emulator_host or DEV_DEFAULTS["FIREBASE_AUTH_EMULATOR_HOST"],
+            "MEMHARBOR_HTTP_HOST": http.host,
+            "MEMHARBOR_HTTP_PORT": str(http.port),
+            "MEMHARBOR_AUTH": http.auth_mode,
+            "MEMHARBOR_LOG_FORMAT": http.logging.format,
+            "FIREBASE_AUTH_EMULATOR_HOST": http.firebase.auth_emulator_host
+            or DEV_DEFAULTS["FIREBASE_AUTH_EMULATOR_HOST"],
             "MEMHARBOR_PUSH_SINK": str(_sink(settings)),
             "MEMHARBOR_RECORDER_SOURCE": settings.recorder.source,
-            "RECORDINGS_DIR": str(settings.recordings_dir.resolve()),
+            "RECORDINGS_DIR": str(settings.recorder.recordings_dir.resolve()),
         }
     )
 
 
-def _sink(settings: Settings) -> Path:
-    return settings.push_sink or Path("dev-pushes.jsonl").resolve()
+def _sink(settings: StackSettings) -> Path:
+    return settings.watcher.push_sink or Path("dev-pushes.jsonl").resolve()
 
 
-def _curl(settings: Settings) -> str:
-    url = f"http://{settings.http_host}:{settings.http_port}/api/token"
+def _curl(settings: HttpSettings) -> str:
+    url = f"http://{settings.host}:{settings.port}/api/token"
     auth = ""
     if settings.auth_mode == "firebase":
-        token = emulator_id_token(settings.project_id, "dev-admin", lifetime_s=7 * 86400, admin=True)
+        token = emulator_id_token(settings.firebase.project_id, "dev-admin", lifetime_s=7 * 86400, admin=True)
         auth = f" -H 'Authorization: Bearer {token}'"
     body = '{"channel": "group1_alice_bob", "uid": 12345, "role": "publisher"}'
     return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
 
 
-def _invite_curl(settings: Settings) -> str:
-    url = f"http://{settings.http_host}:{settings.http_port}/api/call/invite"
+def _invite_curl(settings: HttpSettings) -> str:
+    url = f"http://{settings.host}:{settings.port}/api/call/invite"
     auth = ""
     if settings.auth_mode == "firebase":
-        token = emulator_id_token(settings.project_id, DEMO_CAREGIVER, lifetime_s=7 * 86400)
+        token = emulator_id_token(settings.firebase.project_id, DEMO_CAREGIVER, lifetime_s=7 * 86400)
         auth = f" -H 'Authorization: Bearer {token}'"
     body = json.dumps({"group_id": DEMO_GROUP_ID, "caller_id": DEMO_CAREGIVER, "receiver_id": DEMO_ELDER})
     return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
 
 
-def _banner(settings: Settings, emulators: EmulatorSet) -> str:
+def _banner(settings: StackSettings, emulators: EmulatorSet) -> str:
+    http, recorder = settings.http, settings.recorder
     return "\n".join(
         [
             "",
             "memharbor dev is up (Ctrl-C stops everything)",
             f"  Firestore emulator  {emulators.firestore.address}  (rules: rules/firestore.rules)",
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
-            f"  token_http          http://{settings.http_host}:{settings.http_port}  (auth: {settings.auth_label})",
+            f"  token_http          http://{http.host}:{http.port}  (auth: {http.auth_label})",
             f"  watcher             pushes recorded in {_sink(settings)}",
-            f"  recorder            {settings.recorder.source} audio, files in {settings.recordings_dir.resolve()}",
+            f"  recorder            {recorder.source} audio, files in {recorder.recordings_dir.resolve()}",
             "",
             "Get a token (dev admin ID token, emulator format):",
-            f"  {_curl(settings)}",
+            f"  {_curl(http)}",
             "",
             f"Demo care group {DEMO_GROUP_ID}: {DEMO_CAREGIVER} may call {DEMO_ELDER}. Place a call as the caregiver:",
-            f"  {_invite_curl(settings)}",
+            f"  {_invite_curl(http)}",
             "",
         ]
     )
@@ -147,58 +150,47 @@ class StopRequest:
         self.requested = True
 
 
-def main(settings: Settings) -> int:
+def _start_services(settings: StackSettings, emulators: EmulatorSet, services: list[ManagedProcess]) -> None:
+    """Start token_http (and wait until it serves), then the watcher and the recorder, appending each."""
+    env = _service_env(settings, emulators)
+    for name, command, port, ready_path in (
+        ("token_http", "http", settings.http.port, "/api/openapi.json"),
+        ("watcher", "watcher", 0, None),
+        ("recorder", "recorder", 0, None),
+    ):
+        host = settings.http.host if command == "http" else "127.0.0.1"
+        argv = [sys.executable, "-m", "memharbor", command]
+        service = ManagedProcess(name, argv, host, port, ready_path=ready_path, env=env, inherit_output=True)
+        services.append(service)
+        service.start(timeout=30)
+
+
+def _wait(stop: StopRequest, services: list[ManagedProcess]) -> int:
+    """Until Ctrl-C or SIGTERM (0), or until a service exits on its own (1)."""
+    while not stop.requested:
+        time.sleep(0.5)
+        for service in services:
+            if service.process is None or service.process.poll() is not None:
+                log.error("dev.service_exited", service=service.name)
+                return 1
+    return 0
+
+
+def main(settings: StackSettings) -> int:
     """Start emulators and services, print where they listen, wait for Ctrl-C or SIGTERM."""
-    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    log_settings = settings.http.logging
+    logs.configure(log_settings.format, log_settings.level, log_settings.file)
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    emulators = EmulatorSet.create(settings.project_id)
+    emulators = EmulatorSet.create(settings.http.firebase.project_id)
     services: list[ManagedProcess] = []
     try:
         emulators.start()
         seed_demo(emulators)
-        http = ManagedProcess(
-            "token_http",
-            [sys.executable, "-m", "memharbor", "http"],
-            settings.http_host,
-            settings.http_port,
-            ready_path="/api/openapi.json",
-            env=_service_env(settings, emulators),
-            inherit_output=True,
-        )
-        services.append(http)
-        http.start(timeout=30)
-        watcher = ManagedProcess(
-            "watcher",
-            [sys.executable, "-m", "memharbor", "watcher"],
-            "127.0.0.1",
-            0,
-            ready_path=None,
-            env=_service_env(settings, emulators),
-            inherit_output=True,
-        )
-        services.append(watcher)
-        watcher.start()
-        recorder = ManagedProcess(
-            "recorder",
-            [sys.executable, "-m", "memharbor", "recorder"],
-            "127.0.0.1",
-            0,
-            ready_path=None,
-            env=_service_env(settings, emulators),
-            inherit_output=True,
-        )
-        services.append(recorder)
-        recorder.start()
+        _start_services(settings, emulators, services)
         print(_banner(settings, emulators), flush=True)
-        while not stop.requested:
-            time.sleep(0.5)
-            for service in services:
-                if service.process is None or service.process.poll() is not None:
-                    log.error("dev.service_exited", service=service.name)
-                    return 1
-        return 0
+        return _wait(stop, services)
     finally:
         for service in reversed(services):
             service.stop(grace=10.0)

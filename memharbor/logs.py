@@ -1,10 +1,16 @@
 """Logging: one structlog pipeline for our events and for stdlib loggers (aiohttp, google, grpc).
 
 JSON lines in production, readable console lines in a terminal; an optional file sink always gets
-JSON. A redaction processor runs on every event so no secret reaches a sink, whatever a caller binds.
-A busy server may buffer info lines for a fraction of a second (`flush_interval_s`); warnings and
+JSON. A busy server may buffer info lines for a fraction of a second (`flush_interval_s`); warnings and
 errors are always written at once. The HTTP access line, one per request, has a fast path
 (`access_line`) that renders its fixed fields to the same JSON without the processor chain.
+
+What redaction guarantees, and no more: on every event through the pipeline, the value of each
+top-level key whose name ends with a credential word (`token`, `authorization`, `secret`,
+`private_key`, ... see `_SECRET_KEYS`; case-insensitive, a few `*_present`-style keys excepted) is
+replaced by `[redacted]`. Values are not inspected: a secret inside the event text, under another key,
+in a nested structure, an exception message or a library's log message reaches the sinks as it is.
+So credentials are logged only under such keys, or as `memharbor.settings.Secret`, whose repr hides them.
 """
 
 from __future__ import annotations
@@ -64,7 +70,10 @@ def add_request_id(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mut
 
 
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Replace the value of any credential-like key (e.g. `token`, `fcm_token`) with a fixed marker."""
+    """Replace the value of each top-level credential-named key (e.g. `token`, `fcm_token`) with a fixed marker.
+
+    Only key names are checked; values under other keys are left as they are.
+    """
     for key in event_dict:
         if _is_secret_key(key):
             event_dict[key] = REDACTED

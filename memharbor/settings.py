@@ -1,7 +1,14 @@
-"""Settings: one frozen, typed object built once at start from the environment and an optional `.env`.
+"""Settings: per process, one frozen, typed object built once at start from the environment and `.env`.
 
-Nothing else in the project reads `os.environ`. A missing or malformed value raises `SettingsError`,
-whose message names the variable and says what is expected; the CLI prints it as one line and exits.
+Each process reads only what it needs: `http_settings`, `watcher_settings` and `recorder_settings` build
+`HttpSettings`, `WatcherSettings` and `RecorderSettings` from shared parts (`FirebaseSettings`,
+`LogSettings`, `WorkerSettings`, the Agora and push credentials); `memharbor dev` builds all three as
+`StackSettings`. A missing or malformed value raises `SettingsError`, whose message names the variable and
+says what is expected; the CLI prints it as one line and exits.
+
+`load` is the one reader of the process environment (with `child_environment`, which copies it for a child
+process). The one other code that touches `os.environ` is `memharbor.firebase.use_emulators`, which writes
+the emulator addresses from these settings there, because Google's client libraries read them nowhere else.
 """
 
 from __future__ import annotations
@@ -9,16 +16,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import limits
 from dotenv import dotenv_values
 
 AuthMode = Literal["firebase", "none"]
 LogFormat = Literal["json", "console"]
+RecorderSource = Literal["agora", "simulated"]
+T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -42,6 +51,41 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
+
+
+# ------------------------------------------------------------------------------------------------ shared parts
+
+
+@dataclass(frozen=True)
+class FirebaseSettings:
+    """The Firebase project, its credentials and, in emulator mode, where the emulators listen."""
+
+    project_id: str
+    storage_bucket: str | None
+    use_emulator: bool
+    firestore_emulator_host: str | None
+    storage_emulator_host: str | None
+    auth_emulator_host: str | None
+    service_account: Secret | None
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where log lines go and in which form (MEMHARBOR_LOG_FORMAT, MEMHARBOR_LOG_LEVEL, MEMHARBOR_LOG_FILE)."""
+
+    format: LogFormat
+    level: str
+    file: Path | None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What the watcher and the recorder share: how their instance is named and how often it beats."""
+
+    # MEMHARBOR_INSTANCE_ID: the heartbeat document's id; None makes one from host and pid.
+    instance_id: str | None
+    # MEMHARBOR_HEARTBEAT_S
+    heartbeat_interval_s: float
 
 
 @dataclass(frozen=True)
@@ -77,56 +121,29 @@ class FcmSettings:
     token_uri: str | None
 
 
-@dataclass(frozen=True)
-class RecorderSettings:
-    """The recording worker's MEMHARBOR_RECORDER_* settings (and MEMHARBOR_RECORD_TRACKS)."""
+def _required_agora(agora: AgoraSettings | None) -> AgoraSettings:
+    if agora is None:
+        raise SettingsError("AGORA_APP_ID", "required (with AGORA_APP_CERT) to issue Agora tokens")
+    return agora
 
-    source: Literal["agora", "simulated"] = "agora"
-    simulation: str | None = None  # a JSON script, or a path to one (MEMHARBOR_RECORDER_SIMULATION)
-    uid: int = 999999
-    idle_s: float = 30.0
-    max_s: float = 7200.0
-    record_tracks: bool = False
-    lease_s: float = 20.0
-    sweep_s: float = 5.0
-    max_sessions: int = 100
-    token_ttl_s: int = 3600
-    drain_s: float = 60.0
-    header_s: float = 2.0
+
+# ------------------------------------------------------------------------------------------------ per process
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every setting of every memharbor process, parsed and checked."""
+class HttpSettings:
+    """`memharbor http` (token_http): the server, how requests are authenticated and limited, Agora."""
 
-    project_id: str
+    firebase: FirebaseSettings
+    logging: LogSettings
     agora: AgoraSettings | None
-    storage_bucket: str | None
-    use_emulator: bool
-    firestore_emulator_host: str | None
-    storage_emulator_host: str | None
-    auth_emulator_host: str | None
-    service_account: Secret | None
-    recordings_dir: Path
+    # /api/health reports whether each push transport is configured; the watcher is what uses them.
     apns: ApnsSettings | None
     fcm: FcmSettings | None
-    http_host: str
-    http_port: int
-    http_workers: int
+    host: str
+    port: int
+    workers: int
     auth_mode: AuthMode
-    log_format: LogFormat
-    log_file: Path | None
-    log_level: str
-    ring_timeout_s: float
-    sweep_interval_s: float
-    heartbeat_interval_s: float
-    # MEMHARBOR_LISTEN_WINDOW: how many of the most recently updated calls the watcher's feed holds.
-    listen_window: int
-    push_sink: Path | None
-    instance_id: str | None
-    # MEMHARBOR_RECORD_CALLS: the watcher requests a recording of every accepted call, not only record: true ones.
-    record_calls: bool = False
-    recorder: RecorderSettings = field(default_factory=RecorderSettings)
     # MEMHARBOR_RATE_LIMIT: work-creating REST requests one user may make (`limits` syntax), counted per process.
     rate_limit: str = "30/minute"
     # MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER: recording requests in progress one user may have asked for.
@@ -139,15 +156,68 @@ class Settings:
         `firebase-emulator` means unsigned tokens are accepted: Firebase Admin does so whenever
         FIREBASE_AUTH_EMULATOR_HOST is set, which settings allow only in emulator mode.
         """
-        if self.auth_mode == "firebase" and self.use_emulator and self.auth_emulator_host:
+        if self.auth_mode == "firebase" and self.firebase.use_emulator and self.firebase.auth_emulator_host:
             return "firebase-emulator"
         return self.auth_mode
 
     def require_agora(self) -> AgoraSettings:
         """Return the Agora credentials, or stop start-up naming the missing variable."""
-        if self.agora is None:
-            raise SettingsError("AGORA_APP_ID", "required (with AGORA_APP_CERT) to issue Agora tokens")
-        return self.agora
+        return _required_agora(self.agora)
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    """`memharbor watcher`: the call feed, ring timeouts, sweeps, push transports and recording requests."""
+
+    firebase: FirebaseSettings
+    logging: LogSettings
+    worker: WorkerSettings
+    apns: ApnsSettings | None
+    fcm: FcmSettings | None
+    # MEMHARBOR_PUSH_SINK: pushes are appended to this file instead of being sent (local stack, tests).
+    push_sink: Path | None
+    ring_timeout_s: float
+    sweep_interval_s: float
+    # MEMHARBOR_LISTEN_WINDOW: how many of the most recently updated calls the watcher's feed holds.
+    listen_window: int
+    # MEMHARBOR_RECORD_CALLS: request a recording of every accepted call, not only record: true ones.
+    record_calls: bool = False
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """`memharbor recorder`: where audio comes from, how sessions record, and where files go."""
+
+    firebase: FirebaseSettings
+    logging: LogSettings
+    worker: WorkerSettings
+    agora: AgoraSettings | None
+    recordings_dir: Path
+    source: RecorderSource = "agora"
+    simulation: str | None = None  # a JSON script, or a path to one (MEMHARBOR_RECORDER_SIMULATION)
+    uid: int = 999999
+    idle_s: float = 30.0
+    max_s: float = 7200.0
+    record_tracks: bool = False  # MEMHARBOR_RECORD_TRACKS
+    lease_s: float = 20.0
+    sweep_s: float = 5.0
+    max_sessions: int = 100
+    token_ttl_s: int = 3600
+    drain_s: float = 60.0
+    header_s: float = 2.0
+
+    def require_agora(self) -> AgoraSettings:
+        """Return the Agora credentials, or stop start-up naming the missing variable."""
+        return _required_agora(self.agora)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """`memharbor dev`: every process's settings, read from one mapping, for the whole local stack."""
+
+    http: HttpSettings
+    watcher: WatcherSettings
+    recorder: RecorderSettings
 
 
 class _Env:
@@ -308,23 +378,6 @@ def _service_account(env: _Env) -> Secret | None:
     return Secret(_json_object("FIREBASE_SERVICE_ACCOUNT", text))
 
 
-def _recorder(env: _Env) -> RecorderSettings:
-    return RecorderSettings(
-        source=env.choice("MEMHARBOR_RECORDER_SOURCE", ("agora", "simulated"), "agora"),  # type: ignore[arg-type]
-        simulation=env.text("MEMHARBOR_RECORDER_SIMULATION"),
-        uid=env.integer("MEMHARBOR_RECORDER_UID", 999999, 1, 2**32 - 1),
-        idle_s=env.number("MEMHARBOR_RECORDER_IDLE_S", 30.0, 0.1, 86400.0),
-        max_s=env.number("MEMHARBOR_RECORDER_MAX_S", 7200.0, 1.0, 86400.0),
-        record_tracks=env.flag("MEMHARBOR_RECORD_TRACKS", False),
-        lease_s=env.number("MEMHARBOR_RECORDER_LEASE_S", 20.0, 1.0, 600.0),
-        sweep_s=env.number("MEMHARBOR_RECORDER_SWEEP_S", 5.0, 0.2, 600.0),
-        max_sessions=env.integer("MEMHARBOR_RECORDER_MAX_SESSIONS", 100, 1, 10000),
-        token_ttl_s=env.integer("MEMHARBOR_RECORDER_TOKEN_TTL_S", 3600, 60, 86400),
-        drain_s=env.number("MEMHARBOR_RECORDER_DRAIN_S", 60.0, 1.0, 3600.0),
-        header_s=env.number("MEMHARBOR_RECORDER_HEADER_S", 2.0, 0.1, 60.0),
-    )
-
-
 # Google's libraries read these from the process environment themselves, whatever our settings say:
 # FIREBASE_AUTH_EMULATOR_HOST makes Firebase Admin accept unsigned, expired and forged ID tokens, the
 # others send data to an emulator. Outside emulator mode any of them stops start-up.
@@ -358,9 +411,7 @@ def _rate_limit(env: _Env) -> str:
     return raw
 
 
-def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> Settings:
-    """Build settings from one mapping of variables (the environment merged over `.env`)."""
-    env = _Env(values)
+def _firebase(env: _Env) -> FirebaseSettings:
     project_id = env.text("FIREBASE_PROJECT_ID") or env.text("GOOGLE_CLOUD_PROJECT")
     if project_id is None:
         raise SettingsError("FIREBASE_PROJECT_ID", "required (or GOOGLE_CLOUD_PROJECT): the Firebase project id")
@@ -370,55 +421,134 @@ def from_mapping(values: Mapping[str, str], *, stderr_is_tty: bool = False) -> S
     use_emulator = env.flag("FIREBASE_USE_EMULATOR", firestore_host is not None)
     if not use_emulator:
         _refuse_stray_emulators(env)
-    log_file = env.text("MEMHARBOR_LOG_FILE")
-    sink = env.text("MEMHARBOR_PUSH_SINK")
-    return Settings(
+    return FirebaseSettings(
         project_id=project_id,
-        agora=_agora(env),
         storage_bucket=env.text("FIREBASE_STORAGE_BUCKET"),
         use_emulator=use_emulator,
         firestore_emulator_host=firestore_host,
         storage_emulator_host=storage_host,
         auth_emulator_host=env.host_port("FIREBASE_AUTH_EMULATOR_HOST"),
         service_account=service_account,
-        recordings_dir=Path(env.text("RECORDINGS_DIR", "recordings") or "recordings"),
-        apns=_apns(env),
-        fcm=_fcm(env, project_id, service_account),
-        http_host=env.text("MEMHARBOR_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
-        http_port=env.integer("MEMHARBOR_HTTP_PORT", 8001, 1, 65535),
-        http_workers=env.integer("MEMHARBOR_HTTP_WORKERS", 1, 1, 64),
-        auth_mode=env.choice("MEMHARBOR_AUTH", ("firebase", "none"), "firebase"),  # type: ignore[arg-type]
-        log_format=env.choice(  # type: ignore[arg-type]
+    )
+
+
+def _logging(env: _Env, stderr_is_tty: bool) -> LogSettings:
+    log_file = env.text("MEMHARBOR_LOG_FILE")
+    return LogSettings(
+        format=env.choice(  # type: ignore[arg-type]
             "MEMHARBOR_LOG_FORMAT", ("json", "console"), "console" if stderr_is_tty else "json"
         ),
-        log_file=Path(log_file) if log_file else None,
-        log_level=env.choice("MEMHARBOR_LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
-        ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
-        sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
-        heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
-        listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 20, 5, 1000),
-        push_sink=Path(sink) if sink else None,
+        level=env.choice("MEMHARBOR_LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
+        file=Path(log_file) if log_file else None,
+    )
+
+
+def _worker(env: _Env) -> WorkerSettings:
+    return WorkerSettings(
         instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
-        record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
-        recorder=_recorder(env),
+        heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
+    )
+
+
+def _recordings_dir(env: _Env) -> Path:
+    return Path(env.text("RECORDINGS_DIR", "recordings") or "recordings")
+
+
+def http_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> HttpSettings:
+    """Build `memharbor http`'s settings from one mapping of variables (the environment merged over `.env`)."""
+    env = _Env(values)
+    firebase = _firebase(env)
+    return HttpSettings(
+        firebase=firebase,
+        logging=_logging(env, stderr_is_tty),
+        agora=_agora(env),
+        apns=_apns(env),
+        fcm=_fcm(env, firebase.project_id, firebase.service_account),
+        host=env.text("MEMHARBOR_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
+        port=env.integer("MEMHARBOR_HTTP_PORT", 8001, 1, 65535),
+        workers=env.integer("MEMHARBOR_HTTP_WORKERS", 1, 1, 64),
+        auth_mode=env.choice("MEMHARBOR_AUTH", ("firebase", "none"), "firebase"),  # type: ignore[arg-type]
         rate_limit=_rate_limit(env),
         max_live_recordings_per_user=env.integer("MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER", 3, 1, 1000),
     )
 
 
+def watcher_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> WatcherSettings:
+    """Build `memharbor watcher`'s settings from one mapping of variables."""
+    env = _Env(values)
+    firebase = _firebase(env)
+    sink = env.text("MEMHARBOR_PUSH_SINK")
+    return WatcherSettings(
+        firebase=firebase,
+        logging=_logging(env, stderr_is_tty),
+        worker=_worker(env),
+        apns=_apns(env),
+        fcm=_fcm(env, firebase.project_id, firebase.service_account),
+        push_sink=Path(sink) if sink else None,
+        ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
+        sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
+        listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 20, 5, 1000),
+        record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
+    )
+
+
+def recorder_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> RecorderSettings:
+    """Build `memharbor recorder`'s settings from one mapping of variables."""
+    env = _Env(values)
+    return RecorderSettings(
+        firebase=_firebase(env),
+        logging=_logging(env, stderr_is_tty),
+        worker=_worker(env),
+        agora=_agora(env),
+        recordings_dir=_recordings_dir(env),
+        source=env.choice("MEMHARBOR_RECORDER_SOURCE", ("agora", "simulated"), "agora"),  # type: ignore[arg-type]
+        simulation=env.text("MEMHARBOR_RECORDER_SIMULATION"),
+        uid=env.integer("MEMHARBOR_RECORDER_UID", 999999, 1, 2**32 - 1),
+        idle_s=env.number("MEMHARBOR_RECORDER_IDLE_S", 30.0, 0.1, 86400.0),
+        max_s=env.number("MEMHARBOR_RECORDER_MAX_S", 7200.0, 1.0, 86400.0),
+        record_tracks=env.flag("MEMHARBOR_RECORD_TRACKS", False),
+        lease_s=env.number("MEMHARBOR_RECORDER_LEASE_S", 20.0, 1.0, 600.0),
+        sweep_s=env.number("MEMHARBOR_RECORDER_SWEEP_S", 5.0, 0.2, 600.0),
+        max_sessions=env.integer("MEMHARBOR_RECORDER_MAX_SESSIONS", 100, 1, 10000),
+        token_ttl_s=env.integer("MEMHARBOR_RECORDER_TOKEN_TTL_S", 3600, 60, 86400),
+        drain_s=env.number("MEMHARBOR_RECORDER_DRAIN_S", 60.0, 1.0, 3600.0),
+        header_s=env.number("MEMHARBOR_RECORDER_HEADER_S", 2.0, 0.1, 60.0),
+    )
+
+
+def stack_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> StackSettings:
+    """Build every process's settings from one mapping (`memharbor dev` starts all three)."""
+    return StackSettings(
+        http=http_settings(values, stderr_is_tty),
+        watcher=watcher_settings(values, stderr_is_tty),
+        recorder=recorder_settings(values, stderr_is_tty),
+    )
+
+
+# token_http's modules and their tests still name the HTTP settings `Settings` and their builder
+# `from_mapping`; these two names go once they say HttpSettings and http_settings.
+Settings = HttpSettings
+from_mapping = http_settings
+
+
 def load(
+    build: Callable[[Mapping[str, str], bool], T],
     environ: Mapping[str, str] | None = None,
     env_file: Path | None = None,
     defaults: Mapping[str, str] | None = None,
-) -> Settings:
-    """Build settings once at start: `.env` (MEMHARBOR_ENV_FILE or ./.env) under the real environment."""
+) -> T:
+    """Build one process's settings once at start: `.env` (MEMHARBOR_ENV_FILE or ./.env) under the environment.
+
+    `build` is `http_settings`, `watcher_settings`, `recorder_settings` or `stack_settings`; `defaults`
+    sit under both.
+    """
     real = dict(os.environ if environ is None else environ)
     path = env_file or Path(real.get("MEMHARBOR_ENV_FILE", ".env"))
     merged: dict[str, str] = dict(defaults or {})
     if path.is_file():
         merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(real)
-    return from_mapping(merged, stderr_is_tty=sys.stderr.isatty())
+    return build(merged, sys.stderr.isatty())
 
 
 def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:

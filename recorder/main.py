@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from memharbor import firebase, logs
+from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
-from memharbor.settings import Settings, SettingsError
+from memharbor.settings import RecorderSettings, SettingsError
 from recorder.audio import AudioSource
 from recorder.clock import SessionClock
 from recorder.files import RecordingDir
@@ -28,7 +28,7 @@ from recorder.worker import Recorder, RecorderConfig
 log = logs.get_logger()
 
 
-def token_minter(settings: Settings) -> TokenMinter:
+def token_minter(settings: RecorderSettings) -> TokenMinter:
     """Mints the bot's own subscriber tokens; without Agora credentials (simulation only) an empty token."""
     agora = settings.agora
 
@@ -49,9 +49,9 @@ def token_minter(settings: Settings) -> TokenMinter:
     return mint
 
 
-def simulation_script(settings: Settings) -> list[SimParticipant]:
+def simulation_script(settings: RecorderSettings) -> list[SimParticipant]:
     """The participants of MEMHARBOR_RECORDER_SIMULATION (JSON or a path to it), or two default tones."""
-    raw = settings.recorder.simulation
+    raw = settings.simulation
     if raw is None:
         return list(DEFAULT_SCRIPT)
     text, base = raw, Path()
@@ -67,9 +67,9 @@ def simulation_script(settings: Settings) -> list[SimParticipant]:
         raise SettingsError("MEMHARBOR_RECORDER_SIMULATION", str(exc)) from None
 
 
-def source_factory(settings: Settings, clock: SessionClock) -> Callable[[], AudioSource]:
+def source_factory(settings: RecorderSettings, clock: SessionClock) -> Callable[[], AudioSource]:
     """Makes one AudioSource per session, as MEMHARBOR_RECORDER_SOURCE says."""
-    if settings.recorder.source == "simulated":
+    if settings.source == "simulated":
         script = simulation_script(settings)
         return lambda: SimulatedChannel(script, clock)
     from recorder.agora_channel import AgoraChannel, AgoraUnavailable, sdk
@@ -82,65 +82,66 @@ def source_factory(settings: Settings, clock: SessionClock) -> Callable[[], Audi
     return lambda: AgoraChannel(agora.app_id)
 
 
-def bootstrap(settings: Settings) -> Recorder:
-    """The composition root (call inside the running loop)."""
-    rec = settings.recorder
-    base_id = settings.instance_id or f"recorder-{socket.gethostname()}-{os.getpid()}"
+@contextlib.asynccontextmanager
+async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
+    """The composition root: a Recorder on real adapters, closed when the block exits (call inside the loop)."""
+    base_id = settings.worker.instance_id or f"recorder-{socket.gethostname()}-{os.getpid()}"
     # Claims name this process incarnation, so a restarted recorder never mistakes its predecessor's
     # sessions for its own; the heartbeat document keeps the configured instance id.
     worker_id = f"{base_id}-{uuid.uuid4().hex[:6]}"
     clock = SessionClock()
     make_source = source_factory(settings, clock)
-    db = firebase.firestore_async(settings)
-    bucket = firebase.storage_bucket(settings)
-    if bucket is None:
-        log.warning("storage.unconfigured", detail="recordings stay in RECORDINGS_DIR; url/storagePath are null")
-    recorder: Recorder
-    listener = SessionListener(lambda: firebase.firestore_sync(settings), lambda events: recorder.on_events(events))
-    heartbeat = Heartbeat(db, "recorder", base_id, settings.heartbeat_interval_s, lambda: recorder.status())
-    config = RecorderConfig(
+    firebase.use_emulators(settings)
+    async with contextlib.AsyncExitStack() as owned:
+        db = firebase.firestore_async(settings)
+        owned.callback(db.close)
+        bucket = firebase.storage_bucket(settings)
+        if bucket is None:
+            log.warning("storage.unconfigured", detail="recordings stay in RECORDINGS_DIR; url/storagePath are null")
+        recorder: Recorder
+        listener = SessionListener(lambda: firebase.firestore_sync(settings), lambda events: recorder.on_events(events))
+        heartbeat = Heartbeat(db, "recorder", base_id, settings.worker.heartbeat_interval_s, lambda: recorder.status())
+        recorder = Recorder(
+            SessionStore(db, worker_id, settings.lease_s, settings.uid),
+            listener,
+            Uploader(bucket),
+            make_source,
+            RecordingDir(settings.recordings_dir.resolve()),
+            heartbeat,
+            clock,
+            _config(settings, worker_id),
+            token_minter(settings),
+        )
+        yield recorder
+
+
+def _config(settings: RecorderSettings, worker_id: str) -> RecorderConfig:
+    return RecorderConfig(
         worker_id=worker_id,
-        lease_s=rec.lease_s,
-        sweep_s=rec.sweep_s,
-        max_sessions=rec.max_sessions,
-        drain_s=rec.drain_s,
+        lease_s=settings.lease_s,
+        sweep_s=settings.sweep_s,
+        max_sessions=settings.max_sessions,
+        drain_s=settings.drain_s,
         session=SessionConfig(
-            uid=rec.uid,
-            idle_s=rec.idle_s,
-            max_s=rec.max_s,
-            header_every_s=rec.header_s,
-            record_tracks=rec.record_tracks,
-            token_ttl_s=rec.token_ttl_s,
+            uid=settings.uid,
+            idle_s=settings.idle_s,
+            max_s=settings.max_s,
+            header_every_s=settings.header_s,
+            record_tracks=settings.record_tracks,
+            token_ttl_s=settings.token_ttl_s,
         ),
     )
-    recorder = Recorder(
-        SessionStore(db, worker_id, rec.lease_s, rec.uid),
-        listener,
-        Uploader(bucket),
-        make_source,
-        RecordingDir(settings.recordings_dir.resolve()),
-        heartbeat,
-        clock,
-        config,
-        token_minter(settings),
-    )
-    return recorder
 
 
-async def _run(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    recorder = bootstrap(settings)
-    try:
+async def _run(settings: RecorderSettings) -> None:
+    stop = runtime.stop_on_signals()
+    async with bootstrap(settings) as recorder:
         await recorder.run(stop)
-    finally:
-        recorder.store.db.close()
 
 
-def main(settings: Settings) -> int:
+def main(settings: RecorderSettings) -> int:
     """Run the recorder; exits 0 after a clean drain."""
-    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    log_settings = settings.logging
+    logs.configure(log_settings.format, log_settings.level, log_settings.file)
     asyncio.run(_run(settings))
     return 0

@@ -15,7 +15,7 @@ from memharbor import firebase, logs, runtime
 from memharbor.call_service import FirestoreCallService
 from memharbor.clock import SystemClock
 from memharbor.recording_service import FirestoreRecordingService
-from memharbor.settings import Settings
+from memharbor.settings import HttpSettings
 from memharbor.store import FirestoreStore
 from token_http.app import create_app
 from token_http.auth import Authenticator, FirebaseIdTokens, OpenAccess
@@ -25,9 +25,13 @@ from token_http.ratelimit import MemoryRateLimiter
 log = logs.get_logger()
 
 
-def bootstrap(settings: Settings) -> web.Application:
-    """The composition root: real adapters for these settings, wired into the app."""
+def bootstrap(settings: HttpSettings) -> web.Application:
+    """The composition root: real adapters for these settings, wired into the app.
+
+    The app's cleanup context owns the Firestore client: opened (and pinged) at start-up, closed at shutdown.
+    """
     settings.require_agora()
+    firebase.use_emulators(settings)
     store = FirestoreStore(lambda: firebase.firestore_async(settings))
     authenticator: Authenticator
     authenticator = OpenAccess() if settings.auth_mode == "none" else FirebaseIdTokens(firebase.admin_app(settings))
@@ -58,27 +62,32 @@ def bootstrap(settings: Settings) -> web.Application:
 LOG_FLUSH_INTERVAL_S = 0.2
 
 
-def _serve(settings: Settings, reuse_port: bool) -> None:
-    logs.configure(settings.log_format, settings.log_level, settings.log_file, flush_interval_s=LOG_FLUSH_INTERVAL_S)
+def _configure_logs(settings: HttpSettings, flush_interval_s: float = 0.0) -> None:
+    log_settings = settings.logging
+    logs.configure(log_settings.format, log_settings.level, log_settings.file, flush_interval_s=flush_interval_s)
+
+
+def _serve(settings: HttpSettings, reuse_port: bool) -> None:
+    _configure_logs(settings, flush_interval_s=LOG_FLUSH_INTERVAL_S)
     try:
         _run_app(settings, reuse_port)
     finally:
         logs.flush()  # a forked worker leaves through os._exit, which skips atexit
 
 
-def _run_app(settings: Settings, reuse_port: bool) -> None:
+def _run_app(settings: HttpSettings, reuse_port: bool) -> None:
     app = bootstrap(settings)
     # Start-up objects never die: keep them out of every collection, and collect young objects less
     # often (each request makes a few hundred short-lived ones); this trims the latency tail.
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    log.info("http.listening", host=settings.http_host, port=settings.http_port, pid=os.getpid())
+    log.info("http.listening", host=settings.host, port=settings.port, pid=os.getpid())
     web.run_app(
         app,
         loop=runtime.new_event_loop(),
-        host=settings.http_host,
-        port=settings.http_port,
+        host=settings.host,
+        port=settings.port,
         reuse_port=reuse_port,
         access_log=None,
         print=None,
@@ -87,9 +96,9 @@ def _run_app(settings: Settings, reuse_port: bool) -> None:
     )
 
 
-def main(settings: Settings) -> int:
+def main(settings: HttpSettings) -> int:
     """Run token_http until SIGINT/SIGTERM; with MEMHARBOR_HTTP_WORKERS > 1, one process per worker."""
-    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    _configure_logs(settings)
     settings.require_agora()
     if settings.auth_mode == "none":
         log.warning("auth.disabled", detail="MEMHARBOR_AUTH=none: anyone can get a token for any channel")
@@ -97,16 +106,16 @@ def main(settings: Settings) -> int:
         log.warning("auth.emulator", detail="emulator mode: unsigned (emulator-format) ID tokens are accepted")
     else:
         log.info("auth.mode", auth=settings.auth_label)
-    if settings.http_workers == 1:
+    if settings.workers == 1:
         _serve(settings, reuse_port=False)
         return 0
     return _run_workers(settings)
 
 
-def _run_workers(settings: Settings) -> int:
+def _run_workers(settings: HttpSettings) -> int:
     # Workers share the port through SO_REUSEPORT; the parent only relays signals and reaps them.
     ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(settings.http_workers)]
+    workers = [ctx.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(settings.workers)]
     for worker in workers:
         worker.start()
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
-from memharbor.settings import Settings
+from memharbor.settings import WatcherSettings
 from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
@@ -25,7 +24,7 @@ from watcher.worker import Watcher, WatcherConfig
 log = logs.get_logger()
 
 
-def build_notifier(settings: Settings) -> Notifier:
+def build_notifier(settings: WatcherSettings) -> Notifier:
     """The push transports these settings call for: the local sink when MEMHARBOR_PUSH_SINK is set, else
     APNs for iOS and FCM for Android, each where configured (a platform without one gets push_not_configured).
     """
@@ -52,79 +51,80 @@ class Composition:
     watcher: Watcher
     heartbeat: Heartbeat
 
-
-def bootstrap(settings: Settings, notifier: Notifier | None = None) -> Composition:
-    """The composition root: real adapters wired into a Watcher (call inside the running loop).
-
-    Each object is made before anything refers to it: the call tracker first (the reactor arms its
-    timers), the watcher next (it makes its listener from its own snapshot method), the heartbeat last.
-    """
-    instance_id = settings.instance_id or f"watcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    db = firebase.firestore_async(settings)
-    clock = SystemClock()
-    notifier = notifier or build_notifier(settings)
-    calls = CallTracker()
-    reactor = CallReactor(
-        db,
-        notifier,
-        clock,
-        ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
-        schedule_timeout=calls.schedule_timeout,
-        cancel_timeout=calls.cancel_timeout,
-        # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is off,
-        # and an ended call's recordings are stopped whoever asked for them.
-        recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
-    )
-
-    def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
-        return CallListener(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
-
-    watcher = Watcher(
-        db,
-        reactor,
-        calls,
-        clock,
-        WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
-        listen=listen,
-        catch_up=FirestoreCatchUp(db),
-    )
-    heartbeat = Heartbeat(
-        db,
-        "watcher",
-        instance_id,
-        settings.heartbeat_interval_s,
-        lambda: {**watcher.status(), "push": push_status(notifier)},
-    )
-    return Composition(watcher, heartbeat)
-
-
-async def _run(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    notifier = build_notifier(settings)
-    parts = bootstrap(settings, notifier)
-    try:
-        # The first beat is written before the listener subscribes; the last is removed after the drain.
-        await parts.heartbeat.beat()
-        beating = asyncio.create_task(parts.heartbeat.run())
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop`, then drain; the first beat precedes the listener, the beat is removed after the drain."""
+        await self.heartbeat.beat()
+        beating = asyncio.create_task(self.heartbeat.run())
         try:
-            await parts.watcher.run(stop)
+            await self.watcher.run(stop)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
-            await parts.heartbeat.retire()
-    finally:
-        parts.watcher.db.close()
-        close = getattr(notifier, "close", None)
-        if close is not None:
-            await close()
+            await self.heartbeat.retire()
 
 
-def main(settings: Settings) -> int:
+@contextlib.asynccontextmanager
+async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
+    """The composition root: real adapters wired into a Watcher, closed when the block exits (call inside the loop).
+
+    Each object is made before anything refers to it: the call tracker first (the reactor arms its
+    timers), the watcher next (it makes its listener from its own snapshot method), the heartbeat last.
+    """
+    worker = settings.worker
+    instance_id = worker.instance_id or f"watcher-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    firebase.use_emulators(settings)
+    async with contextlib.AsyncExitStack() as owned:
+        notifier = build_notifier(settings)
+        if isinstance(notifier, RoutingNotifier):  # the one notifier holding connections (its transports')
+            owned.push_async_callback(notifier.close)
+        db = firebase.firestore_async(settings)
+        owned.callback(db.close)
+        clock = SystemClock()
+        calls = CallTracker()
+        reactor = CallReactor(
+            db,
+            notifier,
+            clock,
+            ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
+            schedule_timeout=calls.schedule_timeout,
+            cancel_timeout=calls.cancel_timeout,
+            # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
+            # off, and an ended call's recordings are stopped whoever asked for them.
+            recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
+        )
+
+        def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
+            return CallListener(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
+
+        watcher = Watcher(
+            db,
+            reactor,
+            calls,
+            clock,
+            WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
+            listen=listen,
+            catch_up=FirestoreCatchUp(db),
+        )
+        heartbeat = Heartbeat(
+            db,
+            "watcher",
+            instance_id,
+            worker.heartbeat_interval_s,
+            lambda: {**watcher.status(), "push": push_status(notifier)},
+        )
+        yield Composition(watcher, heartbeat)
+
+
+async def _run(settings: WatcherSettings) -> None:
+    stop = runtime.stop_on_signals()
+    async with bootstrap(settings) as parts:
+        await parts.run(stop)
+
+
+def main(settings: WatcherSettings) -> int:
     """Run the watcher; exits 0 after a clean drain."""
-    logs.configure(settings.log_format, settings.log_level, settings.log_file)
+    log_settings = settings.logging
+    logs.configure(log_settings.format, log_settings.level, log_settings.file)
     runtime.run(_run(settings))
     return 0

@@ -161,20 +161,6 @@ def read_sink(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-class UnconfiguredNotifier:
-    """The transport when none is configured: every push fails with a clear reason on the call."""
-
-    async def send(
-        self,
-        target: PushTarget,
-        kind: Kind,
-        payload: Mapping[str, str],
-        expires_at: float,
-        still_wanted: StillWanted | None = None,
-    ) -> PushResult:
-        return PushResult(sent=False, platform=target.platform, error="push_not_configured")
-
-
 class Transport(Notifier, Protocol):
     """A real push service client: a Notifier that reports its status and holds connections."""
 
