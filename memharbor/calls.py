@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from memharbor import agora
+from memharbor.errors import Forbidden, IllegalTransition
 
 
 class Status(StrEnum):
@@ -144,16 +145,6 @@ USER_FIELDS = frozenset({"platform", "voipToken", "apnsToken", "fcmToken", "disp
 PUSH_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_:-]{1,1000}$")
 
 
-class CallError(Exception):
-    """A refused call operation; `status` is the HTTP status the REST shim answers with."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
 def find_transition(source: str | None, target: str) -> Transition | None:
     """The legal move from `source` to `target`, or None."""
     try:
@@ -193,13 +184,13 @@ def actor_of(uid: str | None, call: Mapping[str, Any]) -> Actor | None:
 
 
 def check_transition(call: Mapping[str, Any], target: str, actor: Actor) -> Transition:
-    """The transition `actor` may make to `target`, or CallError 409 (illegal) / 403 (not theirs)."""
+    """The transition `actor` may make to `target`; IllegalTransition or Forbidden (not theirs) otherwise."""
     source = call.get("status")
     move = find_transition(source, target)
     if move is None:
-        raise CallError(409, f"cannot go from {source} to {target}", field="status")
+        raise IllegalTransition(f"cannot go from {source} to {target}", field="status")
     if actor not in move.actors:
-        raise CallError(403, f"the {actor.value} may not move a call from {source} to {target}")
+        raise Forbidden(f"the {actor.value} may not move a call from {source} to {target}")
     return move
 
 

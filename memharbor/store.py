@@ -1,36 +1,26 @@
-"""Firestore access shared by the processes: the ports they depend on and their Firestore adapter."""
+"""token_http's Firestore client, made on first use, with the read ports its composition root wires in.
+
+The collection names live in `memharbor.repositories.paths` and are importable from here too, the
+place the watcher, the recorder and the heartbeat read them from. The repositories themselves (one
+per aggregate) are in `memharbor.repositories`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
 
-CALLS = "calls"
-GROUPS = "groups"
-USERS = "users"
-RECORDINGS = "recordings"
-WORKERS = "workers"
+from memharbor.repositories.calls import FirestoreCallRepository
+from memharbor.repositories.paths import CALLS, GROUPS, RECORDINGS, USERS, WORKERS
+from memharbor.repositories.workers import FirestoreWorkers
 
-
-class CallDirectory(Protocol):
-    """Finds the calls that use an Agora channel."""
-
-    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]: ...
-
-
-class HealthSource(Protocol):
-    """What /api/health asks of the database."""
-
-    async def ping(self) -> None: ...
-
-    async def heartbeats(self) -> list[dict[str, Any]]: ...
+__all__ = ["CALLS", "GROUPS", "RECORDINGS", "USERS", "WORKERS", "FirestoreStore"]
 
 
 class FirestoreStore:
-    """CallDirectory and HealthSource over an asyncio Firestore client.
+    """The process's asyncio Firestore client with the call lookups (CallReader) and health probe (HealthSource).
 
     The client is made on first use: its gRPC channel binds to the event loop that is running then.
     """
@@ -38,23 +28,31 @@ class FirestoreStore:
     def __init__(self, make_client: Callable[[], firestore.AsyncClient]) -> None:
         self._make_client = make_client
         self._client: firestore.AsyncClient | None = None
+        self._calls = FirestoreCallRepository(lambda: self.client)
+        self._workers = FirestoreWorkers(lambda: self.client)
 
     @property
     def client(self) -> firestore.AsyncClient:
+        """The client, made now if this is its first use."""
         if self._client is None:
             self._client = self._make_client()
         return self._client
 
     async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
-        query = self.client.collection(CALLS).where(filter=FieldFilter("channelName", "==", channel)).limit(20)
-        return [snap.to_dict() or {} async for snap in query.stream()]
+        """The call documents whose channelName is `channel` (FirestoreCallRepository's lookup)."""
+        return await self._calls.calls_on_channel(channel)
+
+    async def get_calls(self, call_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The call documents of these ids that exist, by id."""
+        return await self._calls.get_calls(call_ids)
 
     async def ping(self) -> None:
-        # A read of a document that need not exist proves the round trip without writing anything.
-        await self.client.collection(WORKERS).document("_ping").get()
+        """Return once Firestore answered a read."""
+        await self._workers.ping()
 
     async def heartbeats(self) -> list[dict[str, Any]]:
-        return [snap.to_dict() or {} async for snap in self.client.collection(WORKERS).limit(200).stream()]
+        """The workers' heartbeat documents."""
+        return await self._workers.heartbeats()
 
     def close(self) -> None:
         """Close the client's channel if one was opened."""

@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from memharbor import calls, callstore
+from memharbor import calls
 from memharbor.access import Principal, is_participant
-from memharbor.call_service import CallService, StoreUnavailable
-from memharbor.calls import Actor, CallError, Status
+from memharbor.calls import Actor, Status
+from memharbor.errors import DomainError, Unavailable
+from memharbor.repositories.calls import CallRepository, new_call_document, new_call_id
 from token_http import ratelimit
 from token_http.body import json_object, optional_str, required_str
-from token_http.errors import ApiError, bad_request, json_response
+from token_http.errors import ApiError, bad_request, from_domain, json_response
 from token_http.keys import DEPS
 
 # How long invite waits for the watcher to record the push result, and how often it looks.
@@ -36,7 +37,7 @@ MAX_TIMEOUT_S = 30 * 86400
 
 ACTIONS = {"accept": Status.ACCEPTED, "decline": Status.DECLINED}
 
-# Document field -> request field, for errors raised by the core in document terms.
+# Document field -> request field, for the refusals of a create, which name document fields.
 _REQUEST_FIELD = {
     "callId": "call_id",
     "groupId": "group_id",
@@ -55,19 +56,7 @@ _ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 # ---------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    """Turn the core's refusals and an unreachable Firestore into JSON API errors."""
-    try:
-        yield
-    except CallError as exc:
-        field = _REQUEST_FIELD.get(exc.field, exc.field) if exc.field is not None else None
-        raise ApiError(exc.status, exc.message, field=field) from None
-    except StoreUnavailable:
-        raise ApiError(503, "Firestore is unavailable; try again") from None
-
-
-def _service(request: web.Request) -> CallService:
+def _service(request: web.Request) -> CallRepository:
     service = request.app[DEPS].call_service
     if service is None:
         raise ApiError(503, "the call service is not configured")
@@ -272,13 +261,13 @@ def _pushed(doc: Mapping[str, Any]) -> bool:
     return "pushSent" in doc and doc.get("channelName") is not None
 
 
-async def _await_push(service: CallService, call_id: str) -> dict[str, Any]:
+async def _await_push(service: CallRepository, call_id: str) -> dict[str, Any]:
     """The call as last read, once the watcher recorded the push (or after PUSH_WAIT_S)."""
     latest: dict[str, Any] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(PUSH_WAIT_S):
             while True:
-                with contextlib.suppress(StoreUnavailable):
+                with contextlib.suppress(Unavailable):
                     doc = await service.get(call_id)
                     if doc is not None:
                         latest = doc
@@ -296,10 +285,12 @@ async def post_invite(request: web.Request) -> web.Response:
     if not principal.unrestricted and req.caller_id != principal.uid:
         raise ApiError(403, "caller_id must be your own uid", field="caller_id")
     service = _service(request)
-    call_id = callstore.new_call_id()
-    doc = callstore.new_call_document(call_id, req.group_id, req.caller_id, req.receiver_id, req.optional)
-    with _store_errors():
+    call_id = new_call_id()
+    doc = new_call_document(call_id, req.group_id, req.caller_id, req.receiver_id, req.optional)
+    try:
         await service.create(doc)
+    except DomainError as exc:
+        raise from_domain(exc, _REQUEST_FIELD) from None
     latest = await _await_push(service, call_id)
     push_sent = latest.get("pushSent")
     return json_response(
@@ -323,13 +314,11 @@ async def _move(
 ) -> dict[str, Any]:
     """Apply one transition as the principal; returns the call as it was before."""
     service = _service(request)
-    with _store_errors():
-        call = await service.get(call_id)
+    call = await service.get(call_id)
     if call is None:
         raise ApiError(404, f"unknown call {call_id}", field="call_id")
     actor = _actor(principal, call, implied)
-    with _store_errors():
-        return await service.transition(call_id, target, actor)
+    return await service.transition(call_id, target, actor)
 
 
 async def _call_id_body(request: web.Request) -> tuple[Principal, dict[str, Any], str]:
@@ -373,7 +362,7 @@ async def post_end(request: web.Request) -> web.Response:
     before = await _move(request, principal, call_id, Status.ENDED, Actor.CALLER)
     try:
         after = await _service(request).get(call_id) or {}
-    except StoreUnavailable:
+    except Unavailable:
         after = {}  # the call did end; without the committed stamp, measure to now
     ended_at = after.get("endedAt") or datetime.fromtimestamp(request.app[DEPS].clock.time(), UTC)
     duration = calls.duration_seconds(after.get("answeredAt") or before.get("answeredAt"), ended_at)
@@ -408,17 +397,13 @@ async def post_sweep(request: web.Request) -> web.Response:
     timeout_s = _timeout_seconds(body)
     service = _service(request)
     cutoff = datetime.fromtimestamp(deps.clock.time() - timeout_s, UTC)
-    with _store_errors():
-        stale = await service.stale_pending(cutoff)
+    stale = await service.stale_pending(cutoff)
     updated = 0
     for call_id in stale:
         try:
-            with _store_errors():
-                await service.transition(call_id, Status.MISSED, Actor.SERVER)
-        except ApiError as exc:
-            if exc.status == 503:
-                raise
-            continue  # answered, cancelled or timed out meanwhile: not this sweep's change
+            await service.transition(call_id, Status.MISSED, Actor.SERVER)
+        except DomainError:
+            continue  # answered, cancelled or timed out meanwhile: not this sweep's change (an outage propagates)
         updated += 1
     return json_response({"success": True, "timeoutSeconds": timeout_s, "updatedCount": updated})
 
@@ -432,8 +417,7 @@ async def get_status(request: web.Request) -> web.Response:
     """The call as the seed reported it; participants (and admins) only."""
     principal = await _principal(request)
     call_id = _call_id(request.match_info["call_id"])
-    with _store_errors():
-        call = await _service(request).get(call_id)
+    call = await _service(request).get(call_id)
     if call is None:
         raise ApiError(404, f"unknown call {call_id}", field="call_id")
     if not principal.unrestricted and not is_participant(principal.uid, call):

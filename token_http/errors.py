@@ -1,14 +1,17 @@
-"""API errors and how every failure becomes a JSON body."""
+"""API errors and how every failure becomes a JSON body; the one place domain errors get their HTTP status."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from memharbor.errors import Conflict, DomainError, Forbidden, IllegalTransition, InvalidInput, NotFound, Unavailable
 from memharbor.logs import REQUEST_ID, get_logger
+from memharbor.recording_requests import LiveCapReached
 
 log = get_logger()
 
@@ -50,6 +53,36 @@ def too_many_requests(message: str, retry_after_s: int, field: str | None = None
     return ApiError(429, message, field=field, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
+# The HTTP status of each domain refusal (README, "API").
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    IllegalTransition: 409,
+    Conflict: 409,
+}
+UNAVAILABLE_MESSAGE = "Firestore is unavailable; try again"
+# A user at the cap of live recording requests is told to retry after this long: a recording whose
+# participants left ends after the recorder's idle time (MEMHARBOR_RECORDER_IDLE_S, 30 s by default).
+LIVE_CAP_RETRY_AFTER_S = 30
+
+
+def from_domain(exc: DomainError | Unavailable | LiveCapReached, fields: Mapping[str, str] | None = None) -> ApiError:
+    """The API error a domain failure is answered with; `fields` renames document fields to request fields."""
+    if isinstance(exc, Unavailable):
+        return ApiError(503, UNAVAILABLE_MESSAGE)
+    if isinstance(exc, LiveCapReached):
+        message = (
+            f"you already have {exc.cap} recordings requested or in progress; stop one "
+            "(POST /api/recording/stop) or wait for one to finish"
+        )
+        return too_many_requests(message, LIVE_CAP_RETRY_AFTER_S, field="channel")
+    field = (fields or {}).get(exc.field, exc.field) if exc.field is not None else None
+    # A refusal of no listed kind is the input's fault.
+    status = next((code for kind, code in DOMAIN_STATUS.items() if isinstance(exc, kind)), 400)
+    return ApiError(status, exc.message, field=field)
+
+
 _HTTP_MESSAGES = {
     404: "not found",
     405: "method not allowed",
@@ -75,7 +108,9 @@ def _json_error(status: int, body: dict[str, Any], headers: Any = None) -> web.R
 
 
 def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The JSON answer for a failed handler: ApiError, aiohttp's HTTP errors, or a hidden 500 for a bug."""
+    """The JSON answer for a failed handler: API and domain errors, aiohttp's HTTP errors, or a hidden 500 for a bug."""
+    if isinstance(exc, DomainError | Unavailable | LiveCapReached):
+        exc = from_domain(exc)
     if isinstance(exc, ApiError):
         response = _json_error(exc.status, exc.body())
         response.headers.update(exc.headers)

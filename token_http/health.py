@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from memharbor.clock import Clock
+from memharbor.repositories.workers import HealthSource
 from memharbor.settings import Settings
-from memharbor.store import HealthSource
 from token_http.errors import ApiError, json_response
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from memharbor.call_service import CallService
 from memharbor.clock import Clock
-from memharbor.recording_service import RecordingService
+from memharbor.repositories.calls import CallReader, CallRepository
+from memharbor.repositories.recordings import RecordingRepository
+from memharbor.repositories.workers import HealthSource
 from memharbor.settings import Settings
-from memharbor.store import CallDirectory, HealthSource
 
-if TYPE_CHECKING:  # annotations only: the adapters' modules need not load with the keys
+if TYPE_CHECKING:  # annotations only: ratelimit reads DEPS from this module, so a runtime import would be a cycle
     from token_http.auth import Authenticator
     from token_http.ratelimit import RateLimiter
 
@@ -24,13 +24,14 @@ class Deps:
     """The adapters the handlers use; tests pass fakes or real emulator-backed ones."""
 
     authenticator: Authenticator
-    calls: CallDirectory
+    # Call lookups of /api/token and the recording routes.
+    calls: CallReader
     health: HealthSource
     clock: Clock
     # The seed's /api/call/* routes; None answers them with 503 (tests of other routes need not set it).
-    call_service: CallService | None = None
+    call_service: CallRepository | None = None
     # The seed's /api/recording/* routes; None answers them with 503.
-    recording_service: RecordingService | None = None
+    recording_service: RecordingRepository | None = None
     # Per-user budget of the work-creating routes (invite, recording start); None counts nothing.
     rate_limiter: RateLimiter | None = None
 

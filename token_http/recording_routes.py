@@ -15,21 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from memharbor import agora, calls
 from memharbor.access import Principal, is_participant
-from memharbor.call_service import StoreUnavailable
-from memharbor.calls import CallError
+from memharbor.errors import Conflict, Unavailable
 from memharbor.recording_requests import (
     BEGUN,
     DEFAULT_RECORDER_UID,
     FINISHED,
     STOP_FIELD,
-    LiveCapReached,
     RecordingStatus,
     call_session_id,
     may_access,
@@ -37,19 +35,17 @@ from memharbor.recording_requests import (
     parse_legacy_channel,
     status_of,
 )
-from memharbor.recording_service import RecordingService, Session, created_at
+from memharbor.repositories.calls import CallReader
+from memharbor.repositories.recordings import RecordingRepository, Session, created_at
 from token_http import ratelimit
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso
-from token_http.errors import ApiError, bad_request, json_response, too_many_requests
+from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS, SETTINGS
 
 # start waits this long for the recorder to begin, looking this often (the seed waited for its recorder too).
 START_WAIT_S = 10.0
 START_POLL_S = 0.1
-# A user at the cap of live requests is told to retry after this long: a recording whose participants
-# left ends after the recorder's idle time (MEMHARBOR_RECORDER_IDLE_S, 30 s by default).
-LIVE_CAP_RETRY_AFTER_S = 30
 # stop waits this long for the recorder to finalize and upload.
 STOP_WAIT_S = 60.0
 STOP_POLL_S = 0.1
@@ -64,18 +60,7 @@ _SID_RULE = "sid must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 # ---------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    """Turn the port's refusals and an unreachable Firestore into JSON API errors."""
-    try:
-        yield
-    except CallError as exc:
-        raise ApiError(exc.status, exc.message, field=exc.field) from None
-    except StoreUnavailable:
-        raise ApiError(503, "Firestore is unavailable; try again") from None
-
-
-def _service(request: web.Request) -> RecordingService:
+def _service(request: web.Request) -> RecordingRepository:
     service = request.app[DEPS].recording_service
     if service is None:
         raise ApiError(503, "the recording service is not configured")
@@ -126,7 +111,11 @@ def _session_error(message: str, sid: str, session: Mapping[str, Any], **more: A
 
 
 async def _wait(
-    service: RecordingService, sids: list[str], done: Callable[[Mapping[str, Any]], bool], wait_s: float, poll_s: float
+    service: RecordingRepository,
+    sids: list[str],
+    done: Callable[[Mapping[str, Any]], bool],
+    wait_s: float,
+    poll_s: float,
 ) -> dict[str, dict[str, Any]]:
     """The sessions as last read, once `done` holds for each of them (or after `wait_s`)."""
     latest: dict[str, dict[str, Any]] = {}
@@ -136,7 +125,7 @@ async def _wait(
                 for sid in sids:
                     if sid in latest and done(latest[sid]):
                         continue
-                    with contextlib.suppress(StoreUnavailable):  # a blip while waiting is not the answer
+                    with contextlib.suppress(Unavailable):  # a blip while waiting is not the answer
                         doc = await service.get(sid)
                         if doc is not None:
                             latest[sid] = doc
@@ -191,7 +180,7 @@ def _reusable(sessions: list[Session]) -> Session | None:
 
 
 async def _join_or_request(
-    service: RecordingService, channel: str, request: dict[str, Any], live_cap: int | None
+    service: RecordingRepository, channel: str, request: dict[str, Any], live_cap: int | None
 ) -> str:
     """The sid of the session a start joins (one already asked for) or of the request it creates.
 
@@ -205,12 +194,9 @@ async def _join_or_request(
         # The id the watcher uses for the call's recording: starts racing each other or the watcher's
         # own request all create this one document, and every one but the first finds it.
         sid = call_session_id(call_id)
-        try:
+        with contextlib.suppress(Conflict):  # the call's session exists: join it below if it is still live
             await service.create(sid, request, live_cap)
             return sid
-        except CallError as exc:
-            if exc.status != 409:
-                raise
         current = await service.get(sid)
         if current is not None and _reusable([(sid, current)]) is not None:
             return sid
@@ -218,19 +204,6 @@ async def _join_or_request(
     sid = str(uuid.uuid4())
     await service.create(sid, request, live_cap)
     return sid
-
-
-@contextlib.contextmanager
-def _live_cap_errors() -> Iterator[None]:
-    """A start over its user's cap of live requests is a 429: one of them has to end first."""
-    try:
-        yield
-    except LiveCapReached as exc:
-        message = (
-            f"you already have {exc.cap} recordings requested or in progress; stop one "
-            "(POST /api/recording/stop) or wait for one to finish"
-        )
-        raise too_many_requests(message, LIVE_CAP_RETRY_AFTER_S, field="channel") from None
 
 
 async def post_start(request: web.Request) -> web.Response:
@@ -242,10 +215,9 @@ async def post_start(request: web.Request) -> web.Response:
     service = _service(request)
     # Admins act as the server and the open mode has no users to tell apart: neither is capped.
     live_cap = None if principal.unrestricted else request.app[SETTINGS].max_live_recordings_per_user
-    with _store_errors(), _live_cap_errors():
-        call_id = _call_of_channel(principal, channel, await service.calls_on_channel(channel))
-        request_doc = new_request(channel, principal.uid or "anonymous", call_id)
-        sid = await _join_or_request(service, channel, request_doc, live_cap)
+    call_id = _call_of_channel(principal, channel, await request.app[DEPS].calls.calls_on_channel(channel))
+    request_doc = new_request(channel, principal.uid or "anonymous", call_id)
+    sid = await _join_or_request(service, channel, request_doc, live_cap)
     sessions = await _wait(service, [sid], lambda s: status_of(s) in BEGUN | FINISHED, START_WAIT_S, START_POLL_S)
     session = sessions.get(sid, {})
     status = status_of(session)
@@ -266,16 +238,18 @@ async def post_start(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------------------------
 
 
-async def _visible(service: RecordingService, principal: Principal, sessions: list[Session]) -> list[Session]:
+async def _visible(calls_of: CallReader, principal: Principal, sessions: list[Session]) -> list[Session]:
     """The sessions the principal may see or stop."""
     if principal.unrestricted:
         return sessions
     call_ids = {doc["callId"] for _, doc in sessions if isinstance(doc.get("callId"), str)}
-    known = await service.get_calls(call_ids)
+    known = await calls_of.get_calls(call_ids)
     return [(sid, doc) for sid, doc in sessions if may_access(principal, doc, known.get(str(doc.get("callId"))))]
 
 
-async def _targets(service: RecordingService, principal: Principal, body: dict[str, Any]) -> list[Session]:
+async def _targets(
+    service: RecordingRepository, calls_of: CallReader, principal: Principal, body: dict[str, Any]
+) -> list[Session]:
     """The sessions a stop names: the one with `sid`, or those in progress on `channel` (newest first)."""
     sid = optional_str(body, "sid", max_bytes=1024)
     if sid is not None:
@@ -284,7 +258,7 @@ async def _targets(service: RecordingService, principal: Principal, body: dict[s
         doc = await service.get(sid)
         if doc is None:
             raise ApiError(404, f"unknown recording session {sid}", field="sid")
-        if not await _visible(service, principal, [(sid, doc)]):
+        if not await _visible(calls_of, principal, [(sid, doc)]):
             raise ApiError(403, "this recording is not of a call of yours", field="sid")
         return [(sid, doc)]
     if body.get("channel") is None or body.get("channel") == "":
@@ -293,7 +267,7 @@ async def _targets(service: RecordingService, principal: Principal, body: dict[s
     sessions = await service.in_progress(channel)
     if not sessions:
         raise ApiError(404, "no recording is in progress on this channel", field="channel")
-    visible = await _visible(service, principal, sessions)
+    visible = await _visible(calls_of, principal, sessions)
     if not visible:
         raise ApiError(403, "the recording on this channel is not of a call of yours", field="channel")
     return visible
@@ -327,11 +301,10 @@ async def post_stop(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = await json_object(request)
     service = _service(request)
-    with _store_errors():
-        targets = await _targets(service, principal, body)
-        for sid, doc in targets:
-            if status_of(doc) not in FINISHED and not doc.get(STOP_FIELD):
-                await service.request_stop(sid)
+    targets = await _targets(service, request.app[DEPS].calls, principal, body)
+    for sid, doc in targets:
+        if status_of(doc) not in FINISHED and not doc.get(STOP_FIELD):
+            await service.request_stop(sid)
     sid, before = _reported(targets)
     sessions = await _wait(service, [sid], lambda s: status_of(s) in FINISHED, STOP_WAIT_S, STOP_POLL_S)
     session = sessions.get(sid) or dict(before)
@@ -393,8 +366,7 @@ async def get_status(request: web.Request) -> web.Response:
     """Sessions in progress (requested, recording, stopping): the caller's own, or all for admins."""
     principal = await _principal(request)
     service = _service(request)
-    with _store_errors():
-        sessions = await _visible(service, principal, await service.in_progress())
+    sessions = await _visible(request.app[DEPS].calls, principal, await service.in_progress())
     return json_response({"sessions": [_session_view(sid, doc) for sid, doc in sessions], "count": len(sessions)})
 
 
@@ -412,8 +384,7 @@ async def get_list(request: web.Request) -> web.Response:
     principal = await _principal(request)
     limit = _limit(request)
     service = _service(request)
-    with _store_errors():
-        stored = await service.stored(limit, None if principal.unrestricted else principal.uid)
+    stored = await service.stored(limit, None if principal.unrestricted else principal.uid)
     stored.sort(key=created_at, reverse=True)
     return json_response(
         {"recordings": [_recording_view(sid, doc) for sid, doc in stored[:limit]], "count": min(len(stored), limit)}

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from memharbor import agora
 from memharbor.access import Principal, may_get_token
+from memharbor.errors import Unavailable
 from memharbor.settings import Settings
 from token_http.body import json_object, optional_int
 from token_http.errors import ApiError, bad_request, json_response
@@ -98,7 +99,8 @@ async def authorize(request: web.Request, principal: Principal, req: TokenReques
         # Without a bound, an unreachable Firestore holds the request for minutes (client retries).
         async with asyncio.timeout(CALL_LOOKUP_TIMEOUT_S):
             calls = await request.app[DEPS].calls.calls_on_channel(req.channel)
-    except Exception:
+    except (Unavailable, TimeoutError):
+        # Only an outage is a 503: any other exception is a bug, answered 500 and logged with its stack.
         raise ApiError(503, "Firestore is unavailable; cannot check the call") from None
     if not may_get_token(principal, calls):
         raise ApiError(403, "no pending or accepted call of yours uses this channel", field="channel")

@@ -1,5 +1,5 @@
 """token_http's cap of live recording requests per user, end to end: `memharbor http` on the Firestore
-emulator with real ID tokens and the stand-in recorder of test_recording_routes.
+emulator with real ID tokens and a stand-in recorder (tests/support/recorder_thread.py).
 """
 
 from __future__ import annotations
@@ -7,18 +7,28 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.integration.test_call_routes import Api
-from tests.integration.test_recording_routes import FakeRecorder, api, db, recorder
-from tests.support.firestore_rest import FirestoreRest
+import pytest
 
-__all__ = ["api", "db", "recorder"]  # fixtures
+from memharbor.emulators import EmulatorSet
+from tests.support.firestore_rest import FirestoreRest
+from tests.support.http_process import Api
+from tests.support.recorder_thread import StandInRecorder
 
 # Short uids so that twenty legacy channels {groupId}_{user1}_{user2} stay under Agora's 64 bytes;
 # users of their own, so this module's requests spend no other test's rate budget.
 CAROL, DAVE = "carol-uid-abuse", "dave-uid-abuse"
 CAP = 3  # MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER's default
+
+
+@pytest.fixture
+def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
+    """The emptied Firestore emulator as the owner (bypassing the rules)."""
+    client = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id).as_owner()
+    yield client
+    client.close()
 
 
 def _start_with_headers(api: Api, channel: str, uid: str) -> tuple[int, dict[str, str], dict[str, str]]:
@@ -39,7 +49,7 @@ class TestLiveRecordingCap:
     """One user's parallel starts on call-less legacy channels queue at most the cap of requests."""
 
     def test_twenty_parallel_legacy_starts_leave_at_most_the_cap(
-        self, api: Api, db: FirestoreRest, recorder: FakeRecorder
+        self, api: Api, db: FirestoreRest, recorder: StandInRecorder
     ) -> None:
         """Twenty simultaneous starts by one user on twenty legacy channels: three recordings, seventeen 429s."""
         channels = [f"g{n}_{CAROL}_{DAVE}" for n in range(20)]

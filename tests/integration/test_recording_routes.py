@@ -4,21 +4,21 @@ and a stand-in recorder thread that plays the recorder's side of the `recordings
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from memharbor import calls
 from memharbor.emulators import EmulatorSet
-from memharbor.recording_requests import call_session_id, parse_legacy_channel
-from tests.integration.test_call_routes import Api, _start_http
+from memharbor.recording_requests import call_session_id
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.groups import seed_group
+from tests.support.http_process import Api
+from tests.support.recorder_thread import StandInRecorder
 from tests.support.waiting import wait_for
 
 ALICE, BOB, MALLORY, OPS = "alice-uid-0000000000000000001", "bob-uid-00000000000000000002", "mallory-uid", "ops"
@@ -30,18 +30,6 @@ START_WAIT_S = 10.0
 # ---------------------------------------------------------------------------------------------- harness
 
 
-@pytest.fixture(scope="module")
-def api(emulators: EmulatorSet) -> Iterator[Api]:
-    """token_http with Firebase ID token authentication."""
-    yield from _start_http(emulators, "firebase")
-
-
-@pytest.fixture(scope="module")
-def open_api(emulators: EmulatorSet) -> Iterator[Api]:
-    """token_http with MEMHARBOR_AUTH=none (the seed's open mode)."""
-    yield from _start_http(emulators, "none")
-
-
 @pytest.fixture
 def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
     """The emptied Firestore emulator as the owner (bypassing the rules)."""
@@ -49,87 +37,6 @@ def db(clean_emulators: EmulatorSet) -> Iterator[FirestoreRest]:
     seed_group(client, "grp1", [ALICE, BOB])
     yield client
     client.close()
-
-
-def sid_of(doc: dict[str, Any]) -> str:
-    return str(doc["__name__"]).rsplit("/", 1)[1]
-
-
-class FakeRecorder(threading.Thread):
-    """Plays the recorder: begins requested sessions after `begin_delay_s`; on stopRequested goes through
-    stopping to stopped with the seed's metadata, and links the recording from its call.
-    """
-
-    def __init__(self, emulators: EmulatorSet, begin_delay_s: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.db = FirestoreRest(emulators.firestore.address, emulators.project_id).as_owner()
-        self.begin_delay_s = begin_delay_s
-        self.stop = threading.Event()
-        self.first_seen: dict[str, float] = {}
-        self.began: list[str] = []
-        self.finished: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop.wait(0.05):
-            requested = self.db.query("recordings", [("status", "==", "requested")])
-            for doc in requested.documents if requested.ok else []:
-                self._begin(sid_of(doc), doc)
-            stopping = self.db.query("recordings", [("status", "==", "recording"), ("stopRequested", "==", True)])
-            for doc in stopping.documents if stopping.ok else []:
-                self._finish(sid_of(doc), doc)
-
-    def _begin(self, sid: str, doc: dict[str, Any]) -> None:
-        first = self.first_seen.setdefault(sid, time.monotonic())
-        if time.monotonic() - first < self.begin_delay_s:
-            return
-        now = datetime.now(UTC)
-        fields = {
-            "status": "recording",
-            "uid": 999999,
-            "filename": f"{doc['channel']}_{now.strftime('%Y-%m-%dT%H-%M-%S')}.wav",
-            "workerId": "fake-recorder",
-            "leaseUntil": now + timedelta(seconds=30),
-        }
-        if self.db.update(f"recordings/{sid}", fields, server_time=["recordedAt"]).ok:
-            self.began.append(sid)
-
-    def _finish(self, sid: str, doc: dict[str, Any]) -> None:
-        assert self.db.update(f"recordings/{sid}", {"status": "stopping"}).ok
-        # A call's recording names the call's group and participants; only a call-less one parses its channel
-        # (the compact call channel {groupId}_{digest}_{epochMillis} has three parts too).
-        call = self.db.get(f"calls/{doc['callId']}").data if doc.get("callId") else {}
-        legacy = None if call else parse_legacy_channel(doc["channel"])
-        path = f"recordings/{doc['filename']}"
-        results = {
-            "status": "stopped",
-            "groupId": legacy.group_id if legacy else call.get("groupId"),
-            "user1": legacy.user1 if legacy else call.get("callerId"),
-            "user2": legacy.user2 if legacy else call.get("receiverId"),
-            "duration": 1500,
-            "fileSize": 48044,
-            "format": "wav",
-            "spec": {"sampleRate": 16000, "channels": 1, "bitDepth": 16},
-            "storagePath": path,
-            "url": f"http://storage.test/{path}",
-        }
-        assert self.db.update(f"recordings/{sid}", results, server_time=["stoppedAt"]).ok
-        if doc.get("callId"):
-            assert self.db.update(f"calls/{doc['callId']}", {"recordingId": sid}).ok
-        self.finished.append(sid)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(5)
-        self.db.close()
-
-
-@pytest.fixture
-def recorder(clean_emulators: EmulatorSet) -> Iterator[FakeRecorder]:
-    """A stand-in recorder thread for this test."""
-    fake = FakeRecorder(clean_emulators)
-    fake.start()
-    yield fake
-    fake.close()
 
 
 def seed_call(db: FirestoreRest, call_id: str = "call-1", status: str = "accepted", **extra: Any) -> None:
@@ -159,7 +66,7 @@ def start(api: Api, channel: str, uid: str | None, admin: bool = False) -> tuple
 class TestCallRecording:
     """A participant records a live call through the routes; the recorder does the recording."""
 
-    def test_start_then_stop(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_start_then_stop(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """start writes the app's request and answers once recording; stop answers the uploaded result."""
         seed_call(db)
         status, started = start(api, CHANNEL, ALICE)
@@ -193,7 +100,7 @@ class TestCallRecording:
         assert final["stopRequested"] is True and final["status"] == "stopped"
         assert db.get("calls/call-1").data["recordingId"] == started["sid"]
 
-    def test_stop_by_channel(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_stop_by_channel(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """stop {channel} stops the session in progress on it."""
         seed_call(db)
         status, started = start(api, CHANNEL, BOB)
@@ -202,7 +109,7 @@ class TestCallRecording:
         assert status == 200 and stopped["sid"] == started["sid"] and stopped["status"] == "stopped"
         assert api.post("/api/recording/stop", {"channel": CHANNEL}, ALICE)[0] == 404
 
-    def test_second_start_joins_the_first(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_second_start_joins_the_first(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """While a session records the channel, another start answers with it instead of a duplicate."""
         seed_call(db)
         first = start(api, CHANNEL, ALICE)[1]
@@ -210,7 +117,7 @@ class TestCallRecording:
         assert status == 200 and second["sid"] == first["sid"]
         assert len(db.query("recordings").documents) == 1
 
-    def test_simultaneous_starts_make_one_request(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_simultaneous_starts_make_one_request(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """Both participants starting at the same moment (twice each) get one session, named after the call."""
         seed_call(db)
         with ThreadPoolExecutor(4) as pool:
@@ -219,7 +126,7 @@ class TestCallRecording:
         assert {body["sid"] for _, body in answers} == {call_session_id("call-1")}
         assert len(db.query("recordings").documents) == 1
 
-    def test_not_yours_is_403(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_not_yours_is_403(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """A stranger can neither start nor stop the call's recording; without a token it is 401."""
         seed_call(db)
         assert start(api, CHANNEL, MALLORY)[0] == 403
@@ -264,7 +171,7 @@ class TestWithoutRecorder:
             .create("recordings/stranger-twin", {**app_fields, "requestedBy": MALLORY}, server_time=["createdAt"])
             .denied
         )
-        late = FakeRecorder(emulators)
+        late = StandInRecorder(emulators)
         late.start()
         try:
             wait_for(lambda: db.get(f"recordings/{data['sid']}").data["status"] == "recording", what="late start")
@@ -277,7 +184,7 @@ class TestWithoutRecorder:
 class TestLegacyChannel:
     """A seed-era channel `{groupId}_{user1}_{user2}` that belongs to no call."""
 
-    def test_named_users_record_it(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_named_users_record_it(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """user1 starts, user2 stops; the session has no callId and the result names both."""
         status, started = start(api, LEGACY, ALICE)
         assert status == 200, started
@@ -288,7 +195,7 @@ class TestLegacyChannel:
         assert (stopped["groupId"], stopped["user1"], stopped["user2"]) == ("grp1", ALICE, BOB)
 
     def test_unparseable_channel_is_403_for_users_not_admins(
-        self, api: Api, db: FirestoreRest, recorder: FakeRecorder
+        self, api: Api, db: FirestoreRest, recorder: StandInRecorder
     ) -> None:
         """A channel that is no call's and names nobody is refused for users and allowed for admins."""
         assert start(api, "lobby", ALICE)[0] == 403
@@ -302,7 +209,9 @@ class TestLegacyChannel:
 class TestStatusAndList:
     """GET /api/recording/status and /api/recording/list as different users."""
 
-    def test_status_shows_own_sessions_in_progress(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_status_shows_own_sessions_in_progress(
+        self, api: Api, db: FirestoreRest, recorder: StandInRecorder
+    ) -> None:
         """Participants see the session, a stranger does not, an admin sees all; stopped ones drop out."""
         seed_call(db)
         _, started = start(api, CHANNEL, ALICE)
@@ -316,7 +225,7 @@ class TestStatusAndList:
         api.post("/api/recording/stop", {"sid": started["sid"]}, ALICE)
         assert api.request("GET", "/api/recording/status", uid=BOB)[1]["sessions"] == []
 
-    def test_list_is_newest_first_and_own(self, api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_list_is_newest_first_and_own(self, api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """Stored recordings come newest first, bounded by limit; a stranger's list is empty."""
         sids = []
         for channel in (LEGACY, CHANNEL):
@@ -338,7 +247,7 @@ class TestStatusAndList:
 class TestOpenMode:
     """MEMHARBOR_AUTH=none: the seed's behaviour, no ID tokens."""
 
-    def test_unauthenticated_start_stop(self, open_api: Api, db: FirestoreRest, recorder: FakeRecorder) -> None:
+    def test_unauthenticated_start_stop(self, open_api: Api, db: FirestoreRest, recorder: StandInRecorder) -> None:
         """Anyone starts and stops a recording of any valid channel."""
         status, started = open_api.post("/api/recording/start", {"channel": "groupA_u1_u2"})
         assert status == 200 and started["status"] == "recording"

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from google.cloud import firestore
 
+from memharbor.access import Principal
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
+from memharbor.settings import from_mapping
+from memharbor.store import FirestoreStore
 from tests.support.agora_tokens import (
     PUBLISHER_PRIVILEGES,
     SUBSCRIBER_PRIVILEGES,
@@ -28,6 +32,11 @@ from tests.support.agora_tokens import (
     verify_006,
     verify_007,
 )
+from tests.support.http_fakes import FakeAuthenticator, SteppedClock
+from tests.support.json_client import get
+from token_http import health
+from token_http.app import create_app
+from token_http.keys import Deps
 
 APP_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 APP_CERT = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -263,16 +272,39 @@ class TestHealth:
         assert response.body["status"] in ("ok", "degraded")
         assert response.body["auth"] == "firebase-emulator"  # FIREBASE_AUTH_EMULATOR_HOST: unsigned tokens pass
 
-    def test_live_watcher_heartbeat_makes_it_ok(self, clean: Service, db: firestore.Client) -> None:
-        """A fresh watcher heartbeat in `workers` is counted and turns the status to ok; admins see its id."""
-        db.collection("workers").document("watcher-it").set(
-            {"kind": "watcher", "instanceId": "watcher-it", "expiresAt": datetime.now(UTC) + timedelta(minutes=5)}
+    async def test_live_watcher_heartbeat_makes_it_ok(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
+        """A fresh watcher heartbeat in `workers` is counted once the cached check lapses; admins see its id.
+
+        In process, over the same Firestore adapter `memharbor http` uses, with a clock the test moves
+        past the cache's lifetime instead of sleeping through it.
+        """
+        clock = SteppedClock()
+        store = FirestoreStore(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
+        auth = FakeAuthenticator({"tok-ops": Principal(uid="ops", admin=True)})
+        deps = Deps(authenticator=auth, calls=store, health=store, clock=clock)
+        settings = from_mapping(
+            {"FIREBASE_PROJECT_ID": clean_emulators.project_id, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT}
         )
-        time.sleep(2.1)  # let the cached result expire
-        body = clean.request("GET", "/api/health", token=clean.id_token("ops", admin=True)).body
-        assert body["workers"]["watcher"]["instances"] == ["watcher-it"]
-        assert body["status"] == "ok"
-        assert clean.request("GET", "/api/health").body["workers"]["watcher"] == {"alive": 1}
+        try:
+            async with TestClient(TestServer(create_app(settings, deps))) as client:
+                _, before = await get(client, "/api/health", {"Authorization": "Bearer tok-ops"})
+                assert before["workers"]["watcher"]["instances"] == []
+                db.collection("workers").document("watcher-it").set(
+                    {
+                        "kind": "watcher",
+                        "instanceId": "watcher-it",
+                        "expiresAt": datetime.now(UTC) + timedelta(minutes=5),
+                    }
+                )
+                _, cached = await get(client, "/api/health", {"Authorization": "Bearer tok-ops"})
+                assert cached["workers"]["watcher"]["instances"] == []  # still the cached check
+                clock.advance(health.CACHE_TTL_S + 0.1)
+                _, body = await get(client, "/api/health", {"Authorization": "Bearer tok-ops"})
+                assert body["workers"]["watcher"]["instances"] == ["watcher-it"]
+                assert body["status"] == "ok"
+                assert (await get(client, "/api/health"))[1]["workers"]["watcher"] == {"alive": 1}
+        finally:
+            store.close()
 
 
 class TestLogFile:

@@ -13,51 +13,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
 
 from memharbor.recording_requests import LiveCapReached, new_request
-from memharbor.recording_service import FirestoreRecordingService
+from memharbor.repositories.recordings import FirestoreRecordingRepository
 from memharbor.settings import SettingsError
+from tests.support.api_worlds import AS_ADMIN, AS_ALICE, AS_BOB, CHANNEL, INVITE, LimitedWorld, TokenWorld, beat
+from tests.support.api_worlds import make_settings as call_settings
 from tests.support.json_client import Client, get
-from tests.unit import test_token_api as token_api
-from tests.unit.test_call_routes import INVITE, FakeCallService, short_push_wait
-from tests.unit.test_call_routes import make_settings as call_settings
-from tests.unit.test_recording_routes import (
-    AS_ADMIN,
-    AS_ALICE,
-    AS_BOB,
-    CHANNEL,
-    FakeAuthenticator,
-    short_waits,
-)
-from tests.unit.test_recording_routes import World as RecordingWorld
 from token_http import main as main_mod
 from token_http.app import create_app
-from token_http.auth import OpenAccess
-from token_http.keys import DEPS, Deps
+from token_http.keys import DEPS
 from token_http.ratelimit import MemoryRateLimiter, RateLimiter
 
-__all__ = ["short_push_wait", "short_waits"]  # autouse: invite and start wait briefly here too
+# Invite and start wait briefly here too.
+pytestmark = pytest.mark.usefixtures("short_push_wait", "short_recording_waits")
 
 START = "/api/recording/start"
 # Legacy channels {groupId}_{user1}_{user2} naming alice: one per group, none of them a call's.
 ALICE_LEGACY = [f"g{n}_alice_bob" for n in range(1, 8)]
 
-
-class World(RecordingWorld):
-    """The recording routes' fakes plus the call routes' service, with a rate limiter chosen by the test."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = FakeCallService(self.clock)
-
-    def limited_deps(self, limiter: RateLimiter | None, open_access: bool = False) -> Deps:
-        return Deps(
-            authenticator=OpenAccess() if open_access else FakeAuthenticator(),
-            calls=self.service,  # unused by these routes
-            health=token_api.FakeHealth(),
-            clock=self.clock,
-            call_service=self.calls,
-            recording_service=self.service,
-            rate_limiter=limiter,
-        )
+World = LimitedWorld
 
 
 @pytest.fixture
@@ -312,8 +285,14 @@ class _Recordings:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
 
-    def collection(self, _: str) -> _Query:
+    def collection(self, _: str, /) -> _Query:
         return _Query(self, [])
+
+    def get_all(self, _: Any, /) -> Any:
+        raise AssertionError("not used here")
+
+    def transaction(self) -> Any:
+        raise AssertionError("not used here")
 
     async def yield_(self) -> None:
         for _ in range(3):  # long enough for every other start in flight to reach the same point
@@ -357,13 +336,13 @@ class _Document:
         self.db.docs[self.sid] = dict(doc, status="requested")
 
 
-class TestFirestoreRecordingServiceCap:
-    """FirestoreRecordingService.create with a cap counts and creates one requester's requests one at a time."""
+class TestFirestoreRecordingRepositoryCap:
+    """FirestoreRecordingRepository.create with a cap counts and creates one requester's requests one at a time."""
 
     async def test_parallel_capped_creates_leave_at_most_the_cap(self) -> None:
         """Twenty simultaneous creates by one user: three succeed, seventeen are LiveCapReached."""
         db = _Recordings()
-        service = FirestoreRecordingService(lambda: db)  # type: ignore[arg-type, return-value]
+        service = FirestoreRecordingRepository(lambda: db)
         results = await asyncio.gather(
             *(service.create(f"s{n}", new_request(f"g{n}_alice_bob", "alice"), 3) for n in range(20)),
             return_exceptions=True,
@@ -375,7 +354,7 @@ class TestFirestoreRecordingServiceCap:
     async def test_each_requester_has_a_cap_of_their_own(self) -> None:
         """Another requester's sessions are counted apart: Bob gets his three while Alice is at her cap."""
         db = _Recordings()
-        service = FirestoreRecordingService(lambda: db)  # type: ignore[arg-type, return-value]
+        service = FirestoreRecordingRepository(lambda: db)
         for who in ("alice", "bob"):
             await asyncio.gather(*(service.create(f"{who}{n}", new_request("c", who), 3) for n in range(3)))
         assert len(db.docs) == 6
@@ -383,7 +362,7 @@ class TestFirestoreRecordingServiceCap:
     async def test_uncapped_create_does_not_count(self) -> None:
         """Without a cap (admins, open mode) creates always write; a capped one then sees all five."""
         db = _Recordings()
-        service = FirestoreRecordingService(lambda: db)  # type: ignore[arg-type, return-value]
+        service = FirestoreRecordingRepository(lambda: db)
         for n in range(5):
             await service.create(f"s{n}", new_request("c", "anonymous"))
         assert len(db.docs) == 5
@@ -395,18 +374,18 @@ class TestFirestoreRecordingServiceCap:
 
 
 @pytest.fixture
-def health_world() -> token_api.World:
-    world = token_api.World()
+def health_world() -> TokenWorld:
+    world = TokenWorld()
     apns_error = {"configured": True, "lastError": "apns:500:InternalServerError", "lastErrorAt": "2027-01-01T00:00"}
-    watcher = {**token_api.beat("watcher", 10), "status": {"push": {"apns": apns_error}}}
-    world.health.beats = [watcher, token_api.beat("recorder", 10)]
+    watcher = {**beat("watcher", 10), "status": {"push": {"apns": apns_error}}}
+    world.health.beats = [watcher, beat("recorder", 10)]
     return world
 
 
 async def _health(
-    world: token_api.World, headers: dict[str, str], open_access: bool = False, env: dict[str, str] | None = None
+    world: TokenWorld, headers: dict[str, str], open_access: bool = False, env: dict[str, str] | None = None
 ) -> Any:
-    settings = token_api.make_settings(**({"MEMHARBOR_AUTH": "none"} if open_access else {}), **(env or {}))
+    settings = call_settings(**({"MEMHARBOR_AUTH": "none"} if open_access else {}), **(env or {}))
     async with TestClient(TestServer(create_app(settings, world.deps(open_access=open_access)))) as test_client:
         return await get(test_client, "/api/health", headers)
 
@@ -424,7 +403,7 @@ PUBLIC = {
 class TestHealthVisibility:
     """GET /api/health: states and counts for anyone; instance ids and errors for admins and the open mode."""
 
-    async def test_no_token_sees_states_and_counts_an_admin_everything(self, health_world: token_api.World) -> None:
+    async def test_no_token_sees_states_and_counts_an_admin_everything(self, health_world: TokenWorld) -> None:
         """No token: no instance ids, push lastError/lastErrorAt or latency; an admin's token: all of them."""
         status, body = await _health(health_world, {})
         assert status == 200 and body == PUBLIC
@@ -436,19 +415,19 @@ class TestHealthVisibility:
         assert "latency_ms" in body["firestore"]
 
     @pytest.mark.parametrize("token", ["tok-alice", "not-a-token"])
-    async def test_users_and_bad_tokens_see_the_public_view(self, health_world: token_api.World, token: str) -> None:
+    async def test_users_and_bad_tokens_see_the_public_view(self, health_world: TokenWorld, token: str) -> None:
         """A user who is no admin, or an invalid token, gets the public view with 200, never a 401."""
         status, body = await _health(health_world, {"Authorization": f"Bearer {token}"})
         assert status == 200 and body == PUBLIC
 
-    async def test_open_mode_sees_everything(self, health_world: token_api.World) -> None:
+    async def test_open_mode_sees_everything(self, health_world: TokenWorld) -> None:
         """MEMHARBOR_AUTH=none trusts everyone like an admin: instance ids without a token, unlike firebase mode."""
         _, body = await _health(health_world, {}, open_access=True)
         assert body["workers"]["recorder"]["instances"] == ["recorder-1"] and body["auth"] == "none"
         _, body = await _health(health_world, {})
         assert "instances" not in body["workers"]["recorder"]
 
-    async def test_firestore_error_class_is_for_admins_only(self, health_world: token_api.World) -> None:
+    async def test_firestore_error_class_is_for_admins_only(self, health_world: TokenWorld) -> None:
         """When Firestore fails, anyone sees ok false with 503; only an admin sees the error's class."""
         health_world.health.failure = ConnectionError("down")
         status, body = await _health(health_world, {})
@@ -457,16 +436,16 @@ class TestHealthVisibility:
         _, full = await _health(health_world, {"Authorization": "Bearer tok-admin"})
         assert full["firestore"]["error"] == "ConnectionError"
 
-    async def test_one_cached_check_serves_both_views(self, health_world: token_api.World) -> None:
+    async def test_one_cached_check_serves_both_views(self, health_world: TokenWorld) -> None:
         """A public and an admin request within the cache window share one Firestore check."""
-        settings = token_api.make_settings()
+        settings = call_settings()
         async with TestClient(TestServer(create_app(settings, health_world.deps()))) as test_client:
             _, public = await get(test_client, "/api/health")
             _, full = await get(test_client, "/api/health", {"Authorization": "Bearer tok-admin"})
         assert health_world.health.pings == 1
         assert "instances" not in public["workers"]["watcher"] and "instances" in full["workers"]["watcher"]
 
-    async def test_reports_firebase_emulator_auth(self, health_world: token_api.World) -> None:
+    async def test_reports_firebase_emulator_auth(self, health_world: TokenWorld) -> None:
         """With the Auth emulator accepting unsigned tokens, health says firebase-emulator."""
         env = {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}
         _, body = await _health(health_world, {}, env=env)

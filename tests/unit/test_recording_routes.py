@@ -6,8 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,232 +16,43 @@ from google.cloud import firestore
 
 from memharbor import calls
 from memharbor.access import Principal
-from memharbor.call_service import StoreUnavailable
-from memharbor.calls import CallError
+from memharbor.errors import Conflict, NotFound, Unavailable
 from memharbor.recording_requests import (
     DEFAULT_RECORDER_UID,
-    IN_PROGRESS,
-    LiveCapReached,
     call_session_id,
     may_access,
     new_request,
     parse_legacy_channel,
 )
-from memharbor.recording_service import FirestoreRecordingService, Session, created_at
-from tests.support.json_client import Client, get, post
-from tests.unit.test_call_routes import (
-    FakeClock,
-    Unused,
+from memharbor.repositories.recordings import FirestoreRecordingRepository
+from tests.support.api_worlds import (
+    ALICE,
+    AS_ADMIN,
+    AS_ALICE,
+    AS_BOB,
+    AS_CAROL,
+    AS_MALLORY,
+    BOB,
+    CAROL,
+    CHANNEL,
+    MALLORY,
+    NOW,
+    RecordingWorld,
     make_settings,
-    python_parser,  # noqa: F401  (a fixture, used by name)
-    raw_get,
 )
-from token_http import openapi, recording_routes
+from tests.support.json_client import Client, get, post
+from tests.support.openapi_shapes import ResponseShapes
+from tests.support.raw_http import raw_get
 from token_http.app import create_app
-from token_http.auth import OpenAccess
-from token_http.errors import ApiError
-from token_http.keys import Deps
 
-ALICE, BOB, CAROL, MALLORY, ADMIN = "alice", "bob", "carol", "mallory", "admin-1"
-TOKENS = {
-    "tok-alice": Principal(uid=ALICE),
-    "tok-bob": Principal(uid=BOB),
-    "tok-carol": Principal(uid=CAROL),
-    "tok-mallory": Principal(uid=MALLORY),
-    "tok-admin": Principal(uid=ADMIN, admin=True),
-}
-AS_ALICE = {"Authorization": "Bearer tok-alice"}
-AS_BOB = {"Authorization": "Bearer tok-bob"}
-AS_CAROL = {"Authorization": "Bearer tok-carol"}
-AS_MALLORY = {"Authorization": "Bearer tok-mallory"}
-AS_ADMIN = {"Authorization": "Bearer tok-admin"}
-NOW_DT = datetime.fromtimestamp(1_770_000_000.0, UTC)  # FakeClock's time
-CHANNEL = "g1_alice_bob_1770000000000"
+pytestmark = pytest.mark.usefixtures("short_recording_waits")
+
+NOW_DT = datetime.fromtimestamp(NOW, UTC)  # FakeClock's time
 LEGACY = "g1_alice_bob"
 START_KEYS = {"sid", "channel", "uid", "filename", "status"}
 STOP_KEYS = {"sid", "channel", "groupId", "user1", "user2", "filename", "format", "duration", "firebase", "status"}
 
-
-# ---------------------------------------------------------------------------------------------- fakes
-
-
-class FakeAuthenticator:
-    """Bearer tokens from a fixed table; anything else is a 401."""
-
-    async def authenticate(self, authorization: str | None) -> Principal:
-        principal = TOKENS.get((authorization or "").removeprefix("Bearer "))
-        if principal is None:
-            raise ApiError(401, "missing or invalid Firebase ID token", field="Authorization")
-        return principal
-
-
-@dataclass
-class FakeRecorder:
-    """Plays the recorder on each read of a session: begins a request, finishes a stop, or neither."""
-
-    begins: bool = True
-    finishes: bool = True
-    fail_with: str | None = None  # the request fails instead of beginning
-    storage: bool = True  # Storage configured: url and storagePath written
-    reads_before_acting: int = 0
-
-    def step(self, sid: str, doc: dict[str, Any], reads: int, now: datetime) -> None:
-        if reads <= self.reads_before_acting:
-            return
-        if doc["status"] == "requested" and self.fail_with is not None:
-            doc.update({"status": "failed", "error": self.fail_with, "stoppedAt": now})
-        elif doc["status"] == "requested" and self.begins:
-            stamp = now.strftime("%Y-%m-%dT%H-%M-%S")
-            doc.update(
-                {"status": "recording", "uid": 999999, "filename": f"{doc['channel']}_{stamp}.wav", "recordedAt": now}
-            )
-        if doc["status"] in ("recording", "stopping") and doc.get("stopRequested") and self.finishes:
-            legacy = parse_legacy_channel(doc["channel"])
-            doc.update(
-                {
-                    "status": "stopped",
-                    "groupId": "g1",
-                    "user1": legacy.user1 if legacy else ALICE,
-                    "user2": legacy.user2 if legacy else BOB,
-                    "duration": 120000,
-                    "fileSize": 3840044,
-                    "format": "wav",
-                    "spec": {"sampleRate": 16000, "channels": 1, "bitDepth": 16},
-                    "stoppedAt": now,
-                }
-            )
-            if self.storage:
-                doc["storagePath"] = f"recordings/{doc['filename']}"
-                doc["url"] = f"http://storage.test/{doc['storagePath']}"
-
-
-class FakeRecordingService:
-    """An in-memory recordings collection (and calls to look up) with FirestoreRecordingService's semantics."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.calls: dict[str, dict[str, Any]] = {}
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self.created: list[tuple[str, dict[str, Any]]] = []  # each request as it was written
-        self.stops: list[str] = []
-        self.reads: dict[str, int] = {}
-        self.stored_calls: list[tuple[int, str | None]] = []
-        self.failure: Exception | None = None
-        self.recorder = FakeRecorder()
-        # Sessions a racing writer created after in_progress() scanned: the scan does not return them.
-        self.unseen: set[str] = set()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock.time(), UTC)
-
-    def _fail(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def add_call(self, call_id: str = "c1", status: str = "accepted", **fields: Any) -> dict[str, Any]:
-        doc = {
-            "callId": call_id,
-            "groupId": "g1",
-            "callerId": ALICE,
-            "receiverId": BOB,
-            "status": status,
-            "channelName": CHANNEL,
-            **fields,
-        }
-        self.calls[call_id] = doc
-        return doc
-
-    def add_session(self, sid: str, status: str, age_s: float = 0.0, **fields: Any) -> dict[str, Any]:
-        doc = {
-            "channel": CHANNEL,
-            "callId": "c1",
-            "status": status,
-            "requestedBy": ALICE,
-            "createdAt": self.now() - timedelta(seconds=age_s),
-            **fields,
-        }
-        self.sessions[sid] = doc
-        return doc
-
-    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
-        self._fail()
-        return [dict(c) for c in self.calls.values() if c.get("channelName") == channel]
-
-    async def get_calls(self, call_ids: Any) -> dict[str, dict[str, Any]]:
-        self._fail()
-        return {i: dict(self.calls[i]) for i in set(call_ids) if i in self.calls}
-
-    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
-        self._fail()
-        if sid in self.sessions:
-            raise CallError(409, "a recording session with this id already exists", field="sid")
-        mine = [d for d in self.sessions.values() if d["requestedBy"] == doc["requestedBy"]]
-        if live_cap is not None and len([d for d in mine if d["status"] in IN_PROGRESS]) >= live_cap:
-            raise LiveCapReached(doc["requestedBy"], live_cap)
-        stored = {k: self.now() if v is firestore.SERVER_TIMESTAMP else v for k, v in doc.items()}
-        self.created.append((sid, dict(stored)))
-        self.sessions[sid] = stored
-
-    async def get(self, sid: str) -> dict[str, Any] | None:
-        self._fail()
-        doc = self.sessions.get(sid)
-        if doc is None:
-            return None
-        self.reads[sid] = self.reads.get(sid, 0) + 1
-        self.recorder.step(sid, doc, self.reads[sid], self.now())
-        return dict(doc)
-
-    async def request_stop(self, sid: str) -> None:
-        self._fail()
-        if sid not in self.sessions:
-            raise CallError(404, "unknown recording session", field="sid")
-        self.stops.append(sid)
-        self.sessions[sid]["stopRequested"] = True
-
-    async def in_progress(self, channel: str | None = None) -> list[Session]:
-        self._fail()
-        found = [
-            (sid, dict(doc))
-            for sid, doc in self.sessions.items()
-            if doc["status"] in ("requested", "recording", "stopping")
-            and channel in (None, doc["channel"])
-            and sid not in self.unseen
-        ]
-        return sorted(found, key=created_at, reverse=True)
-
-    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
-        self._fail()
-        self.stored_calls.append((limit, uid))
-        found = [
-            (sid, dict(doc))
-            for sid, doc in self.sessions.items()
-            if doc["status"] == "stopped" and (uid is None or uid in (doc.get("user1"), doc.get("user2")))
-        ]
-        return sorted(found, key=created_at, reverse=True)[:limit]
-
-
-class World:
-    def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.service = FakeRecordingService(self.clock)
-
-    def deps(self, open_access: bool = False, with_service: bool = True) -> Deps:
-        return Deps(
-            authenticator=OpenAccess() if open_access else FakeAuthenticator(),
-            calls=Unused(),
-            health=Unused(),
-            clock=self.clock,
-            recording_service=self.service if with_service else None,
-        )
-
-
-@pytest.fixture(autouse=True)
-def short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """start waits 0.3 s and stop 0.5 s instead of 10 s and 60 s, polling every 10 ms, so tests stay fast."""
-    monkeypatch.setattr(recording_routes, "START_WAIT_S", 0.3)
-    monkeypatch.setattr(recording_routes, "START_POLL_S", 0.01)
-    monkeypatch.setattr(recording_routes, "STOP_WAIT_S", 0.5)
-    monkeypatch.setattr(recording_routes, "STOP_POLL_S", 0.01)
+World = RecordingWorld
 
 
 @pytest.fixture
@@ -460,7 +270,7 @@ class TestStart:
 
     async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
         """A Firestore failure while checking the channel is a 503, never a 500."""
-        world.service.failure = StoreUnavailable("down")
+        world.service.failure = Unavailable("down")
         status, data = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
         assert status == 503 and "Firestore" in data["error"]
 
@@ -634,7 +444,7 @@ class TestStop:
 
     async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
         """A Firestore failure is a 503."""
-        world.service.failure = StoreUnavailable("down")
+        world.service.failure = Unavailable("down")
         status, _ = await post(client, "/api/recording/stop", {"sid": "s1"}, AS_ALICE)
         assert status == 503
 
@@ -696,7 +506,7 @@ class TestStatus:
     async def test_errors(self, client: Client, world: World) -> None:
         """No token is 401; Firestore down is 503."""
         assert (await get(client, "/api/recording/status"))[0] == 401
-        world.service.failure = StoreUnavailable("down")
+        world.service.failure = Unavailable("down")
         assert (await get(client, "/api/recording/status", AS_ALICE))[0] == 503
 
 
@@ -751,7 +561,7 @@ class TestList:
     async def test_errors(self, client: Client, world: World) -> None:
         """No token is 401; Firestore down is 503."""
         assert (await get(client, "/api/recording/list"))[0] == 401
-        world.service.failure = StoreUnavailable("down")
+        world.service.failure = Unavailable("down")
         assert (await get(client, "/api/recording/list", AS_ALICE))[0] == 503
 
 
@@ -876,11 +686,17 @@ class _Boom:
         self.error = error
         self.hang = hang
 
-    def collection(self, _: str) -> _Boom:
+    def collection(self, _: str, /) -> _Boom:
         return self
 
     def document(self, _: str) -> _Boom:
         return self
+
+    def get_all(self, _: Any, /) -> Any:
+        raise AssertionError("not used here")
+
+    def transaction(self) -> Any:
+        raise AssertionError("not used here")
 
     async def _act(self, *_: Any, **__: Any) -> Any:
         if self.hang:
@@ -891,61 +707,35 @@ class _Boom:
     create = get = update = _act
 
 
-def _service(error: BaseException | None, hang: bool = False) -> FirestoreRecordingService:
-    return FirestoreRecordingService(lambda: _Boom(error, hang), timeout_s=0.05)  # type: ignore[arg-type,return-value]
+def _repository(error: BaseException | None, hang: bool = False) -> FirestoreRecordingRepository:
+    return FirestoreRecordingRepository(lambda: _Boom(error, hang), timeout_s=0.05)
 
 
-class TestFirestoreRecordingServiceErrors:
-    """FirestoreRecordingService turns client failures into StoreUnavailable or CallError."""
+class TestFirestoreRecordingRepositoryErrors:
+    """FirestoreRecordingRepository turns client failures into Unavailable or a domain refusal."""
 
     @pytest.mark.parametrize("error", [gexc.ServiceUnavailable("down"), gexc.DeadlineExceeded("slow"), OSError()])
     async def test_unavailable(self, error: BaseException) -> None:
-        """Transport and API errors become StoreUnavailable (answered 503)."""
-        with pytest.raises(StoreUnavailable):
-            await _service(error).get("s1")
+        """Transport and API errors become Unavailable (answered 503)."""
+        with pytest.raises(Unavailable):
+            await _repository(error).get("s1")
 
     async def test_timeout(self) -> None:
-        """A Firestore call that does not answer in time becomes StoreUnavailable."""
-        with pytest.raises(StoreUnavailable):
-            await _service(None, hang=True).get("s1")
+        """A Firestore call that does not answer in time becomes Unavailable."""
+        with pytest.raises(Unavailable):
+            await _repository(None, hang=True).get("s1")
 
-    async def test_existing_sid_is_409_and_missing_is_404(self) -> None:
-        """Creating over an existing session is 409; stopping a missing one is 404."""
-        with pytest.raises(CallError) as exists:
-            await _service(gexc.AlreadyExists("exists")).create("s1", {})
-        assert exists.value.status == 409
-        with pytest.raises(CallError) as missing:
-            await _service(gexc.NotFound("missing")).request_stop("s1")
-        assert missing.value.status == 404
-
-    async def test_no_call_ids_reads_nothing(self) -> None:
-        """get_calls with no ids answers {} without touching the client."""
-        assert await _service(AssertionError("must not read")).get_calls([]) == {}
+    async def test_existing_sid_is_a_conflict_and_missing_is_not_found(self) -> None:
+        """Creating over an existing session is a Conflict; stopping a missing one is NotFound; both name sid."""
+        with pytest.raises(Conflict) as exists:
+            await _repository(gexc.AlreadyExists("exists")).create("s1", {})
+        assert exists.value.field == "sid"
+        with pytest.raises(NotFound) as missing:
+            await _repository(gexc.NotFound("missing")).request_stop("s1")
+        assert missing.value.field == "sid"
 
 
 # ---------------------------------------------------------------------------------------------- OpenAPI
-
-
-def _documented(path: str, method: str, code: str = "200") -> dict[str, Any]:
-    responses = openapi.document()["paths"][path][method]["responses"]
-    schema: dict[str, Any] = responses[code]["content"]["application/json"]["schema"]
-    return schema
-
-
-def _fits(data: dict[str, Any], schema: dict[str, Any]) -> None:
-    """Every required key present, no undocumented key, nulls only where nullable, enums respected."""
-    assert set(schema["required"]) <= set(data) <= set(schema["properties"])
-    for key, value in data.items():
-        prop = schema["properties"][key]
-        if value is None:
-            assert prop.get("nullable") is True, key
-        elif "enum" in prop:
-            assert value in prop["enum"], key
-        elif prop.get("type") == "array":
-            for item in value:
-                _fits(item, prop["items"])
-        elif prop.get("type") == "object" and "properties" in prop:
-            _fits(value, prop)
 
 
 class TestResponsesMatchOpenApi:
@@ -953,22 +743,24 @@ class TestResponsesMatchOpenApi:
 
     async def test_start_stop_and_their_503s(self, client: Client, world: World) -> None:
         """start, stop (stopped and failed) and the 503 bodies with a sid fit their schemas."""
+        shapes = await ResponseShapes.served(client)
         world.service.add_call()
         _, started = await post(client, "/api/recording/start", {"channel": CHANNEL}, AS_ALICE)
-        _fits(started, _documented("/api/recording/start", "post"))
+        shapes.check(started, "/api/recording/start", "post")
         _, stopped = await post(client, "/api/recording/stop", {"sid": started["sid"]}, AS_ALICE)
-        _fits(stopped, _documented("/api/recording/stop", "post"))
+        shapes.check(stopped, "/api/recording/stop", "post")
         world.service.add_session("f", "failed", error="x")
         _, failed = await post(client, "/api/recording/stop", {"sid": "f"}, AS_ALICE)
-        _fits(failed, _documented("/api/recording/stop", "post"))
+        shapes.check(failed, "/api/recording/stop", "post")
         world.service.recorder.begins = False
         status, late = await post(client, "/api/recording/start", {"channel": "g1_alice_bob"}, AS_ALICE)
         assert status == 503
-        _fits(late, _documented("/api/recording/start", "post", "503"))
+        shapes.check(late, "/api/recording/start", "post", 503)
 
     async def test_status_and_list(self, client: Client, world: World) -> None:
         """status and list bodies (with items) fit their schemas."""
         TestList().seed(world)
         world.service.add_call()
-        _fits((await get(client, "/api/recording/status", AS_ADMIN))[1], _documented("/api/recording/status", "get"))
-        _fits((await get(client, "/api/recording/list", AS_ADMIN))[1], _documented("/api/recording/list", "get"))
+        shapes = await ResponseShapes.served(client)
+        shapes.check((await get(client, "/api/recording/status", AS_ADMIN))[1], "/api/recording/status", "get")
+        shapes.check((await get(client, "/api/recording/list", AS_ADMIN))[1], "/api/recording/list", "get")

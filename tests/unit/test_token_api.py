@@ -9,7 +9,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import firebase_admin
@@ -21,6 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from memharbor import firebase, logs
 from memharbor.access import Principal
 from memharbor.devtokens import emulator_id_token
+from memharbor.errors import Conflict, DomainError, Forbidden, IllegalTransition, InvalidInput, NotFound, Unavailable
+from memharbor.recording_requests import LiveCapReached
 from memharbor.settings import Settings, from_mapping
 from tests.support.agora_tokens import (
     PUBLISHER_PRIVILEGES,
@@ -30,129 +31,22 @@ from tests.support.agora_tokens import (
     verify_006,
     verify_007,
 )
+from tests.support.api_worlds import APP_CERT, APP_ID, TokenWorld, beat
+from tests.support.http_fakes import FakeAuthenticator
 from token_http import health as health_mod
 from token_http import main as main_mod
 from token_http import token_route
 from token_http.access_log import RequestIds
 from token_http.app import create_app
-from token_http.auth import FirebaseIdTokens, OpenAccess
-from token_http.errors import ApiError
+from token_http.auth import FirebaseIdTokens
+from token_http.errors import ApiError, from_domain
 from token_http.keys import Deps
 
 PROJECT = "demo-token-api"
-APP_ID = "0123456789abcdef0123456789abcdef"
-APP_CERT = "fedcba9876543210fedcba9876543210"
-NOW = 1_750_000_000
-CHANNEL = "group1_alice_bob_1750000000000"
-ALICE, BOB, MALLORY, ADMIN = "alice-uid", "bob-uid", "mallory-uid", "admin-uid"
-ID_TOKENS = {
-    "tok-alice": Principal(uid=ALICE),
-    "tok-bob": Principal(uid=BOB),
-    "tok-mallory": Principal(uid=MALLORY),
-    "tok-admin": Principal(uid=ADMIN, admin=True),
-}
-
-
-# ---------------------------------------------------------------------------------------------- fakes
-
-
-class FakeAuthenticator:
-    """Bearer tokens from a fixed table; anything else is a 401, as the real authenticator answers."""
-
-    def __init__(self, table: dict[str, Principal]) -> None:
-        self.table = table
-        self.seen: list[str | None] = []
-
-    async def authenticate(self, authorization: str | None) -> Principal:
-        self.seen.append(authorization)
-        if not authorization or not authorization.startswith("Bearer "):
-            raise ApiError(401, "missing Authorization: Bearer <Firebase ID token>", field="Authorization")
-        principal = self.table.get(authorization.removeprefix("Bearer "))
-        if principal is None:
-            raise ApiError(401, "invalid or expired Firebase ID token", field="Authorization")
-        return principal
-
-
-class FakeCalls:
-    """An in-memory `calls` collection indexed by channel name."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.queries: list[str] = []
-        self.failure: Exception | None = None
-        self.delay = 0.0
-
-    def add(self, status: str, caller: str = ALICE, receiver: str = BOB, channel: str = CHANNEL) -> None:
-        self.calls.append(
-            {
-                "callId": f"call{len(self.calls)}",
-                "callerId": caller,
-                "receiverId": receiver,
-                "status": status,
-                "channelName": channel,
-            }
-        )
-
-    async def calls_on_channel(self, channel: str) -> list[dict[str, Any]]:
-        self.queries.append(channel)
-        logs.get_logger().info("fake.calls_on_channel", channel=channel)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.failure is not None:
-            raise self.failure
-        return [dict(c) for c in self.calls if c["channelName"] == channel]
-
-
-class FakeHealth:
-    """A database that answers, fails or hangs on ping, with a settable list of worker heartbeats."""
-
-    def __init__(self) -> None:
-        self.pings = 0
-        self.delay = 0.0
-        self.failure: Exception | None = None
-        self.beats: list[dict[str, Any]] = []
-
-    async def ping(self) -> None:
-        self.pings += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.failure is not None:
-            raise self.failure
-
-    async def heartbeats(self) -> list[dict[str, Any]]:
-        return list(self.beats)
-
-
-class FakeClock:
-    """Wall and monotonic time that only move when a test moves them."""
-
-    def __init__(self) -> None:
-        self.wall = float(NOW)
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-
-class World:
-    """The fakes behind one app instance, reachable from tests."""
-
-    def __init__(self) -> None:
-        self.auth = FakeAuthenticator(ID_TOKENS)
-        self.calls = FakeCalls()
-        self.health = FakeHealth()
-        self.clock = FakeClock()
-
-    def deps(self, open_access: bool = False) -> Deps:
-        authenticator = OpenAccess() if open_access else self.auth
-        return Deps(authenticator=authenticator, calls=self.calls, health=self.health, clock=self.clock)
+NOW = TokenWorld.NOW
+CHANNEL = TokenWorld.CHANNEL
+ALICE, BOB, MALLORY, ADMIN = TokenWorld.ALICE, TokenWorld.BOB, TokenWorld.MALLORY, TokenWorld.ADMIN
+World = TokenWorld
 
 
 def make_settings(**extra: str) -> Settings:
@@ -369,10 +263,16 @@ class TestTokenAuthorization:
 
     async def test_firestore_down_is_503(self, client: Client, world: World) -> None:
         """When the call lookup fails the answer is 503, not 500 and not a token."""
-        world.calls.failure = ConnectionError("firestore down at 10.0.0.1")
+        world.calls.failure = Unavailable("firestore down at 10.0.0.1")
         code, body = await post_token(client, {"channel": CHANNEL, "uid": 5}, who="tok-alice")
         assert code == 503
         assert "10.0.0.1" not in body["error"]
+
+    async def test_bug_in_call_lookup_is_500_not_503(self, client: Client, world: World) -> None:
+        """Only an outage of the lookup is a 503: any other exception is a bug, answered 500 without details."""
+        world.calls.failure = KeyError("channelName")
+        code, body = await post_token(client, {"channel": CHANNEL, "uid": 5}, who="tok-alice")
+        assert code == 500 and body["error"] == "internal error"
 
     async def test_hanging_call_lookup_is_a_bounded_503(
         self, client: Client, world: World, monkeypatch: pytest.MonkeyPatch
@@ -602,6 +502,42 @@ class TestIntegersBeyond64Bits:
         assert "from 1 to 4294967295" in payload["error"]
 
 
+class TestDomainErrorMapping:
+    """token_http/errors.py gives each domain refusal its HTTP status once, for every route."""
+
+    @pytest.mark.parametrize(
+        ("error", "status"),
+        [
+            (InvalidInput("callerId must be 1-128 characters", field="callerId"), 400),
+            (Forbidden("not yours", field="groupId"), 403),
+            (NotFound("unknown call c1", field="call_id"), 404),
+            (IllegalTransition("cannot go from ended to accepted", field="status"), 409),
+            (Conflict("a call with this id already exists", field="callId"), 409),
+        ],
+        ids=["invalid", "forbidden", "not-found", "illegal", "conflict"],
+    )
+    def test_refusals_keep_message_and_field(self, error: DomainError, status: int) -> None:
+        """Each refusal becomes its status with the message and field it was raised with."""
+        api_error = from_domain(error)
+        assert (api_error.status, api_error.body()) == (status, {"error": error.message, "field": error.field})
+
+    def test_fields_are_renamed_to_request_terms(self) -> None:
+        """A route that speaks in request fields renames the document field a refusal names."""
+        api_error = from_domain(Forbidden("not members", field="groupId"), {"groupId": "group_id"})
+        assert api_error.body() == {"error": "not members", "field": "group_id"}
+
+    def test_outage_is_503_without_details(self) -> None:
+        """Unavailable is a 503 that says Firestore is unavailable and nothing of the cause."""
+        api_error = from_domain(Unavailable("ConnectionError to 10.0.0.1"))
+        assert (api_error.status, api_error.body()) == (503, {"error": "Firestore is unavailable; try again"})
+
+    def test_live_cap_is_429_with_retry_after(self) -> None:
+        """LiveCapReached is a 429 naming channel, with a Retry-After in whole seconds."""
+        api_error = from_domain(LiveCapReached("alice", 3))
+        assert api_error.status == 429 and api_error.field == "channel"
+        assert api_error.headers == {"Retry-After": "30"} and "3 recordings" in api_error.message
+
+
 class TestUnexpectedErrors:
     """A bug in a dependency is a 500 without details, logged with its request id."""
 
@@ -628,10 +564,6 @@ class TestUnexpectedErrors:
 
 
 AS_ADMIN = {"Authorization": "Bearer tok-admin"}
-
-
-def beat(kind: str, expires_in: float) -> dict[str, Any]:
-    return {"kind": kind, "instanceId": f"{kind}-1", "expiresAt": datetime.fromtimestamp(NOW + expires_in, tz=UTC)}
 
 
 class TestHealth:

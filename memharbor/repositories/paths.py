@@ -1,0 +1,9 @@
+"""The Firestore collections of the data contract (DESIGN.md, "Firestore data contract")."""
+
+from __future__ import annotations
+
+CALLS = "calls"
+GROUPS = "groups"
+USERS = "users"
+RECORDINGS = "recordings"
+WORKERS = "workers"

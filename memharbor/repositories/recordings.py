@@ -1,0 +1,151 @@
+"""The recordings aggregate (`recordings/{sid}`) as the REST shim uses it: its port and Firestore adapter.
+
+The shim only creates requests, reads sessions, asks for stops and lists; the recorder does the rest
+(recorder/store.py). Who may do what is decided by the caller (token_http/recording_routes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from memharbor.errors import Conflict, NotFound
+from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, LiveCapReached, RecordingStatus
+from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard, Refusals
+from memharbor.repositories.paths import RECORDINGS
+
+# A session is its id with its document.
+Session = tuple[str, dict[str, Any]]
+
+# In-progress sessions live minutes to hours and there are a few per live call; a scan reads at most this.
+MAX_IN_PROGRESS_SCAN = 1000
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def created_at(session: Session) -> datetime:
+    """The session's createdAt for sorting (sessions without one sort last)."""
+    value = session[1].get("createdAt")
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return _EPOCH
+
+
+class RecordingRepository(Protocol):
+    """Recording sessions, as the REST shim uses them."""
+
+    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
+        """Create `recordings/{sid}`; Conflict when it exists.
+
+        With `live_cap`, LiveCapReached when doc's requestedBy already has that many sessions in progress.
+        """
+        ...
+
+    async def get(self, sid: str) -> dict[str, Any] | None:
+        """The session document, or None."""
+        ...
+
+    async def request_stop(self, sid: str) -> None:
+        """Set `stopRequested: true` on the session; NotFound when it does not exist."""
+        ...
+
+    async def in_progress(self, channel: str | None = None) -> list[Session]:
+        """Sessions that are requested, recording or stopping (on `channel` when given), newest first."""
+        ...
+
+    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
+        """Stopped sessions (their file is stored), newest first; with `uid`, those naming it as user1 or user2."""
+        ...
+
+
+class FirestoreRecordingRepository:
+    """RecordingRepository over an asyncio Firestore client; every operation is guarded (time bound, Unavailable)."""
+
+    def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        refusals: Refusals = {
+            gexc.AlreadyExists: lambda: Conflict("a recording session with this id already exists", field="sid"),
+            gexc.NotFound: lambda: NotFound("unknown recording session", field="sid"),
+        }
+        self._guard = Guard(client, timeout_s, refusals)
+        # One capped create per requester at a time in this process, so parallel starts cannot all count
+        # the same free places; other processes can still race (the cap then holds per process).
+        self._requester_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
+        if live_cap is None:
+            await self._guard.run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+            return
+        requested_by = str(doc.get("requestedBy"))
+        lock = self._requester_locks.get(requested_by)
+        if lock is None:
+            lock = self._requester_locks[requested_by] = asyncio.Lock()
+        async with lock:
+            if await self._live_count(requested_by, live_cap) >= live_cap:
+                raise LiveCapReached(requested_by, live_cap)
+            await self._guard.run(lambda client: client.collection(RECORDINGS).document(sid).create(doc))
+
+    async def _live_count(self, requested_by: str, at_most: int) -> int:
+        """How many sessions `requested_by` asked for are in progress, counting no further than `at_most`."""
+
+        async def scan(client: FirestoreClient) -> int:
+            query = (
+                client.collection(RECORDINGS)
+                .where(filter=FieldFilter("status", "in", sorted(s.value for s in IN_PROGRESS)))
+                .where(filter=FieldFilter("requestedBy", "==", requested_by))
+                .limit(at_most)
+            )
+            return len([snap async for snap in query.stream()])
+
+        return await self._guard.run(scan)
+
+    async def get(self, sid: str) -> dict[str, Any] | None:
+        async def read(client: FirestoreClient) -> dict[str, Any] | None:
+            snap = await client.collection(RECORDINGS).document(sid).get()
+            return snap.to_dict() if snap.exists else None
+
+        return await self._guard.run(read)
+
+    async def request_stop(self, sid: str) -> None:
+        # update() requires the document to exist: a stop never creates a session.
+        await self._guard.run(lambda client: client.collection(RECORDINGS).document(sid).update({STOP_FIELD: True}))
+
+    async def in_progress(self, channel: str | None = None) -> list[Session]:
+        async def scan(client: FirestoreClient) -> list[Session]:
+            # Equality and `in` filters only: Firestore serves them without a composite index.
+            query = client.collection(RECORDINGS).where(
+                filter=FieldFilter("status", "in", sorted(s.value for s in IN_PROGRESS))
+            )
+            if channel is not None:
+                query = query.where(filter=FieldFilter("channel", "==", channel))
+            return [(snap.id, snap.to_dict() or {}) async for snap in query.limit(MAX_IN_PROGRESS_SCAN).stream()]
+
+        sessions = await self._guard.run(scan)
+        return sorted(sessions, key=created_at, reverse=True)
+
+    async def stored(self, limit: int, uid: str | None = None) -> list[Session]:
+        async def scan(client: FirestoreClient) -> list[Session]:
+            base = client.collection(RECORDINGS).where(
+                filter=FieldFilter("status", "==", RecordingStatus.STOPPED.value)
+            )
+            # Each needs a composite index (rules/firestore.indexes.json): [user1|user2,] status, createdAt desc.
+            queries = (
+                [base]
+                if uid is None
+                else [base.where(filter=FieldFilter(name, "==", uid)) for name in ("user1", "user2")]
+            )
+            found: dict[str, dict[str, Any]] = {}
+            for query in queries:
+                ordered = query.order_by("createdAt", direction=firestore.Query.DESCENDING).limit(limit)
+                async for snap in ordered.stream():
+                    found[snap.id] = snap.to_dict() or {}
+            return list(found.items())
+
+        sessions = await self._guard.run(scan)
+        return sorted(sessions, key=created_at, reverse=True)[:limit]
