@@ -41,11 +41,11 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor import firebase
-from memharbor.callstore import new_call_document, new_call_id
 from memharbor.emulators import EmulatorError, EmulatorSet
 from memharbor.groups import group_document
+from memharbor.repositories.calls import new_call_document, new_call_id
+from memharbor.repositories.paths import CALLS, GROUPS, USERS, WORKERS
 from memharbor.settings import child_environment, watcher_settings
-from memharbor.store import CALLS, GROUPS, USERS, WORKERS
 from watcher.push import read_sink
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

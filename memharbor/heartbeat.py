@@ -1,4 +1,7 @@
-"""Worker heartbeats: one document per running instance in `workers`, read by /api/health."""
+"""Worker heartbeats: one document per running instance in `workers`, read by /api/health.
+
+The document is written through the workers repository (memharbor/repositories/workers.py).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.cloud import firestore
-
+from memharbor.errors import Unavailable
 from memharbor.logs import get_logger
-from memharbor.store import WORKERS
+from memharbor.repositories.guarded import FirestoreClient
+from memharbor.repositories.workers import FirestoreHeartbeats, HeartbeatStore
 
 log = get_logger()
+
+
+def _cause(exc: Exception) -> str:
+    # The guard reports an outage as Unavailable carrying the client's error class; log that class.
+    return str(exc) if isinstance(exc, Unavailable) else type(exc).__name__
 
 
 class Heartbeat:
@@ -22,13 +30,13 @@ class Heartbeat:
 
     def __init__(
         self,
-        client: firestore.AsyncClient,
+        client: FirestoreClient,
         kind: str,
         instance_id: str,
         interval_s: float,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self._ref = client.collection(WORKERS).document(instance_id)
+        self._store: HeartbeatStore = FirestoreHeartbeats(lambda: client)
         self._kind = kind
         self._instance_id = instance_id
         self._interval_s = interval_s
@@ -38,7 +46,8 @@ class Heartbeat:
     async def beat(self) -> None:
         """Write one heartbeat."""
         now = datetime.now(UTC)
-        await self._ref.set(
+        await self._store.put(
+            self._instance_id,
             {
                 "kind": self._kind,
                 "instanceId": self._instance_id,
@@ -48,7 +57,7 @@ class Heartbeat:
                 "beatAt": now,
                 "expiresAt": now + timedelta(seconds=3 * self._interval_s),
                 "status": self._status(),
-            }
+            },
         )
 
     async def run(self) -> None:
@@ -57,12 +66,12 @@ class Heartbeat:
             try:
                 await self.beat()
             except Exception as exc:
-                log.warning("heartbeat.failed", kind=self._kind, error=type(exc).__name__)
+                log.warning("heartbeat.failed", kind=self._kind, error=_cause(exc))
             await asyncio.sleep(self._interval_s)
 
     async def retire(self) -> None:
         """Delete the heartbeat on a clean exit so health stops counting this instance at once."""
         try:
-            await self._ref.delete()
+            await self._store.remove(self._instance_id)
         except Exception as exc:
-            log.warning("heartbeat.retire_failed", kind=self._kind, error=type(exc).__name__)
+            log.warning("heartbeat.retire_failed", kind=self._kind, error=_cause(exc))

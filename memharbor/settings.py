@@ -525,12 +525,6 @@ def stack_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> St
     )
 
 
-# token_http's modules and their tests still name the HTTP settings `Settings` and their builder
-# `from_mapping`; these two names go once they say HttpSettings and http_settings.
-Settings = HttpSettings
-from_mapping = http_settings
-
-
 def load(
     build: Callable[[Mapping[str, str], bool], T],
     environ: Mapping[str, str] | None = None,

@@ -1,8 +1,8 @@
 """token_http's Firestore client, made on first use, with the read ports its composition root wires in.
 
-The collection names live in `memharbor.repositories.paths` and are importable from here too, the
-place the watcher, the recorder and the heartbeat read them from. The repositories themselves (one
-per aggregate) are in `memharbor.repositories`.
+The collection names live in `memharbor.repositories.paths`; they are importable from here too,
+where the watcher and recorder/listener.py still read them. The repositories themselves (one per
+aggregate) are in `memharbor.repositories`.
 """
 
 from __future__ import annotations
@@ -54,8 +54,22 @@ class FirestoreStore:
         """The workers' heartbeat documents."""
         return await self._workers.heartbeats()
 
-    def close(self) -> None:
-        """Close the client's channel if one was opened."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    async def aclose(self) -> None:
+        """Close the client if one was made: its HTTP session and its gRPC channel."""
+        client, self._client = self._client, None
+        if client is not None:
+            await close_async_client(client)
+
+
+async def close_async_client(client: firestore.AsyncClient) -> None:
+    """Close an asyncio Firestore client for good: `client.close()` and then its gRPC channel.
+
+    `AsyncClient.close()` only closes the HTTP session it inherits; the gRPC channel of its GAPIC
+    client (made on the first RPC) stays open until the process exits. google-cloud-firestore has no
+    public way to reach it, so this reads the lazily made GAPIC client's private attribute, and does
+    nothing more when no RPC ever made one.
+    """
+    client.close()
+    api = getattr(client, "_firestore_api_internal", None)
+    if api is not None:
+        await api.transport.close()

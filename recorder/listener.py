@@ -15,7 +15,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.listening import SupervisedListener
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD
-from memharbor.store import RECORDINGS
+from memharbor.repositories.paths import RECORDINGS
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
 from memharbor.settings import RecorderSettings, SettingsError
+from memharbor.store import close_async_client
 from recorder.audio import AudioSource
 from recorder.clock import SessionClock
 from recorder.files import RecordingDir
@@ -94,7 +95,7 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
     firebase.use_emulators(settings)
     async with contextlib.AsyncExitStack() as owned:
         db = firebase.firestore_async(settings)
-        owned.callback(db.close)
+        owned.push_async_callback(close_async_client, db)
         bucket = firebase.storage_bucket(settings)
         if bucket is None:
             log.warning("storage.unconfigured", detail="recordings stay in RECORDINGS_DIR; url/storagePath are null")

@@ -6,6 +6,9 @@ claimed by setting both; the holder renews the lease while it records. Once a le
 another worker takes a `recording` session over (a new file segment: the old holder's audio stays on
 its disk until its recovery uploads it), while a session that was asked to stop (or was `stopping`)
 is marked `failed` instead, to be upgraded to `stopped` if the old holder's file is ever recovered.
+
+Every operation runs through the shared Guard (memharbor/repositories/guarded.py): bounded in time,
+with a client failure raised as `memharbor.errors.Unavailable`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.async_transaction import AsyncTransaction
@@ -22,7 +25,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from memharbor import agora
 from memharbor.calls import ACTIVE
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus, parse_legacy_channel
-from memharbor.store import CALLS, RECORDINGS
+from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
+from memharbor.repositories.paths import CALLS, RECORDINGS
 from memharbor.wav import SPEC
 from recorder.session import SessionPlan
 
@@ -90,40 +94,110 @@ def _participants(doc: dict[str, Any], call: dict[str, Any] | None) -> dict[str,
     return {"groupId": legacy.group_id, "user1": legacy.user1, "user2": legacy.user2}
 
 
-class SessionStore:
-    """Claims, leases and results of recording sessions for one worker."""
+def _final_update(doc: dict[str, Any], report: SegmentReport, entry: dict[str, Any]) -> dict[str, Any]:
+    """The fields that make `report` the session's result."""
+    update: dict[str, Any] = {
+        "status": RecordingStatus.STOPPED.value,
+        "filename": report.filename,
+        "url": report.url,
+        "storagePath": report.storage_path,
+        "duration": report.duration_ms,
+        "fileSize": report.file_size,
+        "format": "wav",
+        "spec": dict(SPEC),
+        "stoppedAt": firestore.SERVER_TIMESTAMP,
+        "stopReason": report.stop_reason,
+        "leaseUntil": firestore.DELETE_FIELD,
+        "error": firestore.DELETE_FIELD,
+        "segments": firestore.ArrayUnion([entry]),
+    }
+    if _ts(doc.get("recordedAt")) is None:
+        update["recordedAt"] = report.recorded_at
+    if report.interrupted:
+        update["interrupted"] = True
+    if report.tracks:
+        update["tracks"] = report.tracks
+    return update
 
-    def __init__(self, db: firestore.AsyncClient, worker_id: str, lease_s: float, bot_uid: int) -> None:
-        self.db = db
+
+class RecordingSessions(Protocol):
+    """The stored sessions as one recorder worker uses them: claims, leases and results."""
+
+    async def claim(self, sid: str) -> ClaimResult:
+        """Try to take the session: a new one, or one whose holder's lease lapsed."""
+        ...
+
+    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
+        """`status: recording` with the file being written; False when the session is no longer ours."""
+        ...
+
+    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
+        """`status: stopping` with the reason; False when the session is no longer ours."""
+        ...
+
+    async def renew(self, sid: str) -> bool:
+        """Extend the lease; False when another worker holds the session now (or it is over)."""
+        ...
+
+    async def release(self, sid: str) -> bool:
+        """Give back a session claimed but not begun (on shutdown), for another worker to claim at once."""
+        ...
+
+    async def fail(self, sid: str, error: str) -> bool:
+        """Mark a session this worker holds `failed` with the reason."""
+        ...
+
+    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
+        """Write a finished segment: the session's result when `owner_id` still holds it ("final"), else
+        one more entry of its `segments` ("segment"); "gone" when the document does not exist.
+        """
+        ...
+
+    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Sessions not yet finished (for the sweep)."""
+        ...
+
+
+class SessionStore:
+    """RecordingSessions over an asyncio Firestore client; every operation is guarded (time bound, Unavailable)."""
+
+    def __init__(
+        self,
+        db: FirestoreClient,
+        worker_id: str,
+        lease_s: float,
+        bot_uid: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self._guard = Guard(lambda: db, timeout_s)
         self.worker_id = worker_id
         self.lease_s = lease_s
         self.bot_uid = bot_uid
-
-    def _ref(self, sid: str) -> Any:
-        return self.db.collection(RECORDINGS).document(sid)
 
     def _lease(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
     async def claim(self, sid: str) -> ClaimResult:
-        """Try to take the session: a new one, or one whose holder's lease lapsed."""
-        ref = self._ref(sid)
+        async def operation(db: FirestoreClient) -> ClaimResult:
+            ref = db.collection(RECORDINGS).document(sid)
 
-        @firestore.async_transactional  # type: ignore[misc]
-        async def run(tx: AsyncTransaction) -> ClaimResult:
-            snap = await ref.get(transaction=tx)
-            if not snap.exists:
-                return ClaimResult(Claim.GONE)
-            doc = snap.to_dict() or {}
-            call = None
-            call_id = doc.get("callId")
-            if isinstance(call_id, str) and call_id:
-                call_snap = await self.db.collection(CALLS).document(call_id).get(transaction=tx)
-                call = call_snap.to_dict() if call_snap.exists else None
-            return self._decide(tx, ref, sid, doc, call)
+            @firestore.async_transactional  # type: ignore[misc]
+            async def run(tx: AsyncTransaction) -> ClaimResult:
+                snap = await ref.get(transaction=tx)
+                if not snap.exists:
+                    return ClaimResult(Claim.GONE)
+                doc = snap.to_dict() or {}
+                call = None
+                call_id = doc.get("callId")
+                if isinstance(call_id, str) and call_id:
+                    call_snap = await db.collection(CALLS).document(call_id).get(transaction=tx)
+                    call = call_snap.to_dict() if call_snap.exists else None
+                return self._decide(tx, ref, sid, doc, call)
 
-        result: ClaimResult = await run(self.db.transaction())
-        return result
+            result: ClaimResult = await run(db.transaction())
+            return result
+
+        return await self._guard.run(operation)
 
     def _decide(
         self, tx: AsyncTransaction, ref: Any, sid: str, doc: dict[str, Any], call: dict[str, Any] | None
@@ -181,24 +255,35 @@ class SessionStore:
 
     async def _if_held(self, sid: str, update: dict[str, Any], statuses: frozenset[str]) -> bool:
         """Apply `update` when this worker holds the session in one of `statuses`."""
-        ref = self._ref(sid)
 
-        @firestore.async_transactional  # type: ignore[misc]
-        async def run(tx: AsyncTransaction) -> bool:
-            snap = await ref.get(transaction=tx)
-            doc = snap.to_dict() if snap.exists else None
-            if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
-                return False
-            tx.update(ref, update)
-            return True
+        async def operation(db: FirestoreClient) -> bool:
+            ref = db.collection(RECORDINGS).document(sid)
 
-        held: bool = await run(self.db.transaction())
-        return held
+            @firestore.async_transactional  # type: ignore[misc]
+            async def run(tx: AsyncTransaction) -> bool:
+                snap = await ref.get(transaction=tx)
+                doc = snap.to_dict() if snap.exists else None
+                if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
+                    return False
+                tx.update(ref, update)
+                return True
+
+            held: bool = await run(db.transaction())
+            return held
+
+        return await self._guard.run(operation)
+
+    async def _read(self, sid: str) -> dict[str, Any]:
+        """The session document as it is now ({} when there is none)."""
+
+        async def operation(db: FirestoreClient) -> dict[str, Any]:
+            snap = await db.collection(RECORDINGS).document(sid).get()
+            return snap.to_dict() or {}
+
+        return await self._guard.run(operation)
 
     async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
-        """`status: recording` with the file being written; False when the session is no longer ours."""
-        snap = await self._ref(plan.sid).get()
-        doc = snap.to_dict() or {}
+        doc = await self._read(plan.sid)
         update: dict[str, Any] = {
             "status": RecordingStatus.RECORDING.value,
             "filename": filename,
@@ -216,67 +301,45 @@ class SessionStore:
         return await self._if_held(plan.sid, update, frozenset(_IN_PROGRESS))
 
     async def renew(self, sid: str) -> bool:
-        """Extend the lease; False when another worker holds the session now (or it is over)."""
         return await self._if_held(sid, {"leaseUntil": self._lease()}, frozenset(_IN_PROGRESS))
 
     async def release(self, sid: str) -> bool:
-        """Give back a session claimed but not begun (on shutdown), for another worker to claim at once."""
         update = {"workerId": firestore.DELETE_FIELD, "leaseUntil": firestore.DELETE_FIELD}
         return await self._if_held(sid, update, frozenset({RecordingStatus.REQUESTED.value}))
 
     async def fail(self, sid: str, error: str) -> bool:
-        """Mark a session this worker holds `failed` with the reason."""
         return await self._if_held(sid, self._failure(error), frozenset(_IN_PROGRESS))
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        """Write a finished segment: the session's result when `owner_id` still holds it ("final"), else
-        one more entry of its `segments` ("segment"); "gone" when the document does not exist.
-        """
-        ref = self._ref(sid)
+        async def operation(db: FirestoreClient) -> str:
+            ref = db.collection(RECORDINGS).document(sid)
+            call_ref = db.collection(CALLS).document(call_id) if call_id else None
 
-        @firestore.async_transactional  # type: ignore[misc]
-        async def run(tx: AsyncTransaction) -> str:
-            snap = await ref.get(transaction=tx)
-            if not snap.exists:
-                return "gone"
-            doc = snap.to_dict() or {}
-            call_ref = self.db.collection(CALLS).document(call_id) if call_id else None
-            call_exists = call_ref is not None and (await call_ref.get(transaction=tx)).exists
-            entry = report.as_entry()
-            owned = doc.get("workerId") == owner_id and doc.get("status") != RecordingStatus.STOPPED.value
-            if not owned:
-                tx.update(ref, {"segments": firestore.ArrayUnion([entry]), "interrupted": True})
-                return "segment"
-            update: dict[str, Any] = {
-                "status": RecordingStatus.STOPPED.value,
-                "filename": report.filename,
-                "url": report.url,
-                "storagePath": report.storage_path,
-                "duration": report.duration_ms,
-                "fileSize": report.file_size,
-                "format": "wav",
-                "spec": dict(SPEC),
-                "stoppedAt": firestore.SERVER_TIMESTAMP,
-                "stopReason": report.stop_reason,
-                "leaseUntil": firestore.DELETE_FIELD,
-                "error": firestore.DELETE_FIELD,
-                "segments": firestore.ArrayUnion([entry]),
-            }
-            if _ts(doc.get("recordedAt")) is None:
-                update["recordedAt"] = report.recorded_at
-            if report.interrupted:
-                update["interrupted"] = True
-            if report.tracks:
-                update["tracks"] = report.tracks
-            tx.update(ref, update)
-            if call_ref is not None and call_exists:
-                tx.update(call_ref, {"recordingId": sid})
-            return "final"
+            @firestore.async_transactional  # type: ignore[misc]
+            async def run(tx: AsyncTransaction) -> str:
+                snap = await ref.get(transaction=tx)
+                if not snap.exists:
+                    return "gone"
+                doc = snap.to_dict() or {}
+                call_exists = call_ref is not None and (await call_ref.get(transaction=tx)).exists
+                entry = report.as_entry()
+                owned = doc.get("workerId") == owner_id and doc.get("status") != RecordingStatus.STOPPED.value
+                if not owned:
+                    tx.update(ref, {"segments": firestore.ArrayUnion([entry]), "interrupted": True})
+                    return "segment"
+                tx.update(ref, _final_update(doc, report, entry))
+                if call_ref is not None and call_exists:
+                    tx.update(call_ref, {"recordingId": sid})
+                return "final"
 
-        outcome: str = await run(self.db.transaction())
-        return outcome
+            outcome: str = await run(db.transaction())
+            return outcome
+
+        return await self._guard.run(operation)
 
     async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
-        """Sessions not yet finished (for the sweep)."""
-        query = self.db.collection(RECORDINGS).where(filter=FieldFilter("status", "in", _IN_PROGRESS)).limit(limit)
-        return [(snap.id, snap.to_dict() or {}) async for snap in query.stream()]
+        async def operation(db: FirestoreClient) -> list[tuple[str, dict[str, Any]]]:
+            query = db.collection(RECORDINGS).where(filter=FieldFilter("status", "in", _IN_PROGRESS)).limit(limit)
+            return [(snap.id, snap.to_dict() or {}) async for snap in query.stream()]
+
+        return await self._guard.run(operation)

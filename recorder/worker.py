@@ -36,7 +36,7 @@ from recorder.session import (
     SessionPlan,
     TokenMinter,
 )
-from recorder.store import Claim, SegmentReport, SessionStore
+from recorder.store import Claim, RecordingSessions, SegmentReport
 from recorder.upload import Uploader, UploadError
 
 log = get_logger()
@@ -64,7 +64,7 @@ class Recorder:
 
     def __init__(
         self,
-        store: SessionStore,
+        store: RecordingSessions,
         listener: SessionListener,
         uploader: Uploader,
         make_source: Callable[[], AudioSource],

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from memharbor.logs import get_logger
-from memharbor.settings import Settings
+from memharbor.settings import HttpSettings
 from token_http import call_routes, recording_routes
 from token_http.access_log import in_request_context
 from token_http.body import MAX_BODY_BYTES
@@ -21,7 +21,7 @@ log = get_logger()
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def create_app(settings: Settings, deps: Deps, cleanup_ctx: list[CleanupCtx] | None = None) -> web.Application:
+def create_app(settings: HttpSettings, deps: Deps, cleanup_ctx: list[CleanupCtx] | None = None) -> web.Application:
     """Build the application; `cleanup_ctx` owns the adapters' lifecycles (clients opened and closed)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from memharbor.clock import Clock
 from memharbor.repositories.workers import HealthSource
-from memharbor.settings import Settings
+from memharbor.settings import HttpSettings
 from token_http.errors import ApiError, json_response
 from token_http.keys import DEPS, HEALTH_CACHE, SETTINGS
 
@@ -34,7 +34,7 @@ def _workers(beats: list[dict[str, Any]], now: float) -> dict[str, Any]:
     return report
 
 
-def _push(settings: Settings, beats: list[dict[str, Any]], now: float) -> dict[str, Any]:
+def _push(settings: HttpSettings, beats: list[dict[str, Any]], now: float) -> dict[str, Any]:
     report: dict[str, dict[str, Any]] = {
         "apns": {"configured": settings.apns is not None},
         "fcm": {"configured": settings.fcm is not None},
@@ -58,7 +58,7 @@ def _merge_transport(entry: dict[str, Any], seen: Any) -> None:
         entry["lastError"], entry["lastErrorAt"] = seen.get("lastError"), at
 
 
-async def _check(source: HealthSource, settings: Settings, clock: Clock) -> tuple[int, dict[str, Any]]:
+async def _check(source: HealthSource, settings: HttpSettings, clock: Clock) -> tuple[int, dict[str, Any]]:
     started = clock.monotonic()
     firestore: dict[str, Any] = {"ok": True}
     beats: list[dict[str, Any]] = []

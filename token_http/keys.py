@@ -12,7 +12,7 @@ from memharbor.clock import Clock
 from memharbor.repositories.calls import CallReader, CallRepository
 from memharbor.repositories.recordings import RecordingRepository
 from memharbor.repositories.workers import HealthSource
-from memharbor.settings import Settings
+from memharbor.settings import HttpSettings
 
 if TYPE_CHECKING:  # annotations only: ratelimit reads DEPS from this module, so a runtime import would be a cycle
     from token_http.auth import Authenticator
@@ -36,7 +36,7 @@ class Deps:
     rate_limiter: RateLimiter | None = None
 
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", HttpSettings)
 DEPS = web.AppKey("deps", Deps)
 
 

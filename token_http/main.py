@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from memharbor import firebase, logs, runtime
-from memharbor.call_service import FirestoreCallService
 from memharbor.clock import SystemClock
-from memharbor.recording_service import FirestoreRecordingService
+from memharbor.repositories.calls import FirestoreCallRepository
+from memharbor.repositories.recordings import FirestoreRecordingRepository
 from memharbor.settings import HttpSettings
 from memharbor.store import FirestoreStore
 from token_http.app import create_app
@@ -44,15 +44,15 @@ def bootstrap(settings: HttpSettings) -> web.Application:
         except Exception as exc:
             log.warning("firestore.unreachable_at_start", error=type(exc).__name__)
         yield
-        store.close()
+        await store.aclose()
 
     deps = Deps(
         authenticator=authenticator,
         calls=store,
         health=store,
         clock=SystemClock(),
-        call_service=FirestoreCallService(lambda: store.client),
-        recording_service=FirestoreRecordingService(lambda: store.client),
+        call_service=FirestoreCallRepository(lambda: store.client),
+        recording_service=FirestoreRecordingRepository(lambda: store.client),
         rate_limiter=MemoryRateLimiter(settings.rate_limit),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx])

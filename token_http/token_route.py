@@ -12,7 +12,7 @@ from aiohttp import web
 from memharbor import agora
 from memharbor.access import Principal, may_get_token
 from memharbor.errors import Unavailable
-from memharbor.settings import Settings
+from memharbor.settings import HttpSettings
 from token_http.body import json_object, optional_int
 from token_http.errors import ApiError, bad_request, json_response
 from token_http.keys import DEPS, Deps
@@ -106,7 +106,7 @@ async def authorize(request: web.Request, principal: Principal, req: TokenReques
         raise ApiError(403, "no pending or accepted call of yours uses this channel", field="channel")
 
 
-def token_handler(settings: Settings, deps: Deps) -> Callable[[web.Request], Awaitable[web.Response]]:
+def token_handler(settings: HttpSettings, deps: Deps) -> Callable[[web.Request], Awaitable[web.Response]]:
     """POST /api/token for one app's settings and adapters.
 
     They are bound here rather than read from `request.app` on each request: this is the service's

@@ -36,7 +36,7 @@ from google.cloud.firestore_v1.document import DocumentSnapshot
 from google.cloud.firestore_v1.watch import WATCH_TARGET_ID, Watch
 
 from memharbor.listening import SupervisedWatch
-from memharbor.store import CALLS
+from memharbor.repositories.paths import CALLS
 
 DEFAULT_WINDOW = 20
 # How far past the listener's clock the feed query reaches; the query is rebuilt every half of it. A call

@@ -14,6 +14,7 @@ from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.settings import WatcherSettings
+from memharbor.store import close_async_client
 from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
@@ -79,7 +80,7 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
         if isinstance(notifier, RoutingNotifier):  # the one notifier holding connections (its transports')
             owned.push_async_callback(notifier.close)
         db = firebase.firestore_async(settings)
-        owned.callback(db.close)
+        owned.push_async_callback(close_async_client, db)
         clock = SystemClock()
         calls = CallTracker()
         reactor = CallReactor(

@@ -27,7 +27,7 @@ from memharbor import calls
 from memharbor.calls import Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.store import CALLS, GROUPS, USERS
+from memharbor.repositories.paths import CALLS, GROUPS, USERS
 from watcher import decisions
 from watcher.decisions import ReactorConfig
 from watcher.push import Notifier, call_ended_payload, incoming_call_payload, resolve_target
@@ -132,6 +132,7 @@ class CallReactor:
         # The last status per call whose effects this instance knows are done: spares a transaction
         # for each echo of our own writes. Any other status, even one seen before, is handled afresh.
         self._done: dict[str, str] = {}
+        self._receivers: dict[str, str] = {}  # receiverId of each call in `_done`, for its timer's run
 
         # Calls this instance saw through to a final status other than `ended` (bounded): their later
         # events are echoes. An ended call is in neither map, so each review write reaches `handle`.
@@ -148,6 +149,7 @@ class CallReactor:
     def forget(self, call_id: str) -> None:
         """Drop what is cached about a call that reached a final status."""
         self._done.pop(call_id, None)
+        self._receivers.pop(call_id, None)
         self._final[call_id] = None
         while len(self._final) > _FINAL_MEMORY:
             self._final.popitem(last=False)
@@ -156,6 +158,7 @@ class CallReactor:
         """Forget active-status knowledge of calls that are no longer active (their events were lost)."""
         for call_id in [c for c in self._done if c not in active_ids]:
             del self._done[call_id]
+            self._receivers.pop(call_id, None)
 
     async def handle(
         self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
@@ -168,7 +171,7 @@ class CallReactor:
         whose ring deadline has passed is moved to `missed` in the same write that claims the effects of
         `missed`.
         """
-        claimed = await self._claim(call_id, _Hints(receiver_hint, group_hint), time_out)
+        claimed = await self._claim(call_id, self._hints(call_id, receiver_hint, group_hint), time_out)
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
@@ -176,17 +179,28 @@ class CallReactor:
             await self._finish(call_id, status, call_update)
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
             self._keep_timer(call_id, call)
-            self._remember(call_id, status)
+            self._remember(call_id, call, status)
         return claimed.claim
 
-    def _remember(self, call_id: str, status: str) -> None:
+    def _hints(self, call_id: str, receiver_hint: str | None, group_hint: str | None) -> _Hints:
+        # A call handled here before has its server document, so its group was judged and need not be
+        # read again; a ring timer's run has no listener event, so the receiver is the one remembered.
+        if call_id in self._done:
+            return _Hints(receiver_hint or self._receivers.get(call_id), None)
+        return _Hints(receiver_hint, group_hint)
+
+    def _remember(self, call_id: str, call: Mapping[str, Any], status: str) -> None:
         if status == Status.ENDED:
             # Participants may still review an ended call: none of its later changes is an echo.
             self._done.pop(call_id, None)
+            self._receivers.pop(call_id, None)
         elif status in calls.FINAL:
             self.forget(call_id)
         else:
             self._done[call_id] = status
+            receiver = call.get("receiverId")
+            if isinstance(receiver, str):
+                self._receivers[call_id] = receiver
 
     def _keep_timer(self, call_id: str, call: Mapping[str, Any]) -> None:
         deadline = _ts(call.get("ringDeadline"))

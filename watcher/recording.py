@@ -26,7 +26,7 @@ from memharbor.recording_requests import (
     new_request,
     status_of,
 )
-from memharbor.store import CALLS, RECORDINGS
+from memharbor.repositories.paths import CALLS, RECORDINGS
 
 log = get_logger()
 

@@ -17,7 +17,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from memharbor.calls import ACTIVE, FINAL, Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.store import CALLS
+from memharbor.repositories.paths import CALLS
 from watcher.listener import EVENT_FIELDS, CallEvent, FeedMark, FeedSnapshot, Gap, call_event
 from watcher.reactor import CALL_SERVER, CallReactor
 from watcher.tracking import CallTracker, Job

@@ -1,8 +1,10 @@
-"""Firestore access of token_http, one repository per aggregate, each behind a small port.
+"""Firestore access, one repository per aggregate, each behind a small port.
 
 - `calls`: `calls/{callId}` (create, read, state-machine transitions, lookups by channel);
-- `recordings`: `recordings/{sid}` requests of the REST shim;
-- `workers`: `workers/{id}` heartbeats and the reachability probe of /api/health;
+- `recordings`: `recordings/{sid}` requests of the REST shim (the recorder's own claims and leases are
+  recorder/store.py, on the same guard);
+- `workers`: `workers/{id}` heartbeats, written by every worker (memharbor/heartbeat.py) and read by
+  /api/health with its reachability probe;
 - `guarded`: the one wrapper that bounds every Firestore operation in time and turns client failures
   into `memharbor.errors` (Unavailable, or the repository's Conflict / NotFound).
 """

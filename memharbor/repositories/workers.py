@@ -1,11 +1,14 @@
-"""The workers aggregate (`workers/{id}` heartbeats), read by /api/health: its port and Firestore adapter."""
+"""The workers aggregate (`workers/{id}` heartbeats): written by every worker, read by /api/health.
+
+Two ports, because the writers and the reader are different processes with different needs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from memharbor.repositories.guarded import FirestoreClient
+from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
 from memharbor.repositories.paths import WORKERS
 
 # Heartbeats /api/health reads at most (a few watchers and recorders per deployment).
@@ -22,6 +25,31 @@ class HealthSource(Protocol):
     async def heartbeats(self) -> list[dict[str, Any]]:
         """The workers' heartbeat documents."""
         ...
+
+
+class HeartbeatStore(Protocol):
+    """Where a worker keeps its one heartbeat document."""
+
+    async def put(self, instance_id: str, beat: dict[str, Any]) -> None:
+        """Write `workers/{instance_id}` as `beat` (replacing what was there)."""
+        ...
+
+    async def remove(self, instance_id: str) -> None:
+        """Delete `workers/{instance_id}` (nothing happens when it does not exist)."""
+        ...
+
+
+class FirestoreHeartbeats:
+    """HeartbeatStore over an asyncio Firestore client; guarded (time bound, Unavailable)."""
+
+    def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._guard = Guard(client, timeout_s)
+
+    async def put(self, instance_id: str, beat: dict[str, Any]) -> None:
+        await self._guard.run(lambda client: client.collection(WORKERS).document(instance_id).set(beat))
+
+    async def remove(self, instance_id: str) -> None:
+        await self._guard.run(lambda client: client.collection(WORKERS).document(instance_id).delete())
 
 
 class FirestoreWorkers:

@@ -20,9 +20,9 @@ from google.cloud import firestore, storage
 
 from memharbor import wav
 from memharbor.emulators import EmulatorSet
-from tests.integration.test_call_routes import Api, _start_http
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.groups import seed_group
+from tests.support.http_process import Api, start_http
 from tests.support.recorders import RecorderProcess
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -35,7 +35,7 @@ TWO_TONES = [{"uid": "101", "tone_hz": 440}, {"uid": "202", "tone_hz": 1000}]
 @pytest.fixture(scope="module")
 def api(emulators: EmulatorSet) -> Iterator[Api]:
     """token_http with Firebase ID token authentication."""
-    yield from _start_http(emulators, "firebase")
+    yield from start_http(emulators, "firebase")
 
 
 @pytest.fixture

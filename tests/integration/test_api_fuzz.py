@@ -33,7 +33,7 @@ from schemathesis.checks import (
 
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, free_port
-from memharbor.settings import from_mapping
+from memharbor.settings import http_settings
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.loop_thread import LoopThread
 from token_http import call_routes, openapi, recording_routes
@@ -84,7 +84,7 @@ async def _serve(app: web.Application, port: int) -> web.AppRunner:
 
 
 def _app(emulators: EmulatorSet, auth: str) -> web.Application:
-    settings = from_mapping(
+    settings = http_settings(
         {
             **emulators.env(),
             "AGORA_APP_ID": "0123456789abcdef0123456789abcdef",

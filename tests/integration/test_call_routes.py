@@ -14,7 +14,7 @@ from memharbor import calls
 from memharbor.emulators import EmulatorSet
 from tests.support.firestore_rest import FirestoreRest, format_timestamp
 from tests.support.groups import seed_group
-from tests.support.http_process import Api, start_http
+from tests.support.http_process import Api
 
 ALICE, BOB, MALLORY, OPS = "alice-uid-0000000000000000001", "bob-uid-00000000000000000002", "mallory-uid", "ops"
 INVITE = {"group_id": "grp1", "caller_id": ALICE, "receiver_id": BOB}
@@ -22,9 +22,6 @@ PUSH_WAIT_S = 3.0
 
 
 # ---------------------------------------------------------------------------------------------- harness
-
-# tests/e2e/test_recording_e2e.py still imports `Api` and `_start_http` from here; they live in tests/support.
-_start_http = start_http
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from google.cloud import firestore
@@ -22,7 +23,7 @@ from google.cloud import firestore
 from memharbor.access import Principal
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
-from memharbor.settings import from_mapping
+from memharbor.settings import http_settings
 from memharbor.store import FirestoreStore
 from tests.support.agora_tokens import (
     PUBLISHER_PRIVILEGES,
@@ -282,7 +283,7 @@ class TestHealth:
         store = FirestoreStore(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
         auth = FakeAuthenticator({"tok-ops": Principal(uid="ops", admin=True)})
         deps = Deps(authenticator=auth, calls=store, health=store, clock=clock)
-        settings = from_mapping(
+        settings = http_settings(
             {"FIREBASE_PROJECT_ID": clean_emulators.project_id, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT}
         )
         try:
@@ -304,7 +305,37 @@ class TestHealth:
                 assert body["status"] == "ok"
                 assert (await get(client, "/api/health"))[1]["workers"]["watcher"] == {"alive": 1}
         finally:
-            store.close()
+            await store.aclose()
+
+
+class TestFirestoreStore:
+    """token_http's owner of the asyncio Firestore client, against the emulator."""
+
+    async def test_aclose_shuts_the_grpc_channel(self, clean_emulators: EmulatorSet) -> None:
+        """aclose shuts the gRPC channel the reads used (client.close() leaves it open); later use makes another."""
+        store = FirestoreStore(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
+        await store.ping()
+        first = store.client
+        channel = first._firestore_api_internal.transport.grpc_channel
+        assert channel.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+        await store.aclose()
+        try:
+            assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+            await store.ping()
+            assert store.client is not first
+        finally:
+            await store.aclose()
+
+    async def test_aclose_of_an_unused_store_makes_no_client(self) -> None:
+        """A store whose client was never asked for closes without making one."""
+        made: list[firestore.AsyncClient] = []
+
+        def make() -> firestore.AsyncClient:
+            made.append(firestore.AsyncClient(project="never-made"))
+            return made[-1]
+
+        await FirestoreStore(make).aclose()
+        assert made == []
 
 
 class TestLogFile:

@@ -21,15 +21,20 @@ import pytest
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from memharbor.callstore import new_call_document
 from memharbor.emulators import EmulatorSet
 from memharbor.listening import SupervisedListener
+from memharbor.repositories.calls import new_call_document
 from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
 from watcher.listener import change_feed_query
 
-FEED_ONLY = {"MEMHARBOR_LISTEN_WINDOW": "5", "MEMHARBOR_SWEEP_INTERVAL_S": "3600", "MEMHARBOR_RING_TIMEOUT_S": "60"}
+FEED_ONLY = {
+    "MEMHARBOR_LOG_LEVEL": "debug",  # catch-ups are logged at debug: a failure names them
+    "MEMHARBOR_LISTEN_WINDOW": "5",
+    "MEMHARBOR_SWEEP_INTERVAL_S": "3600",
+    "MEMHARBOR_RING_TIMEOUT_S": "60",
+}
 RECEIVERS = ("bob", "carol", "dan", "dave", "erin")
 
 
@@ -61,6 +66,21 @@ def call_doc(index: int) -> tuple[str, dict[str, Any]]:
 def all_rang(watcher: WatcherProcess, call_ids: list[str]) -> bool:
     pushed = {p["payload"]["callId"] for p in watcher.pushes("incoming_call")}
     return pushed >= set(call_ids)
+
+
+def wait_all_rang(db: firestore.Client, watcher: WatcherProcess, call_ids: list[str]) -> None:
+    """Wait until every call rang; else fail naming each silent call, its stamps and the feed's catch-ups."""
+    try:
+        wait_for(lambda: all_rang(watcher, call_ids), timeout=30, what="every call of the burst rang")
+    except AssertionError:
+        pushed = {p["payload"]["callId"] for p in watcher.pushes("incoming_call")}
+        silent = []
+        for call_id in (c for c in call_ids if c not in pushed):
+            snap = db.collection("calls").document(call_id).get()
+            doc = snap.to_dict() or {}
+            silent.append((call_id, doc.get("updatedAt"), snap.update_time, doc.get("channelName")))
+        catch_ups = log_events(watcher, "feed.caught_up") + log_events(watcher, "feed.catch_up_failed")
+        raise AssertionError(f"{len(silent)} calls never rang: {silent}; catch-ups: {catch_ups}") from None
 
 
 def log_events(watcher: WatcherProcess, name: str) -> list[dict[str, Any]]:
@@ -103,7 +123,7 @@ class TestBursts:
             batch.create(db.collection("calls").document(call_id), doc)
             call_ids.append(call_id)
         batch.commit()
-        wait_for(lambda: all_rang(watcher, call_ids), timeout=30, what="every call of the burst rang")
+        wait_all_rang(db, watcher, call_ids)
         assert_rang_once_in_time(db, watcher, call_ids)
         assert wait_for(lambda: caught_up(db, watcher) >= 35, what="catch-up counted in the heartbeat")
 
@@ -118,7 +138,7 @@ class TestBursts:
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             call_ids = list(pool.map(create, docs))
-        wait_for(lambda: all_rang(watcher, call_ids), timeout=30, what="every call of the burst rang")
+        wait_all_rang(db, watcher, call_ids)
         assert_rang_once_in_time(db, watcher, call_ids)
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from memharbor.access import Principal
-from memharbor.settings import Settings, from_mapping
+from memharbor.settings import HttpSettings, http_settings
 from tests.support.fake_calls import FakeCallRepository
 from tests.support.fake_recordings import FakeRecordingRepository
 from tests.support.http_fakes import FakeAuthenticator, FakeCallLookup, FakeClock, FakeHealth, Unused
@@ -40,9 +40,9 @@ CHANNEL = "g1_alice_bob_1770000000000"
 INVITE = {"group_id": "g1", "caller_id": ALICE, "receiver_id": BOB}
 
 
-def make_settings(project: str = "demo-routes", **extra: str) -> Settings:
+def make_settings(project: str = "demo-routes", **extra: str) -> HttpSettings:
     """Settings of an app under test (Agora credentials set), with `extra` environment values."""
-    return from_mapping({"FIREBASE_PROJECT_ID": project, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT, **extra})
+    return http_settings({"FIREBASE_PROJECT_ID": project, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT, **extra})
 
 
 class TokenWorld:

@@ -495,6 +495,7 @@ class FakeRef:
         self.id = path.rsplit("/", 1)[1]
 
     async def get(self) -> FakeSnapshot:
+        self.store.round_trips.append([self.path])
         return self.store.snapshot(self)
 
 
@@ -558,6 +559,7 @@ class FakeStore:
         self.docs: dict[str, dict[str, Any]] = {}
         self.times: dict[str, int] = {}
         self.reads: dict[str, int] = {}
+        self.round_trips: list[list[str]] = []  # the paths read by each get_all or get, in order
         self._clock = itertools.count(1)
 
     def collection(self, name: str) -> FakeCollection:
@@ -577,6 +579,7 @@ class FakeStore:
         return snap
 
     async def get_all(self, refs: list[FakeRef]) -> AsyncIterator[FakeSnapshot]:
+        self.round_trips.append([ref.path for ref in refs])
         for ref in refs:
             yield self.snapshot(ref)
 
@@ -665,6 +668,27 @@ class TestReactorShell:
         server = store.docs[f"{CALL_SERVER}/steady"]
         assert server["effects"]["pending"]["state"] == "done"
         assert server["identity"] == {**IDENTITY, "callId": "steady"}
+
+    async def test_timer_run_reads_in_one_round_trip(self) -> None:
+        """The ring timer's run, which has no listener event, reads the receiver with the call and skips the group."""
+        store = seeded_store()
+        clock = FixedClock(store.now)
+        timers = CallTracker()
+        reactor = CallReactor(
+            store,  # type: ignore[arg-type]
+            FakeNotifier(),
+            clock,
+            CONFIG,
+            schedule_timeout=timers.schedule_timeout,
+            cancel_timeout=timers.cancel_timeout,
+        )
+        await reactor.handle("steady", "bob", group_hint="group1")
+        assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob", "groups/group1"]]
+        store.now = clock.now = LATER  # past the ring deadline
+        store.round_trips.clear()
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert store.docs["calls/steady"]["status"] == Status.MISSED
+        assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob"]]
 
     async def test_no_usable_device_has_no_platform(self) -> None:
         """An iOS receiver with only a regular APNs token gets no incoming-call push: pushPlatform is null."""

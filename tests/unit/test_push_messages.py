@@ -11,7 +11,7 @@ import jwt
 import pytest
 from aioapns.common import NotificationResult, PushType
 
-from memharbor.settings import SettingsError, from_mapping
+from memharbor.settings import HttpSettings, SettingsError, http_settings, watcher_settings
 from tests.support.push_keys import make_apns_key
 from token_http.health import _push as health_push
 from watcher.apns import ProviderToken, build_request, stop_ringing_message
@@ -330,8 +330,8 @@ class FakeTransport:
 class TestHealthPush:
     """/api/health's push section merges token_http's settings with live watchers' transport status."""
 
-    def _settings(self) -> Any:
-        return from_mapping({"FIREBASE_PROJECT_ID": "p"})
+    def _settings(self) -> HttpSettings:
+        return http_settings({"FIREBASE_PROJECT_ID": "p"})
 
     def test_without_watcher_status_only_configuration_is_reported(self) -> None:
         """No watcher push status: the section is just configured flags."""
@@ -365,7 +365,9 @@ class TestPushSettings:
         """MEMHARBOR_APNS_PROXY and MEMHARBOR_APNS_CA_FILE end up in the APNs settings."""
         ca = tmp_path / "ca.pem"
         ca.write_text("-----BEGIN CERTIFICATE-----\n")
-        settings = from_mapping(self._apns_env(MEMHARBOR_APNS_PROXY="127.0.0.1:3128", MEMHARBOR_APNS_CA_FILE=str(ca)))
+        settings = watcher_settings(
+            self._apns_env(MEMHARBOR_APNS_PROXY="127.0.0.1:3128", MEMHARBOR_APNS_CA_FILE=str(ca))
+        )
         assert settings.apns is not None
         assert settings.apns.proxy == "127.0.0.1:3128"
         assert settings.apns.ca_file == ca
@@ -373,11 +375,11 @@ class TestPushSettings:
     def test_bad_proxy_and_missing_ca_file_stop_start_up(self, tmp_path: Path) -> None:
         """A proxy without a port or a CA file that does not exist is a SettingsError naming it."""
         with pytest.raises(SettingsError, match="MEMHARBOR_APNS_PROXY"):
-            from_mapping(self._apns_env(MEMHARBOR_APNS_PROXY="proxy-without-port"))
+            watcher_settings(self._apns_env(MEMHARBOR_APNS_PROXY="proxy-without-port"))
         with pytest.raises(SettingsError, match="MEMHARBOR_APNS_CA_FILE"):
-            from_mapping(self._apns_env(MEMHARBOR_APNS_CA_FILE=str(tmp_path / "missing.pem")))
+            watcher_settings(self._apns_env(MEMHARBOR_APNS_CA_FILE=str(tmp_path / "missing.pem")))
 
     def test_defaults_are_direct_with_system_trust(self) -> None:
         """Without them APNs is reached directly and trusted through the system CAs."""
-        settings = from_mapping(self._apns_env())
+        settings = watcher_settings(self._apns_env())
         assert settings.apns is not None and settings.apns.proxy is None and settings.apns.ca_file is None

@@ -14,19 +14,43 @@ from memharbor import wav
 from recorder.clock import SessionClock
 from recorder.files import FINALIZED, RecordingDir, Sidecar
 from recorder.listener import SessionEvent
-from recorder.session import SessionConfig
-from recorder.store import SegmentReport
+from recorder.session import SessionConfig, SessionPlan
+from recorder.simulated import SimulatedChannel
+from recorder.store import Claim, ClaimResult, SegmentReport
 from recorder.upload import UploadError
 from recorder.worker import Recorder, RecorderConfig
 
 
 class FakeStore:
+    """RecordingSessions that holds no session (claims find nothing) and keeps every completed segment."""
+
     def __init__(self) -> None:
         self.completed: list[tuple[str, str, SegmentReport, str | None]] = []
+
+    async def claim(self, sid: str) -> ClaimResult:
+        return ClaimResult(Claim.GONE)
+
+    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
+        return False
+
+    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
+        return False
+
+    async def renew(self, sid: str) -> bool:
+        return False
+
+    async def release(self, sid: str) -> bool:
+        return False
+
+    async def fail(self, sid: str, error: str) -> bool:
+        return False
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
         self.completed.append((sid, owner_id, report, call_id))
         return "final"
+
+    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        return []
 
 
 class FakeUploader:
@@ -49,16 +73,17 @@ class FakeSession:
         self.stops.append(reason)
 
 
-def recorder(root: Path, store: Any = None, uploader: Any = None) -> Recorder:
+def recorder(root: Path, store: FakeStore | None = None, uploader: Any = None) -> Recorder:
+    clock = SessionClock()
     return Recorder(
         store or FakeStore(),
         None,
         uploader or FakeUploader(),
-        lambda: None,  # type: ignore[arg-type,return-value]
+        lambda: SimulatedChannel([], clock),
         RecordingDir(root),
         None,
-        SessionClock(),
-        RecorderConfig(worker_id="me", session=SessionConfig()),  # type: ignore[arg-type]
+        clock,
+        RecorderConfig(worker_id="me", session=SessionConfig()),
         lambda c, u, t: "",
     )
 

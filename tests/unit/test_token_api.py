@@ -22,7 +22,7 @@ from memharbor.access import Principal
 from memharbor.devtokens import emulator_id_token
 from memharbor.errors import Conflict, DomainError, Forbidden, IllegalTransition, InvalidInput, NotFound, Unavailable
 from memharbor.recording_requests import LiveCapReached
-from memharbor.settings import Settings, from_mapping
+from memharbor.settings import HttpSettings, http_settings
 from tests.support.agora_tokens import (
     PUBLISHER_PRIVILEGES,
     SUBSCRIBER_PRIVILEGES,
@@ -49,8 +49,8 @@ ALICE, BOB, MALLORY, ADMIN = TokenWorld.ALICE, TokenWorld.BOB, TokenWorld.MALLOR
 World = TokenWorld
 
 
-def make_settings(**extra: str) -> Settings:
-    return from_mapping({"FIREBASE_PROJECT_ID": PROJECT, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT, **extra})
+def make_settings(**extra: str) -> HttpSettings:
+    return http_settings({"FIREBASE_PROJECT_ID": PROJECT, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT, **extra})
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -779,7 +779,7 @@ class TestAccessLog:
 def emulator_admin_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[firebase_admin.App]:
     """A Firebase Admin app that checks ID tokens in emulator format (no network call is made)."""
     monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9099")
-    settings = from_mapping(
+    settings = http_settings(
         {"FIREBASE_PROJECT_ID": PROJECT, "FIREBASE_USE_EMULATOR": "1", "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}
     )
     app = firebase.admin_app(settings, name=f"unit-auth-{time.monotonic_ns()}")
@@ -849,7 +849,7 @@ class TestStartup:
         self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], log_stream: io.StringIO
     ) -> None:
         """MEMHARBOR_AUTH=none logs an auth.disabled warning at start-up."""
-        served: list[Settings] = []
+        served: list[HttpSettings] = []
         monkeypatch.setattr(main_mod, "_serve", lambda settings, reuse_port: served.append(settings))
         assert main_mod.main(make_settings(MEMHARBOR_AUTH="none", MEMHARBOR_LOG_FORMAT="json")) == 0
         assert len(served) == 1
