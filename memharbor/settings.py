@@ -487,7 +487,7 @@ def watcher_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> 
         push_sink=Path(sink) if sink else None,
         ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
         sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
-        listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 20, 5, 1000),
+        listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 5, 2, 1000),
         record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
     )
 

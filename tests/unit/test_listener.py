@@ -105,11 +105,11 @@ class TestFeedSnapshot:
         docs = [_snapshot(client, f"c{i}", T0 + timedelta(seconds=i)) for i in range(count)]
         return sorted(docs, key=functools.cmp_to_key(by_stamp_then_name))
 
-    def test_full_window_with_its_oldest_call_new(self, client: firestore.Client) -> None:
-        """The floor is the oldest stamp, and it counts as changed when its call is among the changes."""
+    def test_full_window_and_its_floor(self, client: firestore.Client) -> None:
+        """A window holding as many calls as its limit is full, and its floor is the oldest stamp."""
         docs = self._window(client, 3)
         facts = feed_snapshot(docs, [_change(ChangeType.ADDED, docs[0])], [], 3, T0 + timedelta(seconds=9))
-        assert facts == FeedSnapshot([], True, T0, "ADDED", T0 + timedelta(seconds=9))
+        assert facts == FeedSnapshot([], True, T0, T0 + timedelta(seconds=9))
 
     def test_commit_lag_of_the_changed_calls(self, client: firestore.Client) -> None:
         """The longest delay from a changed call's `createdAt` to its create time is reported."""
@@ -126,13 +126,13 @@ class TestFeedSnapshot:
         gone = _snapshot(client, "gone", T0 - timedelta(seconds=1))
         changes = [_change(ChangeType.MODIFIED, docs[2]), _change(ChangeType.REMOVED, gone)]
         facts = feed_snapshot(docs, changes, [], 3, T0)
-        assert facts.full and facts.floor == T0 and facts.floor_change is None
+        assert facts.full and facts.floor == T0
 
     def test_window_not_full_or_empty(self, client: firestore.Client) -> None:
         """Fewer calls than the limit is not full; an empty window has no floor."""
         assert not feed_snapshot(self._window(client, 2), [], [], 3, T0).full
         empty = feed_snapshot([], [], [], 3, T0)
-        assert (empty.full, empty.floor, empty.floor_change) == (False, None, None)
+        assert (empty.full, empty.floor) == (False, None)
 
     def test_reversed_order_gives_the_same_floor(self, client: firestore.Client) -> None:
         """Should the library ever sort the way the query says (newest first), the floor is the same."""
@@ -140,9 +140,10 @@ class TestFeedSnapshot:
         assert feed_snapshot(list(reversed(docs)), [], [], 3, T0).floor == T0
 
 
-def facts(read_s: float | None, full: bool = True, floor_change: str | None = None, floor_s: float = 0) -> FeedSnapshot:
+def facts(read_s: float | None, full: bool = True, floor_s: float = 0) -> FeedSnapshot:
+    """A feed snapshot read at T0 + read_s whose window's oldest stamp is T0 + floor_s."""
     read_time = None if read_s is None else T0 + timedelta(seconds=read_s)
-    return FeedSnapshot([], full, T0 + timedelta(seconds=floor_s), floor_change, read_time)
+    return FeedSnapshot([], full, T0 + timedelta(seconds=floor_s), read_time)
 
 
 def at(seconds: float) -> datetime:
@@ -155,53 +156,66 @@ class TestFeedMark:
     def test_first_snapshot_only_sets_the_mark(self) -> None:
         """The start-up sweep covers what came before the first snapshot: no catch-up, the mark is set."""
         mark = FeedMark(min_lag_s=1.0)
-        assert not mark.observe(facts(10, floor_change="ADDED"))
+        assert not mark.observe(facts(10, floor_s=9.5))
         assert mark.mark == at(9) and mark.gap() is None
 
-    def test_clean_snapshots_move_the_mark(self) -> None:
-        """A full window whose floor call was already there vouches for every change up to its read time."""
+    def test_floor_at_or_below_the_mark_moves_it(self) -> None:
+        """A full window reaching down to the mark vouches for every change up to its read time."""
         mark = FeedMark(min_lag_s=0.5)
         mark.observe(facts(1))
-        assert not mark.observe(facts(5))
+        assert not mark.observe(facts(5, floor_s=0.5))
         assert mark.mark == at(4.5)
 
-    def test_overflow_opens_a_gap_and_holds_the_mark(self) -> None:
-        """A full window whose floor is new opens a gap from the mark; later clean snapshots wait for it."""
+    def test_floor_above_the_mark_opens_a_gap_and_holds_the_mark(self) -> None:
+        """A full window that no longer reaches the mark opens a gap from it; later snapshots wait for it."""
         mark = FeedMark(min_lag_s=0.0)
         mark.observe(facts(1))
-        assert mark.observe(facts(2, floor_change="ADDED", floor_s=1.5))
+        assert mark.observe(facts(2, floor_s=1.5))
         assert mark.gap() == Gap(at(1), at(2), at(1.5))
         assert not mark.observe(facts(3))
         assert mark.mark == at(1)
         mark.closed(Gap(at(1), at(2), at(1.5)))
         assert mark.mark == at(2) and mark.gap() is None
 
+    def test_a_late_commit_below_an_unchanged_floor_is_caught_up(self) -> None:
+        """Calls stamped under a floor that was already in the window may have committed since: a gap opens.
+
+        Seen with parallel writers: a call stamped before five others but committed after them never
+        enters a window of five, and the window's oldest call does not change.
+        """
+        mark = FeedMark(min_lag_s=0.0)
+        mark.observe(facts(1, floor_s=0.5))
+        assert mark.observe(facts(1.2, floor_s=1.1))  # the floor moved above the mark
+        mark.closed(Gap(at(1), at(1.2), at(1.1)))
+        assert mark.observe(facts(1.4, floor_s=1.3))  # whether or not its floor call is new
+        assert mark.gap() == Gap(at(1.2), at(1.4), at(1.3))
+
     def test_newer_gap_supersedes_and_outlives_an_older_read(self) -> None:
         """Gaps opened while one is read merge into the newest; closing the older leaves the newer open."""
         mark = FeedMark(min_lag_s=0.0)
         mark.observe(facts(1))
-        mark.observe(facts(2, floor_change="ADDED"))
+        mark.observe(facts(2, floor_s=1.5))
         first = mark.gap()
         assert first is not None
-        mark.observe(facts(4, floor_change="ADDED", floor_s=3))
-        mark.observe(facts(3, floor_change="ADDED"))  # a late snapshot of a watch being replaced
+        mark.observe(facts(4, floor_s=3))
+        mark.observe(facts(3, floor_s=2.5))  # a late snapshot of a watch being replaced
         mark.closed(first)
         assert mark.gap() == Gap(at(2), at(4), at(3))
 
     def test_a_server_write_to_the_oldest_call_is_no_overflow(self) -> None:
-        """The floor call modified without a new stamp (our own ring set-up, say) opens no gap; a new stamp does."""
+        """A floor below the mark (our own ring set-up on an old call, say) opens no gap; one above it does."""
         mark = FeedMark(min_lag_s=0.0)
         mark.observe(facts(5))
-        assert not mark.observe(facts(6, floor_change="MODIFIED", floor_s=1))
+        assert not mark.observe(facts(6, floor_s=1))
         assert mark.mark == at(6)
-        assert mark.observe(facts(7, floor_change="MODIFIED", floor_s=6.5))
+        assert mark.observe(facts(7, floor_s=6.5))
 
     def test_a_window_that_is_not_full_shows_everything(self) -> None:
         """With room left in the window every call is in it: the mark moves and any gap is closed."""
         mark = FeedMark(min_lag_s=0.0)
         mark.observe(facts(1))
-        mark.observe(facts(2, floor_change="ADDED"))
-        assert not mark.observe(facts(3, full=False, floor_change="ADDED"))
+        mark.observe(facts(2, floor_s=1.5))
+        assert not mark.observe(facts(3, full=False, floor_s=2.5))
         assert mark.mark == at(3) and mark.gap() is None
 
     def test_the_mark_trails_by_twice_the_longest_recent_commit_lag(self) -> None:
@@ -209,7 +223,7 @@ class TestFeedMark:
         mark = FeedMark(min_lag_s=0.1, lag_memory_s=60.0)
         mark.observe(facts(1))
         assert mark.mark == at(0.9)
-        mark.observe(FeedSnapshot([], True, T0, None, at(10), commit_lag_s=0.4))
+        mark.observe(FeedSnapshot([], True, T0, at(10), commit_lag_s=0.4))
         mark.observe(facts(20))
         assert mark.mark == at(19.2)
         mark.observe(facts(100))
@@ -218,7 +232,7 @@ class TestFeedMark:
     def test_snapshot_without_read_time_is_ignored(self) -> None:
         """No read time, no claim about what was seen."""
         mark = FeedMark()
-        assert not mark.observe(facts(None, floor_change="ADDED"))
+        assert not mark.observe(facts(None, floor_s=5))
         assert mark.mark is None and mark.gap() is None
 
 

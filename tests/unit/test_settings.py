@@ -176,7 +176,7 @@ class TestWatcherSettings:
         settings = watcher_settings(MINIMAL)
         assert settings.ring_timeout_s == 60.0
         assert settings.sweep_interval_s == 15.0
-        assert settings.listen_window == 20
+        assert settings.listen_window == 5
         assert settings.record_calls is False
         assert settings.push_sink is None
         assert settings.worker.heartbeat_interval_s == 5.0

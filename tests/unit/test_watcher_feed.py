@@ -104,9 +104,10 @@ def event(call_id: str, change: str, status: str, updated_at: datetime | None = 
 
 
 def snapshot(
-    read_s: float, events: list[CallEvent] | None = None, full: bool = True, floor_change: str | None = None
+    read_s: float, events: list[CallEvent] | None = None, full: bool = True, floor_s: float = 0
 ) -> FeedSnapshot:
-    return FeedSnapshot(events or [], full, T0, floor_change, T0 + timedelta(seconds=read_s))
+    """A feed snapshot read at T0 + read_s whose window's oldest stamp is T0 + floor_s."""
+    return FeedSnapshot(events or [], full, T0 + timedelta(seconds=floor_s), T0 + timedelta(seconds=read_s))
 
 
 async def settle(done: Callable[[], bool]) -> None:
@@ -189,10 +190,10 @@ class TestCatchUp:
         reactor = FakeReactor()
         watcher = make_watcher(reactor, catch_up)
         watcher.on_snapshot(snapshot(1))
-        watcher.on_snapshot(snapshot(2, [event("w1", "ADDED", "pending", T0 + timedelta(seconds=2))], True, "ADDED"))
+        watcher.on_snapshot(snapshot(2, [event("w1", "ADDED", "pending", T0 + timedelta(seconds=2))], floor_s=1.9))
         await settle(lambda: watcher.catch_ups == 1)
         await asyncio.gather(*watcher.calls.in_flight())
-        assert catch_up.gaps == [Gap(T0 + timedelta(seconds=1), T0 + timedelta(seconds=2), T0)]
+        assert catch_up.gaps == [Gap(T0 + timedelta(seconds=1), T0 + timedelta(seconds=2), T0 + timedelta(seconds=1.9))]
         assert sorted(c for c, _ in reactor.handled) == ["p0", "p1", "p2", "p3", "p4", "w1"]
         assert watcher.mark.mark == T0 + timedelta(seconds=2) and watcher.mark.gap() is None
 
@@ -202,10 +203,10 @@ class TestCatchUp:
         catch_up.gate.clear()
         watcher = make_watcher(FakeReactor(), catch_up)
         watcher.on_snapshot(snapshot(1))
-        watcher.on_snapshot(snapshot(2, floor_change="ADDED"))
+        watcher.on_snapshot(snapshot(2, floor_s=1.5))
         await settle(lambda: len(catch_up.gaps) == 1)  # the first read has begun and waits
         for second in range(3, 12):
-            watcher.on_snapshot(snapshot(second, floor_change="ADDED"))
+            watcher.on_snapshot(snapshot(second, floor_s=second - 0.5))
         catch_up.gate.set()
         await settle(lambda: watcher.mark.gap() is None)
         assert [gap.until for gap in catch_up.gaps] == [T0 + timedelta(seconds=2), T0 + timedelta(seconds=11)]
@@ -218,7 +219,7 @@ class TestCatchUp:
         reactor = FakeReactor()
         watcher = make_watcher(reactor, catch_up)
         watcher.on_snapshot(snapshot(1))
-        watcher.on_snapshot(snapshot(2, floor_change="ADDED"))
+        watcher.on_snapshot(snapshot(2, floor_s=1.5))
         await settle(lambda: watcher.catch_ups == 1)
         await asyncio.gather(*watcher.calls.in_flight())
         assert len(catch_up.gaps) == 2 and catch_up.gaps[0] == catch_up.gaps[1]
