@@ -1,4 +1,10 @@
-"""`memharbor dev`: the whole stack on this machine, emulators included; Ctrl-C stops everything."""
+"""`memharbor dev`: the whole stack on this machine, emulators included; Ctrl-C stops everything.
+
+The emulators listen where firebase.json says (as `firebase emulators:start` would), so apps and tools
+configured for those ports find them; FIRESTORE_EMULATOR_HOST / FIREBASE_STORAGE_EMULATOR_HOST move them
+for one run. A port already in use stops start-up with one line naming it and where it came from: falling
+back to another port would leave an app talking to whatever holds the configured one.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,23 @@ import signal
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memharbor import logs
+from memharbor import firebase_project, logs
 from memharbor.devtokens import emulator_id_token
-from memharbor.emulators import EmulatorSet, ManagedProcess
+from memharbor.emulators import EmulatorSet, ManagedProcess, port_in_use
+from memharbor.firebase_project import FirebaseProject
 from memharbor.groups import group_document
-from memharbor.settings import HttpSettings, StackSettings, child_environment, load, stack_settings
+from memharbor.settings import (
+    HttpSettings,
+    SettingsError,
+    StackSettings,
+    child_environment,
+    load,
+    stack_settings,
+)
 
 # Dev-only Agora credentials: tokens signed with them are well-formed but Agora will reject them.
 DEV_AGORA_APP_ID = "0" * 31 + "1"
@@ -27,8 +42,6 @@ DEV_DEFAULTS = {
     "MEMHARBOR_LOG_FORMAT": "console",
     # Emulator mode from the start: the emulators' addresses are known only once they run.
     "FIREBASE_USE_EMULATOR": "1",
-    # Only the Auth emulator's address matters: ID tokens are then checked in emulator format.
-    "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
     # The recorder plays scripted participants (two tones) instead of joining Agora (MEMHARBOR_RECORDER_SIMULATION).
     "MEMHARBOR_RECORDER_SOURCE": "simulated",
 }
@@ -64,12 +77,78 @@ def seed_demo(emulators: EmulatorSet) -> None:
             response.read()
 
 
-def dev_settings() -> StackSettings:
+def dev_defaults(project: FirebaseProject) -> dict[str, str]:
+    """The defaults under the environment and .env: DEV_DEFAULTS and the Auth emulator's address."""
+    # Only the Auth emulator's address matters (it is not started): ID tokens are then checked in emulator format.
+    return {**DEV_DEFAULTS, "FIREBASE_AUTH_EMULATOR_HOST": project.auth.address}
+
+
+def dev_settings(project: FirebaseProject | None = None) -> StackSettings:
     """Settings for the local stack: the environment and .env, over dev defaults."""
-    return load(stack_settings, defaults=DEV_DEFAULTS)
+    return load(stack_settings, defaults=dev_defaults(project or firebase_project.load()))
 
 
-def _service_env(settings: StackSettings, emulators: EmulatorSet) -> dict[str, str]:
+class PortInUse(SettingsError):
+    """A port the dev stack must listen on is taken; the message names it and where it was configured."""
+
+
+@dataclass(frozen=True)
+class DevPort:
+    """One address the dev stack listens on, and the setting that chose it (for the error when it is taken)."""
+
+    what: str
+    host: str
+    port: int
+    setting: str
+    source: str
+    override: str
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def dev_ports(settings: StackSettings, project: FirebaseProject) -> list[DevPort]:
+    """Where the emulators and token_http will listen: firebase.json's ports unless the environment moves them."""
+    firebase, http = settings.http.firebase, settings.http
+    ports = []
+    for what, key, chosen, variable, emulator in (
+        (
+            "Firestore emulator",
+            "emulators.firestore.port",
+            firebase.firestore_emulator_host,
+            "FIRESTORE_EMULATOR_HOST",
+            project.firestore,
+        ),
+        (
+            "Storage emulator",
+            "emulators.storage.port",
+            firebase.storage_emulator_host,
+            "FIREBASE_STORAGE_EMULATOR_HOST",
+            project.storage,
+        ),
+    ):
+        if chosen is None:
+            ports.append(DevPort(what, emulator.host, emulator.port, key, str(project.path), variable))
+        else:
+            ports.append(DevPort(what, *_split(chosen), variable, "the environment or .env", variable))
+    ports.append(DevPort("token_http", http.host, http.port, "MEMHARBOR_HTTP_PORT", "settings", "MEMHARBOR_HTTP_PORT"))
+    return ports
+
+
+def check_ports(ports: list[DevPort]) -> None:
+    """Raise PortInUse for the first port something already holds, before anything is started."""
+    for port in ports:
+        if port_in_use(port.host, port.port):
+            raise PortInUse(
+                port.setting,
+                f"port {port.port} on {port.host} ({port.what}, from {port.source}) is already in use: "
+                f"stop what listens there, or set {port.override} to a free one for this run",
+            )
+
+
+def _service_env(settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject) -> dict[str, str]:
     http = settings.http
     agora = http.require_agora()
     return child_environment(
@@ -81,8 +160,7 @@ def _service_env(settings: StackSettings, emulators: EmulatorSet) -> dict[str, s
             "MEMHARBOR_HTTP_PORT": str(http.port),
             "MEMHARBOR_AUTH": http.auth_mode,
             "MEMHARBOR_LOG_FORMAT": http.logging.format,
-            "FIREBASE_AUTH_EMULATOR_HOST": http.firebase.auth_emulator_host
-            or DEV_DEFAULTS["FIREBASE_AUTH_EMULATOR_HOST"],
+            "FIREBASE_AUTH_EMULATOR_HOST": http.firebase.auth_emulator_host or project.auth.address,
             "MEMHARBOR_PUSH_SINK": str(_sink(settings)),
             "MEMHARBOR_RECORDER_SOURCE": settings.recorder.source,
             "RECORDINGS_DIR": str(settings.recorder.recordings_dir.resolve()),
@@ -114,13 +192,14 @@ def _invite_curl(settings: HttpSettings) -> str:
     return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
 
 
-def _banner(settings: StackSettings, emulators: EmulatorSet) -> str:
+def _banner(settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject) -> str:
     http, recorder = settings.http, settings.recorder
+    rules = project.relative(project.firestore_rules)
     return "\n".join(
         [
             "",
             "memharbor dev is up (Ctrl-C stops everything)",
-            f"  Firestore emulator  {emulators.firestore.address}  (rules: rules/firestore.rules)",
+            f"  Firestore emulator  {emulators.firestore.address}  (rules: {rules})",
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
             f"  token_http          http://{http.host}:{http.port}  (auth: {http.auth_label})",
             f"  watcher             pushes recorded in {_sink(settings)}",
@@ -150,9 +229,11 @@ class StopRequest:
         self.requested = True
 
 
-def _start_services(settings: StackSettings, emulators: EmulatorSet, services: list[ManagedProcess]) -> None:
+def _start_services(
+    settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject, services: list[ManagedProcess]
+) -> None:
     """Start token_http (and wait until it serves), then the watcher and the recorder, appending each."""
-    env = _service_env(settings, emulators)
+    env = _service_env(settings, emulators, project)
     for name, command, port, ready_path in (
         ("token_http", "http", settings.http.port, "/api/openapi.json"),
         ("watcher", "watcher", 0, None),
@@ -176,20 +257,31 @@ def _wait(stop: StopRequest, services: list[ManagedProcess]) -> int:
     return 0
 
 
-def main(settings: StackSettings) -> int:
+def main(settings: StackSettings, project: FirebaseProject | None = None) -> int:
     """Start emulators and services, print where they listen, wait for Ctrl-C or SIGTERM."""
+    project = project or firebase_project.load()
+    ports = dev_ports(settings, project)
+    check_ports(ports)
     log_settings = settings.http.logging
     logs.configure(log_settings.format, log_settings.level, log_settings.file)
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    emulators = EmulatorSet.create(settings.http.firebase.project_id)
+    firestore, storage = ports[0], ports[1]
+    emulators = EmulatorSet.create(
+        settings.http.firebase.project_id,
+        rules=project.firestore_rules,
+        firestore_port=firestore.port,
+        storage_port=storage.port,
+        host=firestore.host,
+        storage_host=storage.host,
+    )
     services: list[ManagedProcess] = []
     try:
         emulators.start()
         seed_demo(emulators)
-        _start_services(settings, emulators, services)
-        print(_banner(settings, emulators), flush=True)
+        _start_services(settings, emulators, project, services)
+        print(_banner(settings, emulators, project), flush=True)
         return _wait(stop, services)
     finally:
         for service in reversed(services):

@@ -1,7 +1,9 @@
 """The local emulator harness shared by `memharbor dev` and the test suite.
 
-Starts Google's Firestore emulator (with our security rules) and the GCS-compatible Storage emulator,
-each on a free loopback port, waits until they answer, wipes their data on request and stops them.
+Starts Google's Firestore emulator (with the security rules firebase.json names) and the GCS-compatible
+Storage emulator, on free loopback ports unless told otherwise (the test suite's sessions run side by side;
+`memharbor dev` passes firebase.json's ports), waits until they answer, wipes their data on request and
+stops them.
 Every child runs in its own process group with a parent-death signal, so no java process outlives us:
 not after Ctrl-C, a failing test run, a SIGTERM, nor a SIGKILL of the parent.
 """
@@ -23,8 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memharbor import firebase_project
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RULES = REPO_ROOT / "rules" / "firestore.rules"
 _JAR = "cloud-firestore-emulator.jar"
 JAR_CANDIDATES = (
     Path("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator") / _JAR,
@@ -38,11 +41,28 @@ class EmulatorError(RuntimeError):
     """An emulator could not be found, did not start, or stopped answering."""
 
 
+def default_rules() -> Path:
+    """The Firestore rules firebase.json names: what the emulators enforce and what `firebase deploy` ships."""
+    return firebase_project.load().firestore_rules
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Ask the kernel for a currently free TCP port on `host`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on `host:port` (or holds it), so a server could not bind it now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves do: a port held only by connections in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def find_firestore_jar(extra: Sequence[Path] = ()) -> Path:
@@ -161,10 +181,11 @@ class ManagedProcess:
 
 
 def firestore_emulator(
-    rules: Path = DEFAULT_RULES, host: str = "127.0.0.1", port: int | None = None, java: str = "java"
+    rules: Path | None = None, host: str = "127.0.0.1", port: int | None = None, java: str = "java"
 ) -> ManagedProcess:
-    """Describe Google's Firestore emulator, enforcing `rules`, on a free port."""
+    """Describe Google's Firestore emulator, enforcing `rules` (firebase.json's), on `port` or a free one."""
     jar = find_firestore_jar()
+    rules = rules or default_rules()
     port = port or free_port(host)
     argv = [
         java,
@@ -185,7 +206,7 @@ def firestore_emulator(
 
 
 def storage_emulator(bucket: str, host: str = "127.0.0.1", port: int | None = None) -> ManagedProcess:
-    """Describe the gcp-storage-emulator (GCS JSON API), in memory, with `bucket` created."""
+    """Describe the gcp-storage-emulator (GCS JSON API), in memory, with `bucket` created, on `port` or a free one."""
     port = port or free_port(host)
     argv = [
         sys.executable,
@@ -214,9 +235,23 @@ class EmulatorSet:
     storage: ManagedProcess
 
     @classmethod
-    def create(cls, project_id: str = "memharbor-local", rules: Path = DEFAULT_RULES) -> EmulatorSet:
+    def create(
+        cls,
+        project_id: str = "memharbor-local",
+        rules: Path | None = None,
+        firestore_port: int | None = None,
+        storage_port: int | None = None,
+        host: str = "127.0.0.1",
+        storage_host: str | None = None,
+    ) -> EmulatorSet:
+        """Describe both emulators (on `host`); a port left out is a free one, the rules default to firebase.json's."""
         bucket = f"{project_id}.appspot.com"
-        return cls(project_id, bucket, firestore_emulator(rules), storage_emulator(bucket))
+        return cls(
+            project_id,
+            bucket,
+            firestore_emulator(rules, host=host, port=firestore_port),
+            storage_emulator(bucket, host=storage_host or host, port=storage_port),
+        )
 
     def start(self) -> None:
         """Start both emulators; if either fails, stop the other before raising."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -188,3 +191,40 @@ class TestHealth:
         assert status == 200
         assert stack.watcher.instance_id in body["workers"]["watcher"]["instances"]
         assert body["firestore"]["ok"] is True
+
+
+class TestDevPorts:
+    """`memharbor dev` refuses to start on a port that is already taken, before starting anything."""
+
+    def test_busy_emulator_port_stops_dev_with_one_line(self, tmp_path: Path) -> None:
+        """With the Firestore emulator's port held, dev exits 2 naming the port and how to move it."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("FIREBASE_", "FIRESTORE_", "STORAGE_", "GOOGLE_CLOUD_", "MEMHARBOR_", "AGORA_"))
+        }
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            busy = holder.getsockname()[1]
+            env.update(
+                FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{busy}",
+                FIREBASE_STORAGE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+                MEMHARBOR_HTTP_PORT=str(free_port()),
+                MEMHARBOR_ENV_FILE=str(tmp_path / "absent.env"),
+            )
+            result = subprocess.run(
+                [sys.executable, "-m", "memharbor", "dev"],
+                cwd=tmp_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        stderr = result.stderr.decode(errors="replace").strip()
+        assert result.returncode == 2, stderr
+        assert stderr.count("\n") == 0 and "Traceback" not in stderr
+        assert stderr.startswith("memharbor dev: setting FIRESTORE_EMULATOR_HOST:")
+        assert f"port {busy} on 127.0.0.1" in stderr and "already in use" in stderr
+        assert b"memharbor dev is up" not in result.stdout

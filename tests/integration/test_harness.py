@@ -305,7 +305,13 @@ class TestDevCommand:
             process = subprocess.Popen(
                 [sys.executable, "-m", "memharbor", "dev"],
                 cwd=tmp_path,
-                env=_child_env(MEMHARBOR_HTTP_PORT=str(http_port), MEMHARBOR_ENV_FILE=str(tmp_path / "absent.env")),
+                env=_child_env(
+                    MEMHARBOR_HTTP_PORT=str(http_port),
+                    MEMHARBOR_ENV_FILE=str(tmp_path / "absent.env"),
+                    # Free ports, not firebase.json's: another session may run the stack at the same time.
+                    FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+                    FIREBASE_STORAGE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
