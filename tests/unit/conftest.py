@@ -1,13 +1,36 @@
-"""Fixtures shared by the route unit tests (each test module opts in with `pytest.mark.usefixtures`)."""
+"""Fixtures shared by the route unit tests (each test module opts in with `pytest.mark.usefixtures`).
+
+`client` and `open_client` serve the app over the module's own `world` fixture (a `tests.support.api_worlds`
+world), with Firebase-style authentication and with MEMHARBOR_AUTH=none respectively.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import http_parser, web_protocol
+from aiohttp.test_utils import TestClient, TestServer
 
+from tests.support.api_worlds import make_settings
 from token_http import call_routes, recording_routes
+from token_http.app import create_app
+
+
+@pytest.fixture
+async def client(world: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    """The app on the module's world, authenticating requests as Firebase ID tokens."""
+    async with TestClient(TestServer(create_app(make_settings(), world.deps()))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def open_client(world: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    """The app on the module's world with MEMHARBOR_AUTH=none (everyone trusted, as the seed did)."""
+    app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
 
 
 @pytest.fixture

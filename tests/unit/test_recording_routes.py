@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,19 +57,6 @@ World = RecordingWorld
 @pytest.fixture
 def world() -> World:
     return World()
-
-
-@pytest.fixture
-async def client(world: World) -> AsyncIterator[Client]:
-    async with TestClient(TestServer(create_app(make_settings(), world.deps()))) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-async def open_client(world: World) -> AsyncIterator[Client]:
-    app = create_app(make_settings(MEMHARBOR_AUTH="none"), world.deps(open_access=True))
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
 
 
 # ---------------------------------------------------------------------------------------------- start
