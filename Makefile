@@ -47,7 +47,7 @@ bench-token: bench-venv
 	$(PY) bench/token_bench.py --minimal
 
 bench-calls: bench-venv
-	$(PY) bench/calls_bench.py
+	$(PY) bench/calls_bench.py --devices 3
 
 bench-push: bench-venv
 	$(PY) bench/push_bench.py

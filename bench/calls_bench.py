@@ -11,7 +11,9 @@ watcher (`python -m memharbor watcher`, pushes to a sink file), creates `pending
 and leaves every one unanswered: at a steady rate on an absolute schedule, or with `--burst N` all at
 once (`--writers 1`: in one commit; `--writers K`: K threads creating calls one after another as fast
 as they can). Then measures write-to-push latency, ring-timeout lateness, exactly-once pushes and
-timeouts, the watcher's memory and its CPU per call against the emulator's. Exit codes: 0 every
+timeouts, the watcher's memory and its CPU per call against the emulator's. `--devices N` gives each
+receiver N device documents (users/{uid}/devices; 2 iOS to 1 Android) instead of its legacy single token,
+and "exactly once" then means once per device. Exit codes: 0 every
 target met, 1 a target missed, 2 set-up failed (or the run was interrupted).
 """
 
@@ -80,6 +82,7 @@ class Options:
     sweep_interval: float | None
     as_json: bool
     burst: int = 0  # calls created at once instead of at `rate` (0: steady mode)
+    devices: int = 0  # device documents per receiver (2 of 3 iOS, 1 Android); 0: the legacy single token
 
 
 @dataclass
@@ -158,6 +161,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--burst", type=int, default=0, help="create N calls at once instead of at --rate")
     parser.add_argument("--sweep-interval", type=float, default=None, help="MEMHARBOR_SWEEP_INTERVAL_S")
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout (table on stderr)")
+    parser.add_argument(
+        "--devices", type=int, default=0, help="devices per receiver, as users/{uid}/devices (2 iOS : 1 Android)"
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.pairs < 1 or args.writers < 1 or args.burst < 0:
         parser.error("--rate and --duration must be positive, --pairs and --writers at least 1, --burst >= 0")
@@ -171,6 +177,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         sweep_interval=args.sweep_interval,
         as_json=args.json,
         burst=args.burst,
+        devices=args.devices,
     )
 
 
@@ -201,17 +208,33 @@ def receiver_id(pair: int) -> str:
     return f"bench-receiver-{pair:03d}"
 
 
-def seed_users(client: firestore.Client, pairs: int) -> None:
-    """Write `users/{uid}` for every caller and receiver; receivers are iOS devices with a VoIP token."""
+def device_document(pair: int, index: int) -> dict[str, Any]:
+    """Device `index` of pair `pair`'s receiver: every third one Android, the others iOS."""
+    if index % 3 == 2:
+        return {"platform": "android", "fcmToken": f"bench-fcm-{pair:03d}-{index}-" + "ef" * 16}
+    return {
+        "platform": "ios",
+        "voipToken": f"bench-voip-{pair:03d}-{index}-" + "ab" * 16,
+        "apnsToken": f"bench-apns-{pair:03d}-{index}-" + "cd" * 16,
+    }
+
+
+def seed_users(client: firestore.Client, pairs: int, devices: int = 0) -> None:
+    """Write `users/{uid}` for every caller and receiver; a receiver is one iOS device with a VoIP token
+    on its user document, or (`devices` > 0) that many device documents and no legacy token."""
     batch = client.batch()
     for pair in range(pairs):
         batch.set(client.collection(USERS).document(caller_id(pair)), {"platform": "android"})
-        receiver = {
+        receiver: dict[str, Any] = {
             "platform": "ios",
             "voipToken": f"bench-voip-{pair:03d}-" + "ab" * 16,
             "apnsToken": f"bench-apns-{pair:03d}-" + "cd" * 16,
         }
-        batch.set(client.collection(USERS).document(receiver_id(pair)), receiver)
+        user = client.collection(USERS).document(receiver_id(pair))
+        batch.set(user, receiver if not devices else {"displayName": receiver_id(pair)})
+        for index in range(devices):
+            device = {**device_document(pair, index), "updatedAt": firestore.SERVER_TIMESTAMP}
+            batch.set(user.collection("devices").document(f"device-{index}"), device)
     # Only members of a care group ring each other: pair p calls within group p % 10.
     for group in range(min(pairs, 10)):
         members = [uid for pair in range(group, pairs, 10) for uid in (caller_id(pair), receiver_id(pair))]
@@ -603,29 +626,36 @@ def exactly_once(run: Run) -> dict[str, int]:
     incoming = pushes_by_call(run.sink, "incoming_call")
     ended = pushes_by_call(run.sink, "call_ended")
     status = {cid: run.calls.get(cid, {}).get("status") for cid in written}
+    each = per_call(run)  # "once" means once per device of the receiver
     return {
         "calls_written": len(written),
         "writes_failed": sum(1 for w in run.writes if w.error is not None),
-        "pushed_once": sum(1 for cid in written if len(incoming.get(cid, [])) == 1),
+        "pushed_once": sum(1 for cid in written if len(incoming.get(cid, [])) == each),
         "not_pushed": sum(1 for cid in written if not incoming.get(cid)),
-        "pushed_more_than_once": sum(1 for cid in written if len(incoming.get(cid, [])) > 1),
+        "pushed_more_than_once": sum(1 for cid in written if len(incoming.get(cid, [])) > each),
         "push_not_recorded": sum(1 for cid in written if run.calls.get(cid, {}).get("pushSent") is not True),
-        "missed_once": sum(1 for cid in written if status[cid] == "missed" and len(ended.get(cid, [])) == 1),
+        "missed_once": sum(1 for cid in written if status[cid] == "missed" and len(ended.get(cid, [])) == each),
         "not_timed_out": sum(1 for cid in written if status[cid] != "missed"),
         "stop_push_missing": sum(1 for cid in written if status[cid] == "missed" and not ended.get(cid)),
-        "stop_push_more_than_once": sum(1 for cid in written if len(ended.get(cid, [])) > 1),
+        "stop_push_more_than_once": sum(1 for cid in written if len(ended.get(cid, [])) > each),
     }
+
+
+def per_call(run: Run) -> int:
+    """Pushes of one kind a call should get: one per device of its receiver."""
+    return max(1, run.options.devices)
 
 
 def after_stop(run: Run) -> dict[str, int]:
     """Pushes in the sink once the watcher had drained and exited (late work included)."""
     incoming = pushes_by_call(run.sink_after_stop, "incoming_call")
     ended = pushes_by_call(run.sink_after_stop, "call_ended")
+    each = per_call(run)
     return {
         "calls_pushed": len(incoming),
-        "calls_pushed_more_than_once": sum(1 for v in incoming.values() if len(v) > 1),
+        "calls_pushed_more_than_once": sum(1 for v in incoming.values() if len(v) > each),
         "calls_stop_pushed": len(ended),
-        "calls_stop_pushed_more_than_once": sum(1 for v in ended.values() if len(v) > 1),
+        "calls_stop_pushed_more_than_once": sum(1 for v in ended.values() if len(v) > each),
         "incoming_after_ring_deadline": sum(
             1 for line in run.sink_after_stop if line.get("kind") == "incoming_call" and expired(line)
         ),
@@ -931,7 +961,7 @@ def execute(options: Options, run: Run, tmp: Path) -> None:
         client = make_client(emulators.env())
         try:
             try:
-                seed_users(client, options.pairs)
+                seed_users(client, options.pairs, options.devices)
             except Exception as exc:
                 raise SetupError(f"seeding users/* failed: {type(exc).__name__}: {exc}") from exc
             with watcher_process(watcher_env(emulators, tmp, options), tmp, run) as proc:

@@ -143,6 +143,9 @@ USER_SERVER_FIELDS = frozenset({"pushTokenInvalidAt"})
 USER_FIELDS = frozenset({"platform", "voipToken", "apnsToken", "fcmToken", "displayName", "updatedAt"})
 # A device token: FCM's and APNs' alphabets, and nothing that could change the path of an APNs request.
 PUSH_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_:-]{1,1000}$")
+# The receiver's device that answered or declined (users/{uid}/devices/{deviceId}), optional, written with
+# `accepted` / `declined`: every other device of the receiver is told to stop ringing (memharbor/devices.py).
+ANSWERED_ON = "answeredOn"
 
 
 def find_transition(source: str | None, target: str) -> Transition | None:

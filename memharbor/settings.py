@@ -7,8 +7,9 @@ Each process reads only what it needs: `http_settings`, `watcher_settings` and `
 says what is expected; the CLI prints it as one line and exits.
 
 `load` is the one reader of the process environment (with `child_environment`, which copies it for a child
-process). The one other code that touches `os.environ` is `memharbor.firebase.use_emulators`, which writes
-the emulator addresses from these settings there, because Google's client libraries read them nowhere else.
+process). The one other code that touches `os.environ` is `memharbor.firebase`: `use_emulators` writes
+the emulator addresses from these settings there, because Google's client libraries read them nowhere else,
+and `use_metrics_directory` writes prometheus-client's PROMETHEUS_MULTIPROC_DIR for the same reason.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class WorkerSettings:
     instance_id: str | None
     # MEMHARBOR_HEARTBEAT_S
     heartbeat_interval_s: float
+    # MEMHARBOR_METRICS_PORT: where /metrics, /livez and /readyz listen (memharbor/metrics_server.py); 0 = off.
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,10 @@ class WatcherSettings:
     listen_window: int
     # MEMHARBOR_RECORD_CALLS: request a recording of every accepted call, not only record: true ones.
     record_calls: bool = False
+    # MEMHARBOR_DEVICE_TTL_DAYS: a device document not refreshed for this long is deleted, never rung.
+    device_ttl_days: float = 60.0
+    # MEMHARBOR_MAX_DEVICES_PER_USER: devices kept per user, the most recently refreshed (oldest out).
+    max_devices_per_user: int = 10
 
 
 @dataclass(frozen=True)
@@ -447,6 +454,7 @@ def _worker(env: _Env) -> WorkerSettings:
     return WorkerSettings(
         instance_id=env.text("MEMHARBOR_INSTANCE_ID"),
         heartbeat_interval_s=env.number("MEMHARBOR_HEARTBEAT_S", 5.0, 0.2, 300.0),
+        metrics_port=env.integer("MEMHARBOR_METRICS_PORT", 0, 0, 65535),
     )
 
 
@@ -489,6 +497,8 @@ def watcher_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> 
         sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
         listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 5, 2, 1000),
         record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
+        device_ttl_days=env.number("MEMHARBOR_DEVICE_TTL_DAYS", 60.0, 1.0, 3650.0),
+        max_devices_per_user=env.integer("MEMHARBOR_MAX_DEVICES_PER_USER", 10, 1, 100),
     )
 
 

@@ -3,7 +3,8 @@
 - Incoming call: `apns-push-type: voip`, topic `<bundle>.voip`, priority 10, `apns-expiration` at the ring
   deadline, `apns-collapse-id` = callId, the seed's payload as the JSON body (PushKit hands the app that
   dictionary). Sent to the user's PushKit `voipToken`.
-- Stop ringing (`call_ended`): never a VoIP push (iOS requires every VoIP push to report a new incoming
+- Stop ringing (`call_ended`, also for a call answered or declined on another device of the user, then as
+  a passive alert): never a VoIP push (iOS requires every VoIP push to report a new incoming
   call to CallKit, and stops delivering VoIP pushes to apps that don't). It is an alert push to the app's
   regular topic `<bundle>` and regular APNs token (`apnsToken`), priority 10, with `content-available: 1`:
   the running app (it is running while CallKit rings) ends the CallKit call on receipt; if the app is not
@@ -51,7 +52,15 @@ DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken"})  # with any 410: the token wi
 RETRYABLE_STATUSES = frozenset({429, 500, 503})
 # Localization keys of the stop-ringing alert; the app ships their strings (docs/firestore-contract.md).
 ALERT_TITLE_KEY = "CALL_ENDED_TITLE"
-ALERT_BODY_KEYS = {"missed": "CALL_MISSED_BODY", "cancelled": "CALL_CANCELLED_BODY"}
+ALERT_BODY_KEYS = {
+    "missed": "CALL_MISSED_BODY",
+    "cancelled": "CALL_CANCELLED_BODY",
+    "accepted": "CALL_ANSWERED_ELSEWHERE_BODY",
+    "declined": "CALL_DECLINED_ELSEWHERE_BODY",
+}
+# Answered or declined on another of the user's devices: nothing was missed, so the alert only lands in
+# Notification Center (no sound, no lit screen); it exists because only an alert may go at priority 10.
+ELSEWHERE = frozenset({"accepted", "declined"})
 
 
 class ProviderToken(AuthorizationHeaderProvider):
@@ -197,11 +206,13 @@ def build_request(
 def stop_ringing_message(payload: Mapping[str, str]) -> dict[str, Any]:
     """The stop-ringing alert: a localized missed-call alert that also wakes the running app."""
     body_key = ALERT_BODY_KEYS.get(payload.get("status", ""), ALERT_BODY_KEYS["missed"])
-    aps = {
+    aps: dict[str, Any] = {
         "alert": {"title-loc-key": ALERT_TITLE_KEY, "loc-key": body_key, "loc-args": [payload.get("callerName", "")]},
         "content-available": 1,
         "thread-id": payload.get("callId", ""),
     }
+    if payload.get("status") in ELSEWHERE:
+        aps["interruption-level"] = "passive"
     return {"aps": aps, **payload}
 
 

@@ -34,6 +34,9 @@ class ReactorConfig:
     lease_s: float = 15.0
     # An `updatedAt` this far past the decision's time is malformed (clocks differ far less).
     future_tolerance_s: float = 60.0
+    # Devices not refreshed for this long are pruned, never rung; at most this many are kept per user.
+    device_ttl_s: float = 60 * 86400.0
+    max_devices: int = 10
 
 
 @dataclass(frozen=True)

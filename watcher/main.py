@@ -9,10 +9,12 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
+from memharbor.repositories.devices import FirestoreDevices
 from memharbor.settings import WatcherSettings
 from memharbor.store import close_async_client
 from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
@@ -83,13 +85,20 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
         owned.push_async_callback(close_async_client, db)
         clock = SystemClock()
         calls = CallTracker()
+        devices = FirestoreDevices(lambda: db)
         reactor = CallReactor(
             db,
             notifier,
             clock,
-            ReactorConfig(instance_id=instance_id, ring_timeout_s=settings.ring_timeout_s),
+            ReactorConfig(
+                instance_id=instance_id,
+                ring_timeout_s=settings.ring_timeout_s,
+                device_ttl_s=settings.device_ttl_days * 86400.0,
+                max_devices=settings.max_devices_per_user,
+            ),
             schedule_timeout=calls.schedule_timeout,
             cancel_timeout=calls.cancel_timeout,
+            device_store=devices,
             # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
             # off, and an ended call's recordings are stopped whoever asked for them.
             recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
@@ -97,6 +106,11 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
 
         def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
             return CallListener(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
+
+        device_ttl = timedelta(days=settings.device_ttl_days)
+
+        async def prune_devices() -> int:
+            return await devices.delete_stale(datetime.fromtimestamp(clock.time(), UTC) - device_ttl)
 
         watcher = Watcher(
             db,
@@ -106,6 +120,7 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
             listen=listen,
             catch_up=FirestoreCatchUp(db),
+            prune_devices=prune_devices,
         )
         heartbeat = Heartbeat(
             db,

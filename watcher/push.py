@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 from memharbor import calls
+from memharbor.devices import LEGACY_KEY, Device
 
 Platform = Literal["ios", "android"]
 Kind = Literal["incoming_call", "call_ended"]
@@ -34,8 +35,10 @@ class PushTarget:
     uid: str
     platform: Platform
     token: str
-    # The users/{uid} field that holds `token` (the one removed when the service reports it dead).
+    # The field that holds `token` (the one removed when the service reports it dead).
     token_field: str = ""
+    # Which device: its users/{uid}/devices id, or LEGACY_KEY for the tokens on users/{uid}.
+    device: str = LEGACY_KEY
 
     @property
     def user_field(self) -> str:
@@ -94,6 +97,37 @@ def resolve_target(uid: str, user: Mapping[str, Any] | None, kind: Kind = "incom
     return PushTarget(uid, platform, token, field)
 
 
+def resolve_targets(uid: str, devices: list[Device], kind: Kind) -> list[PushTarget]:
+    """One target per device that has the token this kind of push needs, in the devices' order."""
+    targets = []
+    for device in devices:
+        found = device.token_for(kind)
+        if found is not None:
+            field, token = found
+            targets.append(PushTarget(uid, device.platform, token, field, device.key))  # type: ignore[arg-type]
+    return targets
+
+
+def push_record(result: PushResult, platform: str, at: Any) -> dict[str, Any]:
+    """What the server keeps of one device's push (callServer/{callId}.pushes.{status}.{device})."""
+    outcome = "sent" if result.sent else "dead_token" if result.token_invalid else "failed"
+    return {"platform": platform, "result": outcome, "error": result.error, "at": at}
+
+
+def push_summary(records: list[Mapping[str, Any]]) -> tuple[bool, str | None, str | None]:
+    """The call's (pushSent, pushPlatform, pushError) from its devices' records, in device order.
+
+    Sent when any device accepted the push (the platform of the first that did); otherwise the first
+    device's platform and error, and `no_device_token` when there was no device to push to.
+    """
+    if not records:
+        return False, None, "no_device_token"
+    for record in records:
+        if record.get("result") == "sent":
+            return True, record.get("platform"), None
+    return False, records[0].get("platform"), records[0].get("error")
+
+
 def incoming_call_payload(call: Mapping[str, Any]) -> dict[str, str]:
     """The seed's incoming-call payload; every value a string (FCM data messages require it)."""
     return {
@@ -145,6 +179,7 @@ class SinkNotifier:
             "kind": kind,
             "platform": target.platform,
             "uid": target.uid,
+            "device": target.device,
             "payload": dict(payload),
             "expiresAt": expires_at,
             "sentAt": time.time(),

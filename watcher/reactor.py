@@ -23,14 +23,25 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from memharbor import calls
+from memharbor import calls, devices
 from memharbor.calls import Status
 from memharbor.clock import Clock
+from memharbor.devices import Device
 from memharbor.logs import get_logger
+from memharbor.repositories.devices import DeviceStore, FirestoreDevices
 from memharbor.repositories.paths import CALLS, GROUPS, USERS
 from watcher import decisions
 from watcher.decisions import ReactorConfig
-from watcher.push import Notifier, call_ended_payload, incoming_call_payload, resolve_target
+from watcher.push import (
+    Kind,
+    Notifier,
+    PushTarget,
+    call_ended_payload,
+    incoming_call_payload,
+    push_record,
+    push_summary,
+    resolve_targets,
+)
 
 CALL_SERVER = "callServer"
 log = get_logger()
@@ -42,6 +53,8 @@ class _Hints:
 
     receiver_id: str | None = None
     group_id: str | None = None
+    # Read the receiver's devices alongside the call: its next status will push to them.
+    devices: bool = False
 
 
 class Claim(enum.Enum):
@@ -71,18 +84,32 @@ def _nest(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Audience:
+    """The receiver's devices a claimed status pushes to, and what was already pushed to them for it."""
+
+    uid: str
+    devices: list[Device]
+    # callServer's pushes.{status}: device key -> record, of a claimant that died before finishing.
+    done: Mapping[str, Any]
+    # Device documents to delete once the effects are done (stale, or beyond the per-user cap).
+    prune: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Claimed:
     """The outcome of a claim, with the call as read inside it (and the receiver, when a push follows)."""
 
     claim: Claim
     call: dict[str, Any]
-    user: dict[str, Any] | None = None
+    audience: Audience | None = None
 
 
 _FINAL_MEMORY = 10_000
+# A fan-out's records are written before its slowest device answers once that takes longer than this.
+_SLOW_DEVICE_S = 0.5
 _CLAIM_ATTEMPTS = 5
-# Statuses whose effects push to the receiver's device.
-_PUSHING = frozenset({Status.PENDING, Status.CANCELLED, Status.MISSED})
+# Statuses whose effects push to the receiver's devices (ring; stop ringing, elsewhere or for good).
+_PUSHING = frozenset({Status.PENDING, Status.ACCEPTED, Status.DECLINED, Status.CANCELLED, Status.MISSED})
 # The stamp a ring timeout sets with `missed` (its transition's, as for any writer of `missed`).
 _TIMEOUT_STAMP = calls.STATUS_STAMPS[Status.MISSED][-1]
 _CLAIMS: dict[type, Claim] = {
@@ -121,8 +148,10 @@ class CallReactor:
         schedule_timeout: Callable[[str, datetime], None],
         cancel_timeout: Callable[[str], None],
         recording_hooks: RecordingHooks | None = None,
+        device_store: DeviceStore | None = None,
     ) -> None:
         self._db = db
+        self._devices = device_store or FirestoreDevices(lambda: db)
         self._notifier = notifier
         self._clock = clock
         self._config = config
@@ -175,8 +204,10 @@ class CallReactor:
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
-            call_update = await self._effects(call_id, call, claimed.user)
-            await self._finish(call_id, status, call_update)
+            call_update, records = await self._effects(call_id, call, claimed.audience)
+            await self._finish(call_id, status, call_update, records)
+            if claimed.audience is not None and claimed.audience.prune:
+                await self._prune(claimed.audience)
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
             self._keep_timer(call_id, call)
             self._remember(call_id, call, status)
@@ -185,9 +216,11 @@ class CallReactor:
     def _hints(self, call_id: str, receiver_hint: str | None, group_hint: str | None) -> _Hints:
         # A call handled here before has its server document, so its group was judged and need not be
         # read again; a ring timer's run has no listener event, so the receiver is the one remembered.
+        # After `accepted` only `ended` can follow, which pushes nothing: its devices need no read.
         if call_id in self._done:
-            return _Hints(receiver_hint or self._receivers.get(call_id), None)
-        return _Hints(receiver_hint, group_hint)
+            pushes_next = self._done[call_id] != Status.ACCEPTED
+            return _Hints(receiver_hint or self._receivers.get(call_id), None, pushes_next)
+        return _Hints(receiver_hint, group_hint, True)
 
     def _remember(self, call_id: str, call: Mapping[str, Any], status: str) -> None:
         if status == Status.ENDED:
@@ -228,11 +261,16 @@ class CallReactor:
         call_ref = self._db.collection(CALLS).document(call_id)
         server_ref = self._db.collection(CALL_SERVER).document(call_id)
         refs = [call_ref, server_ref]
-        if hints.receiver_id and calls.ID_PATTERN.fullmatch(hints.receiver_id):
-            refs.append(self._db.collection(USERS).document(hints.receiver_id))
+        receiver = hints.receiver_id if hints.receiver_id and calls.ID_PATTERN.fullmatch(hints.receiver_id) else None
+        if receiver is not None:
+            refs.append(self._db.collection(USERS).document(receiver))
         if hints.group_id and calls.GROUP_ID_PATTERN.fullmatch(hints.group_id):
             refs.append(self._db.collection(GROUPS).document(hints.group_id))
-        snaps = {snap.reference.path: snap async for snap in self._db.get_all(refs)}
+        # The devices are a query, not a document: read concurrently with the documents, in one round trip.
+        snaps, device_docs = await asyncio.gather(
+            self._read(refs), self._devices.read(receiver) if receiver and hints.devices else _nothing()
+        )
+        prefetched = (receiver, device_docs) if device_docs is not None else None
         call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
         call = (call_snap.to_dict() or {}) if call_snap.exists else None
         server = server_snap.to_dict() if server_snap.exists else None
@@ -251,12 +289,49 @@ class CallReactor:
                 await write.review(decision)
                 log.info("call.review_counted", call_id=call_id, review_count=decision.count)
             case decisions.Run():
-                user = await self._user_for_push({**(call or {}), "status": decision.status}, snaps)
+                pushing = {**(call or {}), "status": decision.status}
+                user = await self._user_for_push(pushing, snaps)
                 claimed = await write.run(call_id, decision, self._config.instance_id)
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
-                return Claimed(claim, claimed, user)
+                audience = await self._audience(pushing, user, prefetched, server, now)
+                return Claimed(claim, claimed, audience)
         return Claimed(claim, call or {})
+
+    async def _read(self, refs: list[Any]) -> dict[str, Any]:
+        return {snap.reference.path: snap async for snap in self._db.get_all(refs)}
+
+    async def _audience(
+        self,
+        call: Mapping[str, Any],
+        user: dict[str, Any] | None,
+        prefetched: tuple[str | None, dict[str, dict[str, Any]]] | None,
+        server: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> Audience | None:
+        """The devices the claimed status pushes to (their documents read now unless prefetched), pruned."""
+        receiver = call.get("receiverId")
+        if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
+            return None
+        # Hints only choose what to prefetch: devices read for another uid than the call's are not used.
+        hinted = prefetched is not None and prefetched[0] == receiver
+        docs = prefetched[1] if prefetched is not None and hinted else await self._devices.read(receiver)
+        ttl = timedelta(seconds=self._config.device_ttl_s)
+        plan = devices.prune_plan(docs, now, ttl, self._config.max_devices)
+        pushes = (server or {}).get("pushes")
+        done = pushes.get(str(call["status"])) if isinstance(pushes, Mapping) else None
+        return Audience(
+            receiver, devices.devices_of(user, plan.keep), done if isinstance(done, Mapping) else {}, plan.drop
+        )
+
+    async def _prune(self, audience: Audience) -> None:
+        try:
+            await self._devices.delete(audience.uid, audience.prune)
+        except Exception as exc:
+            # The next push to this user tries again; the effects themselves are done.
+            log.warning("devices.prune_failed", uid=audience.uid, error=type(exc).__name__)
+            return
+        log.info("devices.pruned", uid=audience.uid, count=len(audience.prune))
 
     async def _group_of(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
         """The call's care group as stored (prefetched when the listener hinted it), or None."""
@@ -275,8 +350,8 @@ class CallReactor:
         snap = snaps.get(ref.path) or await ref.get()
         return snap.to_dict() if snap.exists else None
 
-    async def _finish(self, call_id: str, status: str, call_update: dict[str, Any]) -> None:
-        """Record the effects' results on the call and mark them done, in one write."""
+    async def _finish(self, call_id: str, status: str, call_update: dict[str, Any], records: Mapping[str, Any]) -> None:
+        """Record the effects' results on the call (and per-device push records) and mark them done, in one write."""
         batch = self._db.batch()
         if call_update:
             batch.update(self._db.collection(CALLS).document(call_id), call_update)
@@ -284,63 +359,92 @@ class CallReactor:
             f"effects.`{status}`.state": "done",
             f"effects.`{status}`.doneAt": firestore.SERVER_TIMESTAMP,
             "effectOpen": False,
+            **{_record_path(status, key): record for key, record in records.items()},
         }
         batch.update(self._db.collection(CALL_SERVER).document(call_id), done)
         await batch.commit()
 
-    async def _effects(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
-        handlers: dict[str, Callable[[str, dict[str, Any], dict[str, Any] | None], Awaitable[dict[str, Any]]]] = {
+    async def _effects(
+        self, call_id: str, call: dict[str, Any], audience: Audience | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Carry out the status's effects: (fields for the call, push records still to write)."""
+        handlers: dict[str, Callable[[str, dict[str, Any], Audience | None], Awaitable[_Effects]]] = {
             Status.PENDING: self._ring,
             Status.ACCEPTED: self._accepted,
+            Status.DECLINED: self._stop_ringing,
             Status.CANCELLED: self._stop_ringing,
             Status.MISSED: self._stop_ringing,
             Status.ENDED: self._ended,
         }
         handler = handlers.get(str(call.get("status")))
-        return await handler(call_id, call, user) if handler is not None else {}
+        return await handler(call_id, call, audience) if handler is not None else ({}, {})
 
-    async def _ring(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    async def _ring(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         deadline: datetime = call["ringDeadline"]
         self._schedule_timeout(call_id, deadline)
-        if "pushSent" in call:
-            return {}  # a previous claimant sent it and recorded the result before dying
+        if "pushSent" in call and audience is None:
+            return {}, {}  # a previous claimant sent it and recorded the result before dying
         if deadline.timestamp() <= self._clock.time():
             # Apple and Google would drop it anyway, and the phone must not ring for a missed call.
             log.warning("push.skipped", call_id=call_id, kind="incoming_call", reason="ring_deadline_passed")
-            return {"pushSent": False, "pushPlatform": None, "pushError": "ring_deadline_passed"}
-        sent, platform, error = await self._push(call, user, "incoming_call", incoming_call_payload(call), deadline)
-        return {"pushSent": sent, "pushPlatform": platform, "pushError": error}
+            return {"pushSent": False, "pushPlatform": None, "pushError": "ring_deadline_passed"}, {}
+        fanned = await self._fan_out(call, audience, "incoming_call", incoming_call_payload(call), deadline)
+        sent, platform, error = push_summary(fanned.all_records)
+        return {"pushSent": sent, "pushPlatform": platform, "pushError": error}, fanned.unwritten
 
-    async def _push(
+    async def _fan_out(
         self,
         call: Mapping[str, Any],
-        user: dict[str, Any] | None,
-        kind: Any,
+        audience: Audience | None,
+        kind: Kind,
         payload: dict[str, str],
         expires: datetime,
-    ) -> tuple[bool, str | None, str | None]:
-        receiver = str(call.get("receiverId"))
-        target = resolve_target(receiver, user, kind)
-        if target is None:
-            # No usable device, whatever platform the user document names: pushPlatform stays null.
-            log.info("push.skipped", call_id=call.get("callId"), kind=kind, reason="no_device_token")
-            return False, None, "no_device_token"
-        # An incoming-call push is retried only while the call still rings.
-        wanted = functools.partial(self._still_ringing, str(call.get("callId"))) if kind == "incoming_call" else None
-        result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
-        if result.token_invalid:
-            await self._forget_token(receiver, target.user_field)
-        event = "push.sent" if result.sent else "push.failed"
-        log.info(event, call_id=call.get("callId"), kind=kind, platform=target.platform, error=result.error)
-        return result.sent, result.platform, result.error
+        recipients: list[Device] | None = None,
+    ) -> _FanOut:
+        """Push to every device at once; each device's result is recorded when it lands (`_Landing`).
 
-    async def _forget_token(self, uid: str, field: str) -> None:
-        await (
-            self._db.collection(USERS)
-            .document(uid)
-            .update({field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP})
-        )
-        log.info("push.token_removed", uid=uid, field=field)
+        A device with a record for this status (from a claimant that died midway) is not pushed again.
+        """
+        call_id, status = str(call.get("callId")), str(call.get("status"))
+        if audience is None:
+            return _FanOut([], {})
+        chosen = audience.devices if recipients is None else recipients
+        targets = resolve_targets(audience.uid, chosen, kind)
+        earlier = {key: record for key, record in audience.done.items() if isinstance(record, Mapping)}
+        todo = [t for t in targets if t.device not in earlier]
+        if not targets:
+            log.info("push.skipped", call_id=call_id, kind=kind, reason="no_device_token")
+        wanted = functools.partial(self._still_ringing, call_id) if kind == "incoming_call" else None
+        announce = kind == "incoming_call" and "pushSent" not in call
+        landing = _Landing(self._db, call_id, status, len(todo), announce)
+
+        async def one(target: PushTarget) -> tuple[str, dict[str, Any]]:
+            result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
+            record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
+            event = "push.sent" if result.sent else "push.failed"
+            log.info(
+                event, call_id=call_id, kind=kind, device=target.device, platform=target.platform, error=result.error
+            )
+            if result.token_invalid:
+                await self._forget_token(audience.uid, target)
+            await landing.landed(target.device, record)
+            return target.device, record
+
+        landed = dict(await asyncio.gather(*(one(t) for t in todo)))
+        ordered = [landed[t.device] if t.device in landed else earlier[t.device] for t in targets]
+        return _FanOut(ordered, landing.rest())
+
+    async def _forget_token(self, uid: str, target: PushTarget) -> None:
+        if target.device == devices.LEGACY_KEY:
+            await (
+                self._db.collection(USERS)
+                .document(uid)
+                .update({target.user_field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP})
+            )
+            removed = True
+        else:
+            removed = await self._devices.forget_token(uid, target.device, target.user_field, target.token)
+        log.info("push.token_removed", uid=uid, device=target.device, field=target.user_field, removed=removed)
 
     async def _still_ringing(self, call_id: str) -> bool:
         """Asked between push retries: is the call still pending? If so, extend our claim's lease.
@@ -355,22 +459,101 @@ class CallReactor:
         await self._db.collection(CALL_SERVER).document(call_id).update({"effects.`pending`.leaseUntil": lease})
         return True
 
-    async def _accepted(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    async def _accepted(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         self._cancel_timeout(call_id)
         await self._recording.on_accepted(call_id, call)
-        return {}
+        return await self._stop_ringing(call_id, call, audience)
 
-    async def _stop_ringing(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    async def _stop_ringing(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
+        """Tell the receiver's devices to stop ringing: all of them, or the others when one answered."""
         self._cancel_timeout(call_id)
+        if audience is None:
+            return {}, {}
         expires = datetime.fromtimestamp(self._clock.time() + 60, UTC)
-        await self._push(call, user, "call_ended", call_ended_payload(call), expires)
-        return {}
+        recipients = devices.stop_recipients(audience.devices, str(call.get("status")), call.get(calls.ANSWERED_ON))
+        fanned = await self._fan_out(call, audience, "call_ended", call_ended_payload(call), expires, recipients)
+        return {}, fanned.unwritten
 
-    async def _ended(self, call_id: str, call: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    async def _ended(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         duration = calls.duration_seconds(_ts(call.get("answeredAt")), _ts(call.get("endedAt")))
         log.info("call.ended", call_id=call_id, duration_s=duration)
         await self._recording.on_ended(call_id, call)
-        return {"durationSec": duration}
+        return {"durationSec": duration}, {}
+
+
+# What an effect handler returns: fields for the call, and push records for the server document.
+_Effects = tuple[dict[str, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _FanOut:
+    """One fan-out's records in device order (earlier claimants' included), and those not yet written."""
+
+    all_records: list[Mapping[str, Any]]
+    unwritten: dict[str, Any]
+
+
+class _Landing:
+    """Writes a fan-out's per-device records early when some device is slow, one write at a time.
+
+    When every device answers within `_SLOW_DEVICE_S` (the usual case, and always for a single device),
+    all records go into the finishing write: no extra write, and an extra write to `calls` would cost the
+    change feed. A device still outstanding after that (retries, a slow network) delays neither the
+    others' records nor `pushSent` (announced on the call with the first acceptance): what has landed is
+    written then. Writes are serialized because concurrent updates of one document contend (the emulator
+    locks documents pessimistically).
+    """
+
+    def __init__(self, db: firestore.AsyncClient, call_id: str, status: str, outstanding: int, announce: bool) -> None:
+        self._db = db
+        self._call_id = call_id
+        self._status = status
+        self._outstanding = outstanding
+        self._announce = announce
+        self._pending: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._all_in = asyncio.Event()
+
+    async def landed(self, device: str, record: dict[str, Any]) -> None:
+        """Note one device's record; write what has landed once some device is slow to answer."""
+        self._pending[device] = record
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._all_in.set()
+            return
+        try:
+            async with asyncio.timeout(_SLOW_DEVICE_S):
+                await self._all_in.wait()
+            return
+        except TimeoutError:
+            pass
+        async with self._lock:
+            while self._pending and self._outstanding > 0:
+                taken, self._pending = self._pending, {}
+                await self._write(taken)
+
+    def rest(self) -> dict[str, Any]:
+        """The records not written yet (for the finishing write)."""
+        return self._pending
+
+    async def _write(self, records: Mapping[str, Any]) -> None:
+        batch = self._db.batch()
+        paths = {_record_path(self._status, device): record for device, record in records.items()}
+        batch.update(self._db.collection(CALL_SERVER).document(self._call_id), paths)
+        accepted = next((r for r in records.values() if r.get("result") == "sent"), None)
+        if self._announce and accepted is not None:
+            self._announce = False
+            announced = {"pushSent": True, "pushPlatform": accepted.get("platform"), "pushError": None}
+            batch.update(self._db.collection(CALLS).document(self._call_id), announced)
+        await batch.commit()
+
+
+def _record_path(status: str, device: str) -> str:
+    return f"pushes.`{status}`.`{device}`"
+
+
+async def _nothing() -> None:
+    return None
 
 
 class _Write:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -42,6 +42,8 @@ class WatcherConfig:
     # An `updatedAt` this far past our clock is malformed (server clocks and ours differ far less).
     future_tolerance_s: float = 60.0
     catch_up_retry_s: float = 1.0
+    # How often stale device documents of all users are deleted (a push prunes its receiver's at once).
+    device_prune_interval_s: float = 3600.0
 
 
 def _stamp(snap: Any) -> Any:
@@ -89,6 +91,7 @@ class Watcher:
         listen: Callable[[Callable[[FeedSnapshot], None]], Feed],
         catch_up: CatchUp,
         mark: FeedMark | None = None,
+        prune_devices: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.db = db
         self.reactor = reactor
@@ -97,6 +100,7 @@ class Watcher:
         self.config = config
         self.catch_up = catch_up
         self.mark = mark or FeedMark()
+        self._prune_devices = prune_devices
         # The listener is made here, from the method it delivers to, so nothing refers to it before it exists.
         self.listener = listen(self.on_snapshot)
         self._sem = asyncio.Semaphore(config.max_concurrency)
@@ -292,6 +296,17 @@ class Watcher:
                 log.warning("sweep.failed", error=type(exc).__name__)
             await asyncio.sleep(self.config.sweep_interval_s)
 
+    async def _prune_devices_forever(self, prune: Callable[[], Awaitable[int]]) -> None:
+        # Devices of users nobody calls are never read for a push, so only this removes them.
+        while True:
+            try:
+                deleted = await prune()
+                if deleted:
+                    log.info("devices.pruned", count=deleted)
+            except Exception as exc:
+                log.warning("devices.prune_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.config.device_prune_interval_s)
+
     # -- lifecycle ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """What the heartbeat reports about this instance."""
@@ -313,6 +328,8 @@ class Watcher:
             asyncio.create_task(self._sweep_forever()),
             asyncio.create_task(self._fire_timers_forever()),
         ]
+        if self._prune_devices is not None:
+            loops.append(asyncio.create_task(self._prune_devices_forever(self._prune_devices)))
         log.info("watcher.started")
         await stop.wait()
         log.info("watcher.stopping", in_flight=len(self.calls.in_flight()))

@@ -121,6 +121,30 @@ class Harness:
         self.db.collection("users").document(uid).set({"platform": "android", "fcmToken": token})
         return token
 
+    def iphone(self, uid: str, device_id: str, voip: str | None = None) -> tuple[str, str]:
+        """Register one iPhone or iPad as a device document (v2 apps), with both of its APNs tokens."""
+        voip, regular = voip or apns_token(), apns_token()
+        self.apns.register(voip, f"{BUNDLE}.voip")
+        self.apns.register(regular, BUNDLE)
+        fields = {"platform": "ios", "voipToken": voip, "apnsToken": regular, "appVersion": "2.0.0"}
+        result = self.rest.as_user(uid).create(f"users/{uid}/devices/{device_id}", fields, server_time=["updatedAt"])
+        assert result.ok, result
+        return voip, regular
+
+    def android_device(self, uid: str, device_id: str) -> str:
+        """Register one Android device as a device document (v2 apps)."""
+        token = fcm_token()
+        fields = {"platform": "android", "fcmToken": token, "appVersion": "2.0.0"}
+        result = self.rest.as_user(uid).create(f"users/{uid}/devices/{device_id}", fields, server_time=["updatedAt"])
+        assert result.ok, result
+        return token
+
+    def answer(self, call_id: str, status: str, device_id: str, receiver: str = "bob") -> None:
+        """The receiver answers (or declines) on one device, naming it."""
+        fields = {"status": status, "answeredOn": device_id}
+        result = self.rest.as_user(receiver).update(f"calls/{call_id}", fields, server_time=["answeredAt", "updatedAt"])
+        assert result.ok, result
+
     def place_call(self, caller: str = "alice", receiver: str = "bob") -> str:
         """The caller's app creates a pending call through the security rules."""
         call_id = uuid.uuid4().hex
@@ -148,6 +172,12 @@ class Harness:
 
     def user(self, uid: str) -> dict[str, Any]:
         return self.db.collection("users").document(uid).get().to_dict() or {}
+
+    def device(self, uid: str, device_id: str) -> dict[str, Any]:
+        return self.db.collection("users").document(uid).collection("devices").document(device_id).get().to_dict() or {}
+
+    def server(self, call_id: str) -> dict[str, Any]:
+        return self.db.collection("callServer").document(call_id).get().to_dict() or {}
 
     def push_result(self, call_id: str, timeout: float = 20.0) -> dict[str, Any]:
         """The call once the watcher recorded pushSent/pushPlatform/pushError."""
@@ -352,6 +382,76 @@ class TestStopRinging:
         notices = wait_for(lambda: ended_messages(harness.fcm, token), timeout=30, what="Android missed notice")
         assert notices[0].message is not None
         assert (notices[0].message["data"]["callId"], notices[0].message["data"]["status"]) == (android_call, "missed")
+
+
+class TestEveryDeviceRings:
+    """A receiver with several devices: all ring at once; an answer on one stops the others."""
+
+    def test_fan_out_to_three_devices(self, harness: Harness) -> None:
+        """Two iPhones get a VoIP push and the Android tablet an FCM message; each is recorded server-side."""
+        phone, _ = harness.iphone("bob", "phone")
+        pad, _ = harness.iphone("bob", "pad")
+        tablet = harness.android_device("bob", "tab")
+        harness.watcher()
+        call_id = harness.place_call()
+        wait_for(lambda: harness.apns.delivered(phone, "voip") and harness.apns.delivered(pad, "voip"), what="VoIP")
+        [ring] = wait_for(lambda: harness.fcm.delivered(tablet), what="FCM ring")
+        assert ring.message is not None and ring.message["data"]["callId"] == call_id
+        doc = harness.push_result(call_id)
+        assert (doc["pushSent"], doc["pushError"]) == (True, None)
+        server = wait_for(
+            lambda: len(((s := harness.server(call_id)).get("pushes") or {}).get("pending", {})) == 3 and s,
+            what="per-device records",
+        )
+        records = server["pushes"]["pending"]
+        assert {k: (r["platform"], r["result"]) for k, r in records.items()} == {
+            "phone": ("ios", "sent"),
+            "pad": ("ios", "sent"),
+            "tab": ("android", "sent"),
+        }
+
+    def test_answered_elsewhere_stops_the_other_devices(self, harness: Harness) -> None:
+        """Accepted on the phone: the iPad gets a passive alert (no second VoIP push), the tablet a data message."""
+        phone, phone_regular = harness.iphone("bob", "phone")
+        pad, pad_regular = harness.iphone("bob", "pad")
+        tablet = harness.android_device("bob", "tab")
+        harness.watcher()
+        call_id = harness.place_call()
+        harness.push_result(call_id)
+        harness.answer(call_id, "accepted", "phone")
+        [alert] = wait_for(lambda: harness.apns.delivered(pad_regular, "alert"), what="answered-elsewhere alert")
+        assert (alert.payload["status"], alert.payload["callId"]) == ("accepted", call_id)
+        assert alert.payload["aps"]["interruption-level"] == "passive"
+        assert alert.payload["aps"]["alert"]["loc-key"] == "CALL_ANSWERED_ELSEWHERE_BODY"
+        [stop] = wait_for(lambda: ended_messages(harness.fcm, tablet), what="answered-elsewhere message")
+        assert stop.message is not None and stop.message["data"]["status"] == "accepted"
+        time.sleep(1.0)
+        assert harness.apns.delivered(phone_regular) == []
+        assert len(harness.apns.delivered(phone, "voip")) == len(harness.apns.delivered(pad, "voip")) == 1
+
+    def test_dead_device_among_live_ones(self, harness: Harness) -> None:
+        """One iPhone's token is dead: the others ring, pushSent is true, and only that device loses its token."""
+        harness.iphone("bob", "phone", voip=apns_token(410))
+        pad, _ = harness.iphone("bob", "pad")
+        tablet = harness.android_device("bob", "tab")
+        harness.watcher()
+        doc = harness.push_result(harness.place_call())
+        assert (doc["pushSent"], doc["pushError"]) == (True, None)
+        assert harness.apns.delivered(pad, "voip") and harness.fcm.delivered(tablet)
+        phone = wait_for(
+            lambda: (d := harness.device("bob", "phone")).get("pushTokenInvalidAt") and d, what="token removal"
+        )
+        assert "voipToken" not in phone and "apnsToken" in phone
+        assert "voipToken" in harness.device("bob", "pad")
+
+    def test_legacy_tokens_ring_beside_devices(self, harness: Harness) -> None:
+        """A v1 app's tokens on users/{uid} ring as one more device next to a v2 device."""
+        legacy = harness.android_user("bob")
+        voip, _ = harness.iphone("bob", "pad")
+        harness.watcher()
+        doc = harness.push_result(harness.place_call())
+        assert doc["pushSent"] is True
+        wait_for(lambda: harness.fcm.delivered(legacy) and harness.apns.delivered(voip, "voip"), what="both rings")
 
 
 class TestTransportStatus:

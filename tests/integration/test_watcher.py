@@ -473,3 +473,80 @@ class TestInvariants:
         time.sleep(2.0)
         doc = call_doc(db, call_id)
         assert doc["reviewCount"] == 3 and doc["status"] == "ended" and "violation" not in doc
+
+
+def seed_device(db: firestore.Client, uid: str, device_id: str, platform: str, updated: Any) -> None:
+    """Write users/{uid}/devices/{device_id} (with admin credentials, so `updated` may lie in the past)."""
+    ios = {"voipToken": f"voip-{device_id}", "apnsToken": f"apns-{device_id}"}
+    tokens = ios if platform == "ios" else {"fcmToken": f"fcm-{device_id}"}
+    doc = {"platform": platform, **tokens, "updatedAt": updated}
+    db.collection("users").document(uid).collection("devices").document(device_id).set(doc)
+
+
+class TestDevices:
+    """The watcher rings every device, stops the others on an answer, prunes stale and surplus devices."""
+
+    def test_every_device_rings_and_the_sink_names_it(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """Two devices and the legacy tokens each get one incoming-call push, recorded with their device."""
+        seed_user(db, "bob", "android")
+        for device_id, platform in (("phone", "ios"), ("tab", "android")):
+            seed_device(db, "bob", device_id, platform, firestore.SERVER_TIMESTAMP)
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        pushes = wait_for(lambda: len(p := watcher.pushes("incoming_call", call_id)) == 3 and p, what="three rings")
+        assert sorted(p["device"] for p in pushes) == ["phone", "tab", "~user"]
+        assert call_doc(db, call_id)["pushSent"] is True
+
+    def test_answered_on_one_device_stops_the_others(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """Accepted with answeredOn phone: the tablet alone gets call_ended with status accepted."""
+        for device_id, platform in (("phone", "ios"), ("tab", "android")):
+            seed_device(db, "bob", device_id, platform, firestore.SERVER_TIMESTAMP)
+        watcher = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: len(watcher.pushes("incoming_call", call_id)) == 2, what="two rings")
+        result = rest.as_user("bob").update(
+            f"calls/{call_id}",
+            {"status": "accepted", "answeredOn": "phone"},
+            server_time=["answeredAt", "updatedAt"],
+        )
+        assert result.ok, result
+        [stop] = wait_for(lambda: watcher.pushes("call_ended", call_id), what="answered elsewhere")
+        assert (stop["device"], stop["payload"]["status"]) == ("tab", "accepted")
+        time.sleep(1.0)
+        assert len(watcher.pushes("call_ended", call_id)) == 1
+
+    def test_stale_and_surplus_devices_are_pruned(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """With a cap of 2 and a TTL of 30 days: the 40-day-old and the oldest fresh device are deleted, unrung."""
+        now = datetime.now(UTC)
+        ages = {"new": 1, "mid": 2, "old": 3, "stale": 40}
+        for device_id, days in ages.items():
+            seed_device(db, "bob", device_id, "android", now - timedelta(days=days))
+        watcher = watchers(MEMHARBOR_DEVICE_TTL_DAYS="30", MEMHARBOR_MAX_DEVICES_PER_USER="2").start(db)
+        call_id = place_call(rest)
+        pushes = wait_for(lambda: watcher.pushes("incoming_call", call_id), what="rings")
+        devices = db.collection("users").document("bob").collection("devices")
+        left = wait_for(lambda: len(ids := sorted(d.id for d in devices.stream())) == 2 and ids, what="pruning")
+        assert left == ["mid", "new"]
+        time.sleep(0.5)
+        assert sorted(p["device"] for p in watcher.pushes("incoming_call", call_id)) == ["mid", "new"]
+        assert len(pushes) <= 2
+
+    def test_stale_devices_of_users_nobody_calls_are_pruned(self, db: firestore.Client, watchers: Any) -> None:
+        """The periodic prune (run at start) deletes every user's devices older than the TTL, and only those."""
+        now = datetime.now(UTC)
+        seed_device(db, "carol", "stale", "ios", now - timedelta(days=40))
+        seed_device(db, "carol", "fresh", "ios", now - timedelta(days=1))
+        seed_device(db, "dave", "stale", "android", now - timedelta(days=31))
+        watchers(MEMHARBOR_DEVICE_TTL_DAYS="30").start(db)
+
+        def left() -> list[str] | None:
+            paths = sorted(d.reference.path for d in db.collection_group("devices").stream())
+            return paths if len(paths) == 1 else None
+
+        assert wait_for(left, what="periodic prune") == ["users/carol/devices/fresh"]

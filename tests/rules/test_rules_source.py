@@ -92,9 +92,9 @@ class TestFirestoreRulesSource:
         assert pad is not None and pad.group(1).count("''") == calls.MAX_KEYWORDS
 
     def test_no_delete_is_allowed(self) -> None:
-        """Every delete rule is `if false` (groups deny deletes in their combined rule)."""
+        """Every delete rule is `if false` (groups deny deletes in their combined rule), but a user's own devices."""
         deletes = re.findall(r"allow delete: if ([^;]*);", CODE)
-        assert deletes == ["false", "false", "false"]
+        assert deletes == ["false", "false", "signedIn() && request.auth.uid == uid", "false"]
         assert "allow list, create, update, delete: if false;" in CODE
 
     def test_one_membership_function(self) -> None:
@@ -108,7 +108,8 @@ class TestFirestoreRulesSource:
         assert "=**" not in CODE
         matches = re.findall(r"match (/[^\s{]+)/\{\w+\}\s*\{", CODE)
         assert sorted(matches) == ["/calls", "/groups", "/recordings", "/users"]
-        assert CODE.count("match ") == 5  # those four inside /databases/{database}/documents
+        assert "match /users/{uid}/devices/{deviceId} {" in CODE
+        assert CODE.count("match ") == 6  # those four and users' devices inside /databases/{database}/documents
 
 
 class TestStorageRules:
@@ -132,7 +133,11 @@ class TestIndexes:
         """The file has the Firebase CLI's shape: indexes and fieldOverrides."""
         data = self._indexes()
         assert set(data) == {"indexes", "fieldOverrides"}
-        assert isinstance(data["indexes"], list) and data["fieldOverrides"] == []
+        assert isinstance(data["indexes"], list)
+        # The one override: the watcher's periodic prune of stale devices is a collection-group range query.
+        [override] = data["fieldOverrides"]
+        assert (override["collectionGroup"], override["fieldPath"]) == ("devices", "updatedAt")
+        assert {"order": "ASCENDING", "queryScope": "COLLECTION_GROUP"} in override["indexes"]
 
     @pytest.mark.parametrize(
         ("collection", "fields"),

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from memharbor import calls
 from memharbor.calls import Status
 from memharbor.groups import NOT_GROUP_MEMBERS, group_document
+from tests.support.fake_devices import FakeDevices
 from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
 from watcher.push import PushResult, PushTarget
 from watcher.reactor import CALL_SERVER, CallReactor, Claim, ClaimRace
@@ -498,6 +499,11 @@ class FakeRef:
         self.store.round_trips.append([self.path])
         return self.store.snapshot(self)
 
+    async def update(self, fields: dict[str, Any], option: Any = None) -> None:
+        if self.path not in self.store.docs:
+            raise gexc.NotFound(self.path)
+        self.store.apply(self.path, fields)
+
 
 class FakeSnapshot:
     """A document as read: its data, or nothing, and the update time it had."""
@@ -625,7 +631,9 @@ class FixedClock:
         return 0.0
 
 
-def make_reactor(store: FakeStore, notifier: FakeNotifier | None = None) -> CallReactor:
+def make_reactor(
+    store: FakeStore, notifier: FakeNotifier | None = None, devices: FakeDevices | None = None
+) -> CallReactor:
     """A reactor over the store whose ring timers go to a CallTracker nobody fires."""
     timers = CallTracker()
     return CallReactor(
@@ -635,6 +643,7 @@ def make_reactor(store: FakeStore, notifier: FakeNotifier | None = None) -> Call
         CONFIG,
         schedule_timeout=timers.schedule_timeout,
         cancel_timeout=timers.cancel_timeout,
+        device_store=devices or FakeDevices(),
     )
 
 
@@ -681,6 +690,7 @@ class TestReactorShell:
             CONFIG,
             schedule_timeout=timers.schedule_timeout,
             cancel_timeout=timers.cancel_timeout,
+            device_store=FakeDevices(),
         )
         await reactor.handle("steady", "bob", group_hint="group1")
         assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob", "groups/group1"]]
@@ -732,6 +742,151 @@ class TestReactorShell:
         assert await reactor.handle("steady") is Claim.RUN
         assert store.docs["calls/steady"]["durationSec"] == 10
         assert not reactor.known_done("steady", "ended") and not reactor.known_final("steady")
+
+
+class ScriptedNotifier(FakeNotifier):
+    """A Notifier that reports the given tokens dead and every other push delivered."""
+
+    def __init__(self, dead: frozenset[str] = frozenset(), slow: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.dead = dead
+        self.slow = slow
+        self.release = asyncio.Event()  # the slow tokens' pushes end when this is set
+        self.targets: list[PushTarget] = []
+
+    async def send(
+        self, target: PushTarget, kind: Any, payload: Mapping[str, str], expires_at: float, still_wanted: Any = None
+    ) -> PushResult:
+        self.targets.append(target)
+        if target.token in self.slow:
+            await self.release.wait()
+        if target.token in self.dead:
+            return PushResult(False, target.platform, "apns:410:Unregistered", token_invalid=True)
+        return await super().send(target, kind, payload, expires_at, still_wanted)
+
+
+def three_devices(now: datetime) -> FakeDevices:
+    """bob's two iPhones and an Android tablet, all refreshed a day before `now`."""
+    fresh = now - timedelta(days=1)
+    return FakeDevices(
+        {
+            "bob": {
+                "phone": {"platform": "ios", "voipToken": "voip-p", "apnsToken": "apns-p", "updatedAt": fresh},
+                "pad": {"platform": "ios", "voipToken": "voip-i", "apnsToken": "apns-i", "updatedAt": fresh},
+                "tab": {"platform": "android", "fcmToken": "fcm-t", "updatedAt": fresh},
+            }
+        }
+    )
+
+
+class TestFanOut:
+    """Every device of the receiver rings; answers stop the others; records are kept per device."""
+
+    async def test_ring_reaches_every_device_and_records_each(self) -> None:
+        """Three devices and the legacy token ring at once; each has a sent record; pushSent is true."""
+        store = seeded_store()
+        notifier = ScriptedNotifier()
+        devices = three_devices(store.now)
+        assert await make_reactor(store, notifier, devices).handle("steady", "bob", group_hint="group1") is Claim.RUN
+        assert sorted((t.device, t.token) for t in notifier.targets) == [
+            ("pad", "voip-i"),
+            ("phone", "voip-p"),
+            ("tab", "fcm-t"),
+            ("~user", "fcm-bob"),
+        ]
+        records = store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]
+        assert sorted(records) == ["pad", "phone", "tab", "~user"]
+        assert {r["result"] for r in records.values()} == {"sent"}
+        call = store.docs["calls/steady"]
+        assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "ios", None)
+        assert devices.reads == ["bob"]
+
+    async def test_dead_device_among_live_ones(self) -> None:
+        """One iPhone's token is dead: it alone is recorded dead and loses the token; the call is still sent."""
+        store = seeded_store(user={})
+        devices = three_devices(store.now)
+        await make_reactor(store, ScriptedNotifier(frozenset({"voip-p"})), devices).handle("steady", "bob")
+        records = store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]
+        assert {key: r["result"] for key, r in records.items()} == {"pad": "sent", "phone": "dead_token", "tab": "sent"}
+        assert devices.forgotten == [("bob", "phone", "voipToken")]
+        assert store.docs["calls/steady"]["pushSent"] is True
+
+    async def test_slow_device_delays_neither_the_others_nor_push_sent(self) -> None:
+        """While one iPad's push is still retrying, the others' records and pushSent are written."""
+        store = seeded_store(user={})
+        notifier = ScriptedNotifier(slow=frozenset({"voip-i"}))
+        handling = asyncio.ensure_future(
+            make_reactor(store, notifier, three_devices(store.now)).handle("steady", "bob")
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if store.docs["calls/steady"].get("pushSent") is not None:
+                break
+        records = store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]
+        assert sorted(records) == ["phone", "tab"] and store.docs["calls/steady"]["pushSent"] is True
+        assert not handling.done()
+        notifier.release.set()
+        assert await handling is Claim.RUN
+        assert sorted(store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]) == ["pad", "phone", "tab"]
+
+    async def test_retried_ring_skips_devices_already_pushed(self) -> None:
+        """A claimant died after pushing `phone`: the next one pushes only the other devices."""
+        store = seeded_store(user={})
+        lapsed = {"state": "claimed", "by": "dead-one", "leaseUntil": T0}
+        record = {"platform": "ios", "result": "sent", "error": None, "at": T0}
+        server = steady_server("pending", lapsed) | {"pushes": {"pending": {"phone": record}}}
+        store.put(f"{CALL_SERVER}/steady", server)
+        store.put("calls/steady", known_call(callId="steady") | {"pushSent": True})
+        notifier = ScriptedNotifier()
+        assert await make_reactor(store, notifier, three_devices(store.now)).handle("steady", "bob") is Claim.RUN
+        assert sorted(t.device for t in notifier.targets) == ["pad", "tab"]
+        assert sorted(store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]) == ["pad", "phone", "tab"]
+
+    @pytest.mark.parametrize(
+        ("status", "answered_on", "expected"),
+        [
+            (Status.ACCEPTED, "phone", [("pad", "apnsToken"), ("tab", "fcmToken")]),
+            (Status.DECLINED, "tab", [("pad", "apnsToken"), ("phone", "apnsToken")]),
+            (Status.CANCELLED, None, [("pad", "apnsToken"), ("phone", "apnsToken"), ("tab", "fcmToken")]),
+        ],
+    )
+    async def test_stop_ringing_goes_to_the_other_devices(
+        self, status: Status, answered_on: str | None, expected: list[tuple[str, str]]
+    ) -> None:
+        """An answer stops every device but the answering one (regular APNs token, never VoIP); a cancel all."""
+        store = seeded_store(user={})
+        extra = {"answeredOn": answered_on} if answered_on else {}
+        store.put("calls/steady", known_call(status, callId="steady", **extra))
+        store.put(f"{CALL_SERVER}/steady", steady_server("pending", {"state": "done"}))
+        notifier = ScriptedNotifier()
+        assert await make_reactor(store, notifier, three_devices(store.now)).handle("steady", "bob") is Claim.RUN
+        assert sorted((t.device, t.token_field) for t in notifier.targets) == expected
+        assert {kind for _, kind, _ in notifier.sent} == {"call_ended"}
+        assert {payload["status"] for _, _, payload in notifier.sent} == {status.value}
+
+    async def test_stale_and_excess_devices_pruned_and_not_rung(self) -> None:
+        """A device idle past the TTL is deleted after the ring and never rung."""
+        store = seeded_store(user={})
+        devices = three_devices(store.now)
+        old = store.now - timedelta(days=61)
+        devices.devices["bob"]["old"] = {"platform": "android", "fcmToken": "fcm-old", "updatedAt": old}
+        notifier = ScriptedNotifier()
+        await make_reactor(store, notifier, devices).handle("steady", "bob")
+        assert "old" not in {t.device for t in notifier.targets}
+        assert devices.deleted == [("bob", "old")]
+
+    async def test_ended_reads_no_devices(self) -> None:
+        """After `accepted` only `ended` follows, which pushes nothing: the devices are not read for it."""
+        store = seeded_store(user={})
+        store.put("calls/steady", known_call(Status.ACCEPTED, callId="steady"))
+        store.put(f"{CALL_SERVER}/steady", steady_server("pending", {"state": "done"}))
+        devices = three_devices(store.now)
+        reactor = make_reactor(store, ScriptedNotifier(), devices)
+        await reactor.handle("steady", "bob")
+        store.put("calls/steady", known_call(Status.ENDED, callId="steady"))
+        await reactor.handle("steady", "bob")
+        assert devices.reads == ["bob"]
+        assert store.docs["calls/steady"]["durationSec"] == 10
 
 
 class TestClaimRace:
