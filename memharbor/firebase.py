@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import firebase_admin
@@ -51,6 +52,16 @@ def use_emulators(settings: UsesFirebase) -> None:
         os.environ["STORAGE_EMULATOR_HOST"] = host if "://" in host else f"http://{host}"
     if fb.auth_emulator_host:
         os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = fb.auth_emulator_host
+
+
+def use_metrics_directory(directory: Path) -> None:
+    """Set PROMETHEUS_MULTIPROC_DIR for prometheus-client's multiprocess mode (memharbor.metrics calls this).
+
+    Like the emulator addresses above, a library reads it from the process environment and nowhere
+    else; it is written here so this module stays the one writer of the environment. Forked workers
+    inherit it.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _credential(fb: FirebaseSettings) -> Any:

@@ -14,12 +14,14 @@ from pathlib import Path
 from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
+from memharbor.metrics_server import MetricsServer
 from memharbor.settings import RecorderSettings, SettingsError
 from memharbor.store import close_async_client
 from recorder.audio import AudioSource
 from recorder.clock import SessionClock
 from recorder.files import RecordingDir
 from recorder.listener import SessionListener
+from recorder.metrics import RecorderMetrics, RecorderStateCollector
 from recorder.session import SessionConfig, TokenMinter
 from recorder.simulated import DEFAULT_SCRIPT, ScriptError, SimParticipant, SimulatedChannel, parse_script
 from recorder.store import SessionStore
@@ -27,6 +29,8 @@ from recorder.upload import Uploader
 from recorder.worker import Recorder, RecorderConfig
 
 log = logs.get_logger()
+# The metrics server listens on every interface: Prometheus and the kubelet reach it from outside the pod.
+METRICS_HOST = "0.0.0.0"
 
 
 def token_minter(settings: RecorderSettings) -> TokenMinter:
@@ -101,18 +105,34 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
             log.warning("storage.unconfigured", detail="recordings stay in RECORDINGS_DIR; url/storagePath are null")
         recorder: Recorder
         listener = SessionListener(lambda: firebase.firestore_sync(settings), lambda events: recorder.on_events(events))
-        heartbeat = Heartbeat(db, "recorder", base_id, settings.worker.heartbeat_interval_s, lambda: recorder.status())
+        heartbeat = Heartbeat(
+            db, "recorder", base_id, settings.worker.heartbeat_interval_s, lambda: recorder.heartbeat_status()
+        )
+        metrics = RecorderMetrics()
         recorder = Recorder(
             SessionStore(db, worker_id, settings.lease_s, settings.uid),
             listener,
-            Uploader(bucket),
+            Uploader(bucket, metrics=metrics),
             make_source,
             RecordingDir(settings.recordings_dir.resolve()),
             heartbeat,
             clock,
             _config(settings, worker_id),
             token_minter(settings),
+            metrics,
         )
+        metrics.registry.register(RecorderStateCollector(recorder))
+        if settings.worker.metrics_port:
+            server = MetricsServer(
+                metrics.registry,
+                live=recorder.liveness_problems,
+                ready=recorder.readiness_problems,
+                host=METRICS_HOST,
+                port=settings.worker.metrics_port,
+            )
+            await server.start()
+            # Closed after the recorder has drained: /readyz answers "draining" meanwhile.
+            owned.push_async_callback(server.close)
         yield recorder
 
 
@@ -123,6 +143,7 @@ def _config(settings: RecorderSettings, worker_id: str) -> RecorderConfig:
         sweep_s=settings.sweep_s,
         max_sessions=settings.max_sessions,
         drain_s=settings.drain_s,
+        heartbeat_s=settings.worker.heartbeat_interval_s,
         session=SessionConfig(
             uid=settings.uid,
             idle_s=settings.idle_s,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from memharbor.logs import get_logger
+from recorder.metrics import RecorderMetrics
 
 log = get_logger()
 PREFIX = "recordings/"
@@ -19,10 +20,13 @@ class UploadError(RuntimeError):
 class Uploader:
     """Puts files into one bucket; without a bucket it keeps them local (`upload` returns None)."""
 
-    def __init__(self, bucket: Any | None, attempts: int = 3, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self, bucket: Any | None, attempts: int = 3, backoff_s: float = 1.0, metrics: RecorderMetrics | None = None
+    ) -> None:
         self.bucket = bucket
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.metrics = metrics if metrics is not None else RecorderMetrics()
 
     @property
     def configured(self) -> bool:
@@ -44,11 +48,15 @@ class Uploader:
         for attempt in range(1, self.attempts + 1):
             try:
                 url = await asyncio.to_thread(self._put, path, name)
-                return url, name
             except Exception as exc:
                 log.warning("upload.failed", file=path.name, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
                 if attempt == self.attempts:
+                    self.metrics.uploads.labels("failed").inc()
                     raise UploadError(f"upload of {path.name} failed: {type(exc).__name__}") from exc
+                self.metrics.upload_retries.inc()
                 await asyncio.sleep(delay)
                 delay *= 2
+            else:
+                self.metrics.uploads.labels("uploaded").inc()
+                return url, name
         raise AssertionError("unreachable")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from recorder.audio import AudioSource, JoinError
 from recorder.clock import Clock
 from recorder.files import RECORDING, RecordingDir, Sidecar
 from recorder.listener import SessionEvent, SessionListener
+from recorder.metrics import RecorderMetrics
 from recorder.session import (
     LEASE_LOST,
     REQUESTED,
@@ -52,6 +54,8 @@ class RecorderConfig:
     sweep_s: float = 5.0
     max_sessions: int = 100
     drain_s: float = 60.0
+    # The heartbeat's period: liveness fails when no beat was attempted for 3 of them.
+    heartbeat_s: float = 5.0
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
@@ -73,6 +77,7 @@ class Recorder:
         clock: Clock,
         config: RecorderConfig,
         mint_token: TokenMinter,
+        metrics: RecorderMetrics | None = None,
     ) -> None:
         self.store = store
         self.listener = listener
@@ -89,6 +94,12 @@ class Recorder:
         self._stopping = False
         self._lock_fd: int | None = None
         self.stats = {"recorded": 0, "recovered": 0, "failed": 0, "frames": 0, "late": 0, "dropped": 0}
+        self.metrics = metrics if metrics is not None else RecorderMetrics()
+        self._delivering: set[str] = set()
+        # For the probes: listening yet, first claim sweep done, monotonic time of the latest heartbeat.
+        self._listening = False
+        self._swept = False
+        self._beat_at: float | None = None
 
     # -- events and claims ------------------------------------------------------------------------
     def on_events(self, events: list[SessionEvent]) -> None:
@@ -118,6 +129,7 @@ class Recorder:
     async def _own(self, sid: str) -> None:
         try:
             result = await self.store.claim(sid)
+            self.metrics.claims.labels(result.claim.value).inc()
             if result.claim is Claim.FAILED:
                 log.info("recording.refused", sid=sid, error=result.error)
             if result.plan is None or result.claim not in (Claim.NEW, Claim.TAKEOVER):
@@ -155,10 +167,19 @@ class Recorder:
             return
         finally:
             self.sessions.pop(plan.sid, None)
-        self.stats["frames"] += segment.frames
-        self.stats["late"] += segment.late_frames
-        self.stats["dropped"] += segment.dropped_frames
+            self._tally_frames(session)
+        if segment.stop_reason in (LEASE_LOST, SHUTDOWN):
+            self.metrics.interrupted.labels(segment.stop_reason).inc()
         await self._deliver_segment(segment)
+
+    def _tally_frames(self, session: RecordingSession) -> None:
+        # Once the session leaves `sessions`, its counts move here (a failed one's too), so the frame
+        # counters that frame_counts() reports never go down.
+        mixer = session.mixer
+        if mixer is not None:
+            self.stats["frames"] += mixer.frames
+            self.stats["late"] += mixer.late
+        self.stats["dropped"] += session.source.inbox.dropped
 
     # -- session hooks ----------------------------------------------------------------------------
     async def started(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
@@ -224,6 +245,7 @@ class Recorder:
 
     async def _deliver_segment(self, segment: Segment) -> None:
         plan = segment.plan
+        self._delivering.add(plan.sid)
         try:
             await self._deliver(
                 plan.sid,
@@ -240,6 +262,8 @@ class Recorder:
             # The sidecar stays: a later sweep (or restart) uploads the file and upgrades the session.
             self.stats["failed"] += 1
             await self.store.fail(plan.sid, f"{exc}; the local file is kept and retried")
+        finally:
+            self._delivering.discard(plan.sid)
 
     # -- recovery ---------------------------------------------------------------------------------
     def _worker_alive(self, worker_id: str) -> bool:
@@ -304,6 +328,8 @@ class Recorder:
         finally:
             wav.unlock(fd)
         self.stats["recovered"] += 1
+        if crashed:
+            self.metrics.interrupted.labels(CRASHED).inc()
         log.info("recovery.delivered", sid=sidecar.sid, filename=sidecar.filename, crashed=crashed, outcome=outcome)
         return True
 
@@ -350,6 +376,7 @@ class Recorder:
             await asyncio.sleep(self.config.sweep_s)
             try:
                 await self.sweep_once()
+                self._swept = True
             except Exception as exc:
                 log.warning("recorder.sweep_failed", error=type(exc).__name__)
 
@@ -363,6 +390,50 @@ class Recorder:
             "capacity": self.config.max_sessions,
             **self.stats,
         }
+
+    def heartbeat_status(self) -> dict[str, Any]:
+        """`status()`, for the heartbeat to call at each beat: it also tells the liveness probe the beat ran."""
+        self._beat_at = time.monotonic()
+        return self.status()
+
+    # -- metrics and probes -----------------------------------------------------------------------
+    def session_states(self) -> dict[str, int]:
+        """Sessions held now: being claimed (or starting), recording, being delivered."""
+        recording, delivering = len(self.sessions), len(self._delivering)
+        claiming = max(0, len(self._tasks) - recording - delivering)
+        return {"claiming": claiming, "recording": recording, "delivering": delivering}
+
+    def frame_counts(self) -> dict[str, int]:
+        """Frames mixed, late and dropped: finished sessions' totals plus what live sessions counted so far."""
+        counts = {key: self.stats[key] for key in ("frames", "late", "dropped")}
+        for session in self.sessions.values():
+            if session.mixer is not None:
+                counts["frames"] += session.mixer.frames
+                counts["late"] += session.mixer.late
+            counts["dropped"] += session.source.inbox.dropped
+        return counts
+
+    def liveness_problems(self) -> list[str]:
+        """Why this recorder should be restarted: its session listener is down or its heartbeat stalled.
+
+        None while it starts (recovering files can take long) or drains: readiness covers those.
+        """
+        if not self._listening or self._stopping:
+            return []
+        problems = []
+        if not self.listener.active:
+            problems.append("session listener not subscribed")
+        if self._beat_at is None or time.monotonic() - self._beat_at > 3 * self.config.heartbeat_s:
+            problems.append(f"no heartbeat for over {3 * self.config.heartbeat_s:g} s")
+        return problems
+
+    def readiness_problems(self) -> list[str]:
+        """Why this recorder takes no sessions now: before its first claim sweep, while draining, or not live."""
+        if self._stopping:
+            return ["draining: taking no new sessions"]
+        if not self._swept:
+            return ["starting: no claim sweep yet"]
+        return self.liveness_problems()
 
     def _take_worker_lock(self) -> None:
         self.files.ensure()
@@ -385,6 +456,7 @@ class Recorder:
         if recovered:
             log.info("recorder.recovered", segments=recovered)
         await self.listener.start()
+        self._listening = True
         loops = [
             asyncio.create_task(self.listener.supervise()),
             asyncio.create_task(self._sweep_forever()),

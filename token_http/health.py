@@ -110,13 +110,18 @@ async def _sees_everything(request: web.Request) -> bool:
     return principal.unrestricted
 
 
-async def get_health(request: web.Request) -> web.Response:
-    """Report health (the full report to admins, states and counts to others); 503 when Firestore is unreachable."""
-    cache = request.app[HEALTH_CACHE]
-    deps = request.app[DEPS]
+async def current_report(app: web.Application) -> tuple[int, dict[str, Any]]:
+    """The health report and its status, checked at most once per CACHE_TTL_S (/api/health and /readyz share it)."""
+    cache = app[HEALTH_CACHE]
+    deps = app[DEPS]
     async with cache.lock:
         if cache.result is None or deps.clock.monotonic() - cache.at > CACHE_TTL_S:
-            cache.result = await _check(deps.health, request.app[SETTINGS], deps.clock)
+            cache.result = await _check(deps.health, app[SETTINGS], deps.clock)
             cache.at = deps.clock.monotonic()
-        status, report = cache.result
+        return cache.result
+
+
+async def get_health(request: web.Request) -> web.Response:
+    """Report health (the full report to admins, states and counts to others); 503 when Firestore is unreachable."""
+    status, report = await current_report(request.app)
     return json_response(report if await _sees_everything(request) else public_view(report), status=status)

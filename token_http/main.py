@@ -8,10 +8,11 @@ import multiprocessing
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
-from memharbor import firebase, logs, runtime
+from memharbor import firebase, logs, metrics, runtime
 from memharbor.clock import SystemClock
 from memharbor.repositories.calls import FirestoreCallRepository
 from memharbor.repositories.recordings import FirestoreRecordingRepository
@@ -20,15 +21,17 @@ from memharbor.store import FirestoreStore
 from token_http.app import create_app
 from token_http.auth import Authenticator, FirebaseIdTokens, OpenAccess
 from token_http.keys import Deps
+from token_http.metrics import HttpMetrics
 from token_http.ratelimit import MemoryRateLimiter
 
 log = logs.get_logger()
 
 
-def bootstrap(settings: HttpSettings) -> web.Application:
+def bootstrap(settings: HttpSettings, metrics_dir: Path | None = None) -> web.Application:
     """The composition root: real adapters for these settings, wired into the app.
 
     The app's cleanup context owns the Firestore client: opened (and pinged) at start-up, closed at shutdown.
+    `metrics_dir` is the workers' shared multiprocess metrics directory (None: one process, its own metrics).
     """
     settings.require_agora()
     firebase.use_emulators(settings)
@@ -55,7 +58,7 @@ def bootstrap(settings: HttpSettings) -> web.Application:
         recording_service=FirestoreRecordingRepository(lambda: store.client),
         rate_limiter=MemoryRateLimiter(settings.rate_limit),
     )
-    return create_app(settings, deps, cleanup_ctx=[firestore_ctx])
+    return create_app(settings, deps, cleanup_ctx=[firestore_ctx], metrics=HttpMetrics(metrics_dir))
 
 
 # Access lines wait at most this long in memory; under load one write per interval replaces two per request.
@@ -67,16 +70,16 @@ def _configure_logs(settings: HttpSettings, flush_interval_s: float = 0.0) -> No
     logs.configure(log_settings.format, log_settings.level, log_settings.file, flush_interval_s=flush_interval_s)
 
 
-def _serve(settings: HttpSettings, reuse_port: bool) -> None:
+def _serve(settings: HttpSettings, reuse_port: bool, metrics_dir: Path | None = None) -> None:
     _configure_logs(settings, flush_interval_s=LOG_FLUSH_INTERVAL_S)
     try:
-        _run_app(settings, reuse_port)
+        _run_app(settings, reuse_port, metrics_dir)
     finally:
         logs.flush()  # a forked worker leaves through os._exit, which skips atexit
 
 
-def _run_app(settings: HttpSettings, reuse_port: bool) -> None:
-    app = bootstrap(settings)
+def _run_app(settings: HttpSettings, reuse_port: bool, metrics_dir: Path | None) -> None:
+    app = bootstrap(settings, metrics_dir)
     # Start-up objects never die: keep them out of every collection, and collect young objects less
     # often (each request makes a few hundred short-lived ones); this trims the latency tail.
     gc.collect()
@@ -113,9 +116,22 @@ def main(settings: HttpSettings) -> int:
 
 
 def _run_workers(settings: HttpSettings) -> int:
+    # Each scrape reaches one worker, which must report them all: every worker writes its metrics to
+    # files in one directory, fresh for this start, made before the first fork and removed after the last.
+    metrics_dir = metrics.new_multiprocess_dir()
+    metrics.use_multiprocess_dir(metrics_dir)
+    try:
+        return _fork_workers(settings, metrics_dir)
+    finally:
+        metrics.remove_multiprocess_dir(metrics_dir)
+
+
+def _fork_workers(settings: HttpSettings, metrics_dir: Path) -> int:
     # Workers share the port through SO_REUSEPORT; the parent only relays signals and reaps them.
     ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(settings.workers)]
+    workers = [
+        ctx.Process(target=_serve, args=(settings, True, metrics_dir), daemon=False) for _ in range(settings.workers)
+    ]
     for worker in workers:
         worker.start()
 
@@ -128,4 +144,6 @@ def _run_workers(settings: HttpSettings) -> int:
     signal.signal(signal.SIGINT, relay)
     for worker in workers:
         worker.join()
+        if worker.pid is not None:
+            metrics.process_exited(metrics_dir, worker.pid)
     return max((w.exitcode or 0) for w in workers)

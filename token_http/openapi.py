@@ -66,6 +66,14 @@ TOKEN_RESPONSE = {
     },
 }
 _ADMINS_ONLY = "only for admins (and MEMHARBOR_AUTH=none)"
+PROBE_RESPONSE = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "failing"]},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+}
 HEALTH_RESPONSE = {
     "type": "object",
     "required": ["status", "firestore", "workers", "push", "auth"],
@@ -140,6 +148,30 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "This document",
             "security": [],
             "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {}}}},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics of every worker (request counts and latencies by route pattern)",
+            "security": [],
+            "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+        }
+    },
+    "/livez": {
+        "get": {
+            "summary": "Liveness probe: the process's event loop answers",
+            "security": [],
+            "responses": {"200": {"description": "alive", "content": {"application/json": {"schema": PROBE_RESPONSE}}}},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness probe: Firestore answered the latest (cached) check and Agora credentials are set",
+            "security": [],
+            "responses": {
+                "200": {"description": "ready", "content": {"application/json": {"schema": PROBE_RESPONSE}}},
+                "503": {"description": "not ready", "content": {"application/json": {"schema": PROBE_RESPONSE}}},
+            },
         }
     },
 }

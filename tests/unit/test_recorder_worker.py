@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from memharbor import wav
 from recorder.clock import SessionClock
 from recorder.files import FINALIZED, RecordingDir, Sidecar
 from recorder.listener import SessionEvent
+from recorder.metrics import RecorderStateCollector
 from recorder.session import SessionConfig, SessionPlan
 from recorder.simulated import SimulatedChannel
 from recorder.store import Claim, ClaimResult, SegmentReport
@@ -195,3 +197,133 @@ class TestEvents:
         """Requested and unheld, or held under a lapsed lease: claimable; anything else is not."""
         e = event("x", status, worker=worker, lease_s=lease_s)
         assert recorder(tmp_path)._claimable(e.status, e.worker_id, e.lease_until) is claimable
+
+
+# ---------------------------------------------------------------------------------------------- metrics, probes
+
+
+def scraped(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the recorder's registry (with its state collector), keyed by name and labels."""
+    rec.metrics.registry.register(RecorderStateCollector(rec))
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in rec.metrics.registry.collect()
+        for sample in family.samples
+    }
+
+
+class FakeListener:
+    """A session listener that is subscribed until told otherwise."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.restarts = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def supervise(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        return None
+
+
+class FakeHeartbeat:
+    """Beats every `interval_s` by calling the status function, as memharbor.heartbeat does; writes nothing."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.status: Any = dict
+        self.paused = False
+
+    async def beat(self) -> None:
+        self.status()
+
+    async def run(self) -> None:
+        while True:
+            if not self.paused:
+                await self.beat()
+            await asyncio.sleep(self.interval_s)
+
+    async def retire(self) -> None:
+        return None
+
+
+class TestRecorderMetrics:
+    """What the recorder counts for Prometheus, read through its registry."""
+
+    async def test_crashed_segment_counts_as_interrupted_and_recovered(self, tmp_path: Path) -> None:
+        """Recovering a dead recorder's cut file counts one crashed interruption and one recovered session."""
+        leave_crashed_file(tmp_path, "dead-worker")
+        rec = recorder(tmp_path)
+        await rec.recover()
+        values = scraped(rec)
+        assert values[("memharbor_recorder_sessions_interrupted_total", (("reason", "crashed"),))] == 1
+        assert values[("memharbor_recorder_sessions_interrupted_total", (("reason", "shutdown"),))] == 0
+        assert values[("memharbor_recorder_sessions_ended_total", (("outcome", "recovered"),))] == 1
+
+    async def test_finalized_segment_is_not_an_interruption(self, tmp_path: Path) -> None:
+        """A finished segment delivered late is recovered, but no interruption is counted."""
+        leave_crashed_file(tmp_path, "dead-worker", state=FINALIZED)
+        rec = recorder(tmp_path)
+        await rec.recover()
+        values = scraped(rec)
+        assert values[("memharbor_recorder_sessions_interrupted_total", (("reason", "crashed"),))] == 0
+        assert values[("memharbor_recorder_sessions_ended_total", (("outcome", "recovered"),))] == 1
+
+    async def test_claims_are_counted_by_result(self, tmp_path: Path) -> None:
+        """A claim of a vanished session counts under `gone`; every other result is there at 0."""
+        rec = recorder(tmp_path)
+        rec.claim_soon("sid-1")
+        assert rec.session_states()["claiming"] == 1
+        while rec.session_states()["claiming"]:
+            await asyncio.sleep(0)
+        values = scraped(rec)
+        assert values[("memharbor_recorder_claims_total", (("result", "gone"),))] == 1
+        assert values[("memharbor_recorder_claims_total", (("result", "takeover"),))] == 0
+
+    def test_idle_recorder_reports_zero_sessions_and_frames(self, tmp_path: Path) -> None:
+        """Before any session, every state gauge and frame counter is there at 0."""
+        values = scraped(recorder(tmp_path))
+        for state in ("claiming", "recording", "delivering"):
+            assert values[("memharbor_recorder_sessions", (("state", state),))] == 0
+        for name in ("frames", "frames_late", "frames_dropped"):
+            assert values[(f"memharbor_recorder_{name}_total", ())] == 0
+
+
+class TestRecorderProbes:
+    """Liveness: listener subscribed and heartbeat recent; readiness: after the first claim sweep, not draining."""
+
+    async def test_probes_through_a_run(self, tmp_path: Path) -> None:
+        """Starting: live, not ready; swept: ready; listener down: neither; stopping: draining."""
+        clock = SessionClock()
+        listener, heartbeat = FakeListener(), FakeHeartbeat(0.02)
+        rec = Recorder(
+            FakeStore(),
+            listener,
+            FakeUploader(),
+            lambda: SimulatedChannel([], clock),
+            RecordingDir(tmp_path),
+            heartbeat,
+            clock,
+            RecorderConfig(worker_id="me", sweep_s=0.02, heartbeat_s=0.02),
+            lambda c, u, t: "",
+        )
+        heartbeat.status = rec.heartbeat_status
+        assert rec.liveness_problems() == []
+        assert rec.readiness_problems() == ["starting: no claim sweep yet"]
+        stop = asyncio.Event()
+        running = asyncio.create_task(rec.run(stop))
+        await asyncio.sleep(0.2)
+        assert (rec.liveness_problems(), rec.readiness_problems()) == ([], [])
+        listener.active = False
+        assert rec.readiness_problems() == ["session listener not subscribed"]
+        listener.active = True
+        heartbeat.paused = True
+        await asyncio.sleep(0.1)
+        assert rec.liveness_problems() == ["no heartbeat for over 0.06 s"]
+        stop.set()
+        await asyncio.sleep(0)
+        assert rec.readiness_problems() == ["draining: taking no new sessions"]
+        await running
