@@ -57,7 +57,7 @@ _ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 def _service(request: web.Request) -> CallRepository:
-    service = request.app[DEPS].call_service
+    service = request.app[DEPS].call_repository
     if service is None:
         raise ApiError(503, "the call service is not configured")
     return service

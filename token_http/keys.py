@@ -29,9 +29,9 @@ class Deps:
     health: HealthSource
     clock: Clock
     # The seed's /api/call/* routes; None answers them with 503 (tests of other routes need not set it).
-    call_service: CallRepository | None = None
+    call_repository: CallRepository | None = None
     # The seed's /api/recording/* routes; None answers them with 503.
-    recording_service: RecordingRepository | None = None
+    recording_repository: RecordingRepository | None = None
     # Per-user budget of the work-creating routes (invite, recording start); None counts nothing.
     rate_limiter: RateLimiter | None = None
 

@@ -54,8 +54,8 @@ def bootstrap(settings: HttpSettings, metrics_dir: Path | None = None) -> web.Ap
         calls=store,
         health=store,
         clock=SystemClock(),
-        call_service=FirestoreCallRepository(lambda: store.client),
-        recording_service=FirestoreRecordingRepository(lambda: store.client),
+        call_repository=FirestoreCallRepository(lambda: store.client),
+        recording_repository=FirestoreRecordingRepository(lambda: store.client),
         rate_limiter=MemoryRateLimiter(settings.rate_limit),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx], metrics=HttpMetrics(metrics_dir))

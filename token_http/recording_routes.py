@@ -61,7 +61,7 @@ _SID_RULE = "sid must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 def _service(request: web.Request) -> RecordingRepository:
-    service = request.app[DEPS].recording_service
+    service = request.app[DEPS].recording_repository
     if service is None:
         raise ApiError(503, "the recording service is not configured")
     return service

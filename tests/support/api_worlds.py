@@ -87,7 +87,7 @@ class CallWorld:
             calls=Unused(),
             health=Unused(),
             clock=self.clock,
-            call_service=self.service if with_service else None,
+            call_repository=self.service if with_service else None,
         )
 
 
@@ -104,7 +104,7 @@ class RecordingWorld:
             calls=self.service,
             health=Unused(),
             clock=self.clock,
-            recording_service=self.service if with_service else None,
+            recording_repository=self.service if with_service else None,
         )
 
 
@@ -121,7 +121,7 @@ class LimitedWorld(RecordingWorld):
             calls=self.service,
             health=FakeHealth(),
             clock=self.clock,
-            call_service=self.calls,
-            recording_service=self.service,
+            call_repository=self.calls,
+            recording_repository=self.service,
             rate_limiter=limiter,
         )
