@@ -17,6 +17,8 @@ from memharbor.metrics import CONTENT_TYPE, exposition
 
 log = get_logger()
 
+# Workers' metrics servers listen on every interface: Prometheus and the kubelet reach them from outside the pod.
+WORKER_HOST = "0.0.0.0"
 # What a probe sees wrong right now, in words for the 503 body; an empty list means healthy.
 Probe = Callable[[], list[str]]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
-from memharbor.metrics_server import MetricsServer
+from memharbor.metrics_server import WORKER_HOST, MetricsServer
 from memharbor.settings import RecorderSettings, SettingsError
 from memharbor.store import close_async_client
 from recorder.audio import AudioSource
@@ -29,8 +29,6 @@ from recorder.upload import Uploader
 from recorder.worker import Recorder, RecorderConfig
 
 log = logs.get_logger()
-# The metrics server listens on every interface: Prometheus and the kubelet reach it from outside the pod.
-METRICS_HOST = "0.0.0.0"
 
 
 def token_minter(settings: RecorderSettings) -> TokenMinter:
@@ -127,7 +125,7 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
                 metrics.registry,
                 live=recorder.liveness_problems,
                 ready=recorder.readiness_problems,
-                host=METRICS_HOST,
+                host=WORKER_HOST,
                 port=settings.worker.metrics_port,
             )
             await server.start()

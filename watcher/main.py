@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
+from memharbor.metrics_server import WORKER_HOST, MetricsServer
 from memharbor.repositories.devices import FirestoreDevices
 from memharbor.settings import WatcherSettings
 from memharbor.store import close_async_client
 from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
+from watcher.metrics import WatcherMetrics, WatcherStateCollector
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
 from watcher.recording import FirestoreRecordingHooks
@@ -85,6 +87,7 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
         owned.push_async_callback(close_async_client, db)
         clock = SystemClock()
         calls = CallTracker()
+        metrics = WatcherMetrics()
         devices = FirestoreDevices(lambda: db)
         reactor = CallReactor(
             db,
@@ -102,6 +105,7 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
             # off, and an ended call's recordings are stopped whoever asked for them.
             recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
+            metrics=metrics,
         )
 
         def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
@@ -121,7 +125,9 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             listen=listen,
             catch_up=FirestoreCatchUp(db),
             prune_devices=prune_devices,
+            metrics=metrics,
         )
+        await _serve_metrics(owned, settings, watcher)
         heartbeat = Heartbeat(
             db,
             "watcher",
@@ -130,6 +136,22 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             lambda: {**watcher.status(), "push": push_status(notifier)},
         )
         yield Composition(watcher, heartbeat)
+
+
+async def _serve_metrics(owned: contextlib.AsyncExitStack, settings: WatcherSettings, watcher: Watcher) -> None:
+    """Serve /metrics, /livez and /readyz on MEMHARBOR_METRICS_PORT (if set) until the block exits."""
+    watcher.metrics.registry.register(WatcherStateCollector(watcher))
+    if settings.worker.metrics_port:
+        server = MetricsServer(
+            watcher.metrics.registry,
+            live=watcher.liveness_problems,
+            ready=watcher.readiness_problems,
+            host=WORKER_HOST,
+            port=settings.worker.metrics_port,
+        )
+        await server.start()
+        # Closed after the watcher has drained (the stack unwinds last in, first out): /readyz says "draining".
+        owned.push_async_callback(server.close)
 
 
 async def _run(settings: WatcherSettings) -> None:

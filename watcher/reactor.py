@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from memharbor import calls, devices
+from memharbor import calls, devices, groups
 from memharbor.calls import Status
 from memharbor.clock import Clock
 from memharbor.devices import Device
@@ -32,6 +32,7 @@ from memharbor.repositories.devices import DeviceStore, FirestoreDevices
 from memharbor.repositories.paths import CALLS, GROUPS, USERS
 from watcher import decisions
 from watcher.decisions import ReactorConfig
+from watcher.metrics import WatcherMetrics
 from watcher.push import (
     Kind,
     Notifier,
@@ -127,6 +128,13 @@ def _ts(value: Any) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
+def _violation_kind(decision: decisions.Invalid | decisions.Revert) -> str:
+    """A violation's metric label: its free-text reason reduced to a fixed set."""
+    if decision.violation is not None and decision.violation.reason == groups.NOT_GROUP_MEMBERS:
+        return "not_group_members"
+    return "reverted" if isinstance(decision, decisions.Revert) else "invalid"
+
+
 def _violation(violation: decisions.Violation) -> dict[str, Any]:
     return {
         "reason": violation.reason,
@@ -149,8 +157,10 @@ class CallReactor:
         cancel_timeout: Callable[[str], None],
         recording_hooks: RecordingHooks | None = None,
         device_store: DeviceStore | None = None,
+        metrics: WatcherMetrics | None = None,
     ) -> None:
         self._db = db
+        self._metrics = metrics or WatcherMetrics()
         self._devices = device_store or FirestoreDevices(lambda: db)
         self._notifier = notifier
         self._clock = clock
@@ -211,6 +221,7 @@ class CallReactor:
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
             self._keep_timer(call_id, call)
             self._remember(call_id, call, status)
+        self._metrics.decision(claimed.claim.value)
         return claimed.claim
 
     def _hints(self, call_id: str, receiver_hint: str | None, group_hint: str | None) -> _Hints:
@@ -285,6 +296,7 @@ class CallReactor:
                 await write.violation(call_id, decision)
                 if decision.violation is not None:
                     log.warning("call.violation", call_id=call_id, reason=decision.violation.reason)
+                    self._metrics.violation(_violation_kind(decision))
             case decisions.Review():
                 await write.review(decision)
                 log.info("call.review_counted", call_id=call_id, review_count=decision.count)
@@ -294,6 +306,8 @@ class CallReactor:
                 claimed = await write.run(call_id, decision, self._config.instance_id)
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
+                    deadline = _ts((call or {}).get("ringDeadline"))
+                    self._metrics.timed_out((now - deadline).total_seconds() if deadline is not None else 0.0)
                 audience = await self._audience(pushing, user, prefetched, server, now)
                 return Claimed(claim, claimed, audience)
         return Claimed(claim, call or {})
@@ -419,8 +433,10 @@ class CallReactor:
         landing = _Landing(self._db, call_id, status, len(todo), announce)
 
         async def one(target: PushTarget) -> tuple[str, dict[str, Any]]:
+            started = self._clock.monotonic()
             result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
             record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
+            self._metrics.push(kind, target.platform, str(record["result"]), self._clock.monotonic() - started)
             event = "push.sent" if result.sent else "push.failed"
             log.info(
                 event, call_id=call_id, kind=kind, device=target.device, platform=target.platform, error=result.error

@@ -19,7 +19,8 @@ from memharbor.clock import Clock
 from memharbor.logs import get_logger
 from memharbor.repositories.paths import CALLS
 from watcher.listener import EVENT_FIELDS, CallEvent, FeedMark, FeedSnapshot, Gap, call_event
-from watcher.reactor import CALL_SERVER, CallReactor
+from watcher.metrics import WatcherMetrics
+from watcher.reactor import CALL_SERVER, CallReactor, ClaimRace
 from watcher.tracking import CallTracker, Job
 
 log = get_logger()
@@ -92,8 +93,14 @@ class Watcher:
         catch_up: CatchUp,
         mark: FeedMark | None = None,
         prune_devices: Callable[[], Awaitable[int]] | None = None,
+        metrics: WatcherMetrics | None = None,
     ) -> None:
         self.db = db
+        self.metrics = metrics or WatcherMetrics()
+        # For the probes: when the feed or the sweep last showed the watcher the database (monotonic
+        # seconds), and whether the start-up sweep has armed the timers of calls from before the start.
+        self._last_sign_of_life: float | None = None
+        self._swept_once = False
         self.reactor = reactor
         self.calls = calls
         self.clock = clock
@@ -115,6 +122,7 @@ class Watcher:
     # -- events ---------------------------------------------------------------------------------
     def on_snapshot(self, snapshot: FeedSnapshot) -> None:
         """Take one feed snapshot (on the loop's thread): its events, then whether to catch up."""
+        self._last_sign_of_life = self.clock.monotonic()
         self.on_events(snapshot.events)
         if self.mark.observe(snapshot):
             self._catch_up_soon()
@@ -130,6 +138,7 @@ class Watcher:
             if not echo or self.calls.running(event.call_id):
                 self.calls.hint(event)  # read by the handler; dropped when it finishes
             if not echo:
+                self.metrics.change(event.change)
                 self.submit(event.call_id)
 
     def _is_echo(self, event: CallEvent) -> bool:
@@ -158,6 +167,7 @@ class Watcher:
             claim = await self.reactor.handle(call_id, job.receiver_hint, time_out=job.due, group_hint=job.group_hint)
             log.debug("call.handled", call_id=call_id, claim=getattr(claim, "value", claim))
         except Exception as exc:
+            self.metrics.failure("claim_race" if isinstance(exc, ClaimRace) else type(exc).__name__)
             if job.due:
                 # Contention or a dropped connection: try the timeout again shortly, not at the next sweep.
                 log.warning("call.timeout_failed", call_id=call_id, error=type(exc).__name__)
@@ -290,6 +300,7 @@ class Watcher:
         while True:
             try:
                 result = await self.sweep_once()
+                self._last_sign_of_life, self._swept_once = self.clock.monotonic(), True
                 if any(result.values()):
                     log.info("sweep.done", **result)
             except Exception as exc:
@@ -308,6 +319,26 @@ class Watcher:
             await asyncio.sleep(self.config.device_prune_interval_s)
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def liveness_problems(self) -> list[str]:
+        """What makes this watcher dead for /livez: an unsubscribed feed, or no snapshot nor sweep lately."""
+        problems = []
+        if not self.listener.active and not self._stopping:
+            problems.append("the change feed is not subscribed")
+        # A quiet database sends no snapshot, but the sweep runs every interval: a few missed in a row
+        # means the event loop or the connection is stuck, which a restart cures.
+        quiet_limit = max(3 * self.config.sweep_interval_s, 60.0)
+        if self._last_sign_of_life is not None:
+            quiet = self.clock.monotonic() - self._last_sign_of_life
+            if quiet > quiet_limit:
+                problems.append(f"no snapshot or sweep for {quiet:.0f} s (limit {quiet_limit:.0f} s)")
+        return problems
+
+    def readiness_problems(self) -> list[str]:
+        """What keeps this watcher from being ready for /readyz: starting (no sweep yet) or draining."""
+        if self._stopping:
+            return ["draining"]
+        return [] if self._swept_once else ["the start-up sweep has not finished"]
+
     def status(self) -> dict[str, Any]:
         """What the heartbeat reports about this instance."""
         return {

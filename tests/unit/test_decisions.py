@@ -18,6 +18,7 @@ from memharbor.calls import Status
 from memharbor.groups import NOT_GROUP_MEMBERS, group_document
 from tests.support.fake_devices import FakeDevices
 from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
+from watcher.metrics import WatcherMetrics
 from watcher.push import PushResult, PushTarget
 from watcher.reactor import CALL_SERVER, CallReactor, Claim, ClaimRace
 from watcher.tracking import CallTracker
@@ -632,7 +633,10 @@ class FixedClock:
 
 
 def make_reactor(
-    store: FakeStore, notifier: FakeNotifier | None = None, devices: FakeDevices | None = None
+    store: FakeStore,
+    notifier: FakeNotifier | None = None,
+    devices: FakeDevices | None = None,
+    metrics: WatcherMetrics | None = None,
 ) -> CallReactor:
     """A reactor over the store whose ring timers go to a CallTracker nobody fires."""
     timers = CallTracker()
@@ -644,6 +648,7 @@ def make_reactor(
         schedule_timeout=timers.schedule_timeout,
         cancel_timeout=timers.cancel_timeout,
         device_store=devices or FakeDevices(),
+        metrics=metrics,
     )
 
 
@@ -699,6 +704,21 @@ class TestReactorShell:
         assert await reactor.handle("steady", time_out=True) is Claim.RUN
         assert store.docs["calls/steady"]["status"] == Status.MISSED
         assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob"]]
+
+    async def test_metrics_count_decisions_pushes_and_violations(self) -> None:
+        """A rung call counts a run and a sent Android push; a call created as ended counts an invalid violation."""
+        store = seeded_store()
+        metrics = WatcherMetrics()
+        reactor = make_reactor(store, metrics=metrics)
+        await reactor.handle("steady", "bob", group_hint="group1")
+        store.put("calls/broken", app_call(Status.ENDED, callId="broken", answeredAt=T0, endedAt=T0))
+        assert await reactor.handle("broken") is Claim.INVALID
+        sample = metrics.registry.get_sample_value
+        assert sample("memharbor_watcher_decisions_total", {"outcome": "run"}) == 1
+        assert sample("memharbor_watcher_decisions_total", {"outcome": "invalid"}) == 1
+        pushed = {"kind": "incoming_call", "platform": "android", "result": "sent"}
+        assert sample("memharbor_watcher_pushes_total", pushed) == 1
+        assert sample("memharbor_watcher_violations_total", {"reason": "invalid"}) == 1
 
     async def test_no_usable_device_has_no_platform(self) -> None:
         """An iOS receiver with only a regular APNs token gets no incoming-call push: pushPlatform is null."""

@@ -79,11 +79,16 @@ class FakeCatchUp:
 
 
 class FakeClock:
+    """Wall time fixed at T0; monotonic time moved by the test."""
+
+    def __init__(self) -> None:
+        self.mono = 0.0
+
     def time(self) -> float:
         return T0.timestamp()
 
     def monotonic(self) -> float:
-        return 0.0
+        return self.mono
 
 
 def make_watcher(reactor: FakeReactor, catch_up: FakeCatchUp | None = None) -> Watcher:
@@ -224,3 +229,46 @@ class TestCatchUp:
         await asyncio.gather(*watcher.calls.in_flight())
         assert len(catch_up.gaps) == 2 and catch_up.gaps[0] == catch_up.gaps[1]
         assert reactor.handled == [("p1", False)]
+
+
+class TestProbes:
+    """What /livez and /readyz report about the watcher."""
+
+    def test_not_ready_before_the_start_up_sweep(self) -> None:
+        """Until the first sweep has armed the older calls' timers, the watcher is not ready."""
+        watcher = make_watcher(FakeReactor())
+        assert watcher.readiness_problems() == ["the start-up sweep has not finished"]
+        assert watcher.liveness_problems() == []
+
+    def test_dead_when_the_feed_and_the_sweep_fall_silent(self) -> None:
+        """No snapshot nor sweep for longer than the limit, or an unsubscribed feed, fails liveness."""
+        watcher = make_watcher(FakeReactor())
+        clock = watcher.clock
+        assert isinstance(clock, FakeClock)
+        watcher.on_snapshot(snapshot(1, full=False))
+        clock.mono = 59.0
+        assert watcher.liveness_problems() == []
+        clock.mono = 100.0
+        assert watcher.liveness_problems() == ["no snapshot or sweep for 100 s (limit 60 s)"]
+        watcher.listener.active = False  # type: ignore[misc]
+        assert "the change feed is not subscribed" in watcher.liveness_problems()
+
+
+class TestChangeCounts:
+    """Changes handed to a handler are counted by where they came from; echoes are not."""
+
+    async def test_counted_by_source(self) -> None:
+        """A feed change and a caught-up one count once each; an echo of our own write does not."""
+        reactor = FakeReactor(done={"echo": "pending"})
+        watcher = make_watcher(reactor)
+        watcher.on_events(
+            [
+                event("c1", "ADDED", "pending", T0),
+                event("c2", "CAUGHT_UP", "pending", T0),
+                event("echo", "MODIFIED", "pending", T0),
+            ]
+        )
+        await asyncio.gather(*watcher.calls.in_flight())
+        registry = watcher.metrics.registry
+        assert registry.get_sample_value("memharbor_watcher_changes_total", {"source": "feed"}) == 1
+        assert registry.get_sample_value("memharbor_watcher_changes_total", {"source": "catch_up"}) == 1
