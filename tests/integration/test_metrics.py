@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
 from memharbor.settings import child_environment
-from tests.integration.test_recorder import TWO_TONES, request, session, stop, wait_status
 from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
+from tests.support.recording_sessions import TWO_TONES, request, session, stop, wait_status
 from tests.support.waiting import wait_for
 
 REQUESTS = "memharbor_http_request_duration_seconds_count"
@@ -188,7 +188,7 @@ class TestRecorderMetrics:
         """A recorded, stopped and uploaded session: one new claim, frames mixed, one upload, one delivery."""
         rec = recorders("a")
         rec.process.start(db)
-        wait_for(lambda: call(rec.base, "GET", "/readyz")[0] == 200, 15, what="recorder ready")
+        wait_for(lambda: call(rec.base, "GET", "/readyz")[0] == 200, 30, what="recorder ready")
         assert json.loads(call(rec.base, "GET", "/livez")[2]) == {"status": "ok"}
         sid, _, _ = request(db)
         wait_status(db, sid, "recording")
@@ -197,7 +197,9 @@ class TestRecorderMetrics:
         time.sleep(1.0)
         stop(db, sid)
         wait_status(db, sid, "stopped")
-        samples = rec.scrape()
+        # The session's document says stopped a moment before the recorder files the session as ended.
+        delivered = ("memharbor_recorder_sessions_ended_total", (("outcome", "delivered"),))
+        samples = wait_for(lambda: (got := rec.scrape()).get(delivered) == 1 and got, 10, what="delivery counted")
         assert samples[("memharbor_recorder_claims_total", (("result", "new"),))] == 1
         assert samples[("memharbor_recorder_sessions_ended_total", (("outcome", "delivered"),))] == 1
         assert samples[("memharbor_recorder_uploads_total", (("result", "uploaded"),))] == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,8 @@ from memharbor import wav
 from memharbor.emulators import EmulatorSet
 from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
+from tests.support.recording_sessions import TWO_TONES, request, session, stop, wait_status
 from tests.support.waiting import wait_for
-
-TWO_TONES = [{"uid": "101", "tone_hz": 440}, {"uid": "202", "tone_hz": 1000}]
 
 
 @pytest.fixture
@@ -54,51 +52,6 @@ def recorders(clean_emulators: EmulatorSet, tmp_path: Path) -> Iterator[Any]:
     yield make
     for process in started:
         process.stop()
-
-
-def request(db: firestore.Client, with_call: bool = True) -> tuple[str, str, str | None]:
-    """A recording request as the watcher or the REST shim writes it: (sid, channel, callId)."""
-    sid = uuid.uuid4().hex
-    call_id = None
-    if with_call:
-        call_id = uuid.uuid4().hex
-        channel = f"group1_alice_bob_{int(time.time() * 1000)}"
-        db.collection("calls").document(call_id).set(
-            {
-                "callId": call_id,
-                "groupId": "group1",
-                "callerId": "alice",
-                "receiverId": "bob",
-                "status": "accepted",
-                "channelName": channel,
-                "createdAt": firestore.SERVER_TIMESTAMP,
-                "updatedAt": firestore.SERVER_TIMESTAMP,
-            }
-        )
-    else:
-        channel = f"group{uuid.uuid4().hex[:6]}_carol_dave"
-    doc: dict[str, Any] = {
-        "channel": channel,
-        "status": "requested",
-        "requestedBy": "alice",
-        "createdAt": firestore.SERVER_TIMESTAMP,
-    }
-    if call_id:
-        doc["callId"] = call_id
-    db.collection("recordings").document(sid).set(doc)
-    return sid, channel, call_id
-
-
-def session(db: firestore.Client, sid: str) -> dict[str, Any]:
-    return db.collection("recordings").document(sid).get().to_dict() or {}
-
-
-def wait_status(db: firestore.Client, sid: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
-    return wait_for(lambda: (d := session(db, sid)).get("status") == status and d, timeout, what=f"{sid} {status}")
-
-
-def stop(db: firestore.Client, sid: str) -> None:
-    db.collection("recordings").document(sid).update({"stopRequested": True})
 
 
 def download(bucket: storage.Bucket, path: str) -> tuple[wav.WavInfo, np.ndarray]:
