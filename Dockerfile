@@ -42,6 +42,6 @@ USER 10001
 
 EXPOSE 8001
 # Through sh, so the port follows MEMHARBOR_HTTP_PORT when the container's environment moves it.
-HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/sh", "-c", "exec python -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)' \"http://127.0.0.1:${MEMHARBOR_HTTP_PORT:-8001}/api/health\""]
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/sh", "-c", "exec python -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)' \"http://127.0.0.1:${MEMHARBOR_HTTP_PORT:-8001}/livez\""]
 ENTRYPOINT ["memharbor"]
 CMD ["http"]

@@ -88,11 +88,11 @@ class TestCompose:
         assert seconds("recorder") > recorder_drain
 
     def test_health_checked_on_http_only(self) -> None:
-        """http's healthcheck asks /api/health on its port; the workers (no HTTP) disable the image's."""
+        """http's healthcheck asks /livez on its port (a Firestore outage must not mark it unhealthy); the workers disable the image's."""
         services = COMPOSE["services"]
         test = " ".join(services["http"]["healthcheck"]["test"])
         port = http_settings(VALID).port
-        assert f"127.0.0.1:{port}/api/health" in test and services["http"]["ports"] == [f"{port}:{port}"]
+        assert f"127.0.0.1:{port}/livez" in test and services["http"]["ports"] == [f"{port}:{port}"]
         assert services["watcher"]["healthcheck"] == {"disable": True}
         assert services["recorder"]["healthcheck"] == {"disable": True}
 
