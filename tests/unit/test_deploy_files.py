@@ -88,7 +88,7 @@ class TestCompose:
         assert seconds("recorder") > recorder_drain
 
     def test_health_checked_on_http_only(self) -> None:
-        """http's healthcheck asks /livez on its port (a Firestore outage must not mark it unhealthy); the workers disable the image's."""
+        """http's healthcheck asks /livez on its port (not Firestore); the workers disable the image's."""
         services = COMPOSE["services"]
         test = " ".join(services["http"]["healthcheck"]["test"])
         port = http_settings(VALID).port
