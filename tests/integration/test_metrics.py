@@ -9,48 +9,22 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.cloud import firestore
-from prometheus_client.parser import text_string_to_metric_families
 
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
 from memharbor.settings import child_environment
 from tests.support.groups import seed_group
+from tests.support.prometheus import Samples, call, scrape
 from tests.support.recorders import RecorderProcess
 from tests.support.recording_sessions import TWO_TONES, request, session, stop, wait_status
 from tests.support.waiting import wait_for
 
 REQUESTS = "memharbor_http_request_duration_seconds_count"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one request on a new connection."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=20) as response:
-            return int(response.status), dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), dict(exc.headers), exc.read()
-
-
-def scrape(base: str) -> Samples:
-    """Every sample of GET /metrics, keyed by name and sorted labels."""
-    status, headers, body = call(base, "GET", "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
 
 
 def requests_of(samples: Samples, route: str, method: str, status: int) -> float:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,11 +12,11 @@ from typing import Any
 
 import pytest
 from google.cloud import firestore
-from prometheus_client.parser import text_string_to_metric_families
 
 from memharbor.emulators import EmulatorSet, free_port
 from tests.support.firestore_rest import FirestoreRest, encode_fields
 from tests.support.groups import seed_group
+from tests.support.prometheus import call, scrape
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -203,28 +201,6 @@ class TestRingTimeout:
         assert len(second.pushes("call_ended", call_id)) == 1
 
 
-def probe(port: int, path: str) -> int:
-    """The status of GET `path` on a watcher's metrics port (0 while nothing answers)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a watcher's /metrics, keyed by name and sorted labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 class TestMetrics:
     """The watcher's /metrics, /livez and /readyz on MEMHARBOR_METRICS_PORT, after a real call."""
 
@@ -233,13 +209,14 @@ class TestMetrics:
         seed_user(db, "bob")
         port = free_port()
         watchers(MEMHARBOR_RING_TIMEOUT_S="2", MEMHARBOR_METRICS_PORT=str(port)).start(db)
-        wait_for(lambda: probe(port, "/readyz") == 200, timeout=15, what="/readyz 200")
-        assert probe(port, "/livez") == 200
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: call(base, "GET", "/readyz")[0] == 200, timeout=15, what="/readyz 200")
+        assert call(base, "GET", "/livez")[0] == 200
         call_id = place_call(rest)
         wait_for(lambda: status_is(db, call_id, "missed"), timeout=10, what="missed")
         runs = ("memharbor_watcher_decisions_total", (("outcome", "run"),))
         # Both handler runs (the ring, then the timeout with its stop notice) have finished.
-        samples = wait_for(lambda: (got := scrape(port)).get(runs) == 2 and got, what="two runs counted")
+        samples = wait_for(lambda: (got := scrape(base)).get(runs) == 2 and got, what="two runs counted")
         for kind in ("incoming_call", "call_ended"):
             labels = (("kind", kind), ("platform", "ios"), ("result", "sent"))
             assert samples[("memharbor_watcher_pushes_total", labels)] == 1

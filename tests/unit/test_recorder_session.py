@@ -63,6 +63,16 @@ def pcm(tmp_path: Path, segment: Segment, name: str | None = None) -> np.ndarray
     return np.frombuffer(wav.read_pcm(tmp_path / (name or segment.mix.filename))[1], dtype="<i2")
 
 
+async def play_file(tmp_path: Path, loop: bool, seconds: float) -> np.ndarray:
+    """Record one participant playing tmp_path/voice.wav (once or looping) for `seconds`; the mixed samples."""
+    [participant] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": loop}]), tmp_path)
+    session = make(tmp_path / "out", [participant])
+    task = asyncio.create_task(stop_after(session, seconds))
+    segment = await session.run()
+    await task
+    return pcm(tmp_path / "out", segment)
+
+
 def energy(x: np.ndarray, hz: float) -> float:
     spectrum = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
     freqs = np.fft.rfftfreq(len(x), 1 / 16000)
@@ -256,14 +266,7 @@ class TestSimulation:
         writer = wav.WavWriter(source)
         writer.write(tone(1000.0, seconds=0.5))
         writer.close()
-        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
-        out = tmp_path / "out"
-        task = None
-        session = make(out, [p])
-        task = asyncio.create_task(stop_after(session, 1.2))
-        segment = await session.run()
-        await task
-        start, end = sound_span(pcm(out, segment))
+        start, end = sound_span(await play_file(tmp_path, loop=False, seconds=1.2))
         assert start <= 0.01 and abs(end - 0.5) <= 0.02
 
     async def test_later_talk_span_continues_the_file(self, tmp_path: Path) -> None:
@@ -281,24 +284,14 @@ class TestSimulation:
         """A file of 50.5 frames played once is heard whole, its last half frame followed by silence."""
         voice = np.random.default_rng(8).integers(-8000, 8000, 8080)
         write_wav(tmp_path / "voice.wav", voice)
-        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
-        session = make(tmp_path / "out", [p])
-        task = asyncio.create_task(stop_after(session, 1.0))
-        segment = await session.run()
-        await task
-        x = pcm(tmp_path / "out", segment)
+        x = await play_file(tmp_path, loop=False, seconds=1.0)
         assert (x[:8080] == voice).all() and (x[8080:] == 0).all() and len(x) >= 16000
 
     async def test_looping_file_runs_on_without_a_gap(self, tmp_path: Path) -> None:
         """A looping file of 50.5 frames starts again right after its last sample, not at a frame boundary."""
         voice = np.random.default_rng(9).integers(-8000, 8000, 8080)
         write_wav(tmp_path / "voice.wav", voice)
-        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": True}]), tmp_path)
-        session = make(tmp_path / "out", [p])
-        task = asyncio.create_task(stop_after(session, 1.2))
-        segment = await session.run()
-        await task
-        x = pcm(tmp_path / "out", segment)
+        x = await play_file(tmp_path, loop=True, seconds=1.2)
         assert (x[: 2 * 8080] == np.tile(voice, 2)).all()
 
     async def test_file_shorter_than_a_frame_loops_within_each_frame(self) -> None:
@@ -319,12 +312,7 @@ class TestSimulation:
         t = np.arange(24000) / 48000
         left = np.round(np.sin(2 * np.pi * 1000 * t) * 12000)
         write_wav(tmp_path / "voice.wav", np.stack([left, left], axis=1), rate=48000, channels=2)
-        [p] = parse_script(json.dumps([{"uid": "9", "wav": "voice.wav", "loop": False}]), tmp_path)
-        session = make(tmp_path / "out", [p])
-        task = asyncio.create_task(stop_after(session, 1.0))
-        segment = await session.run()
-        await task
-        x = pcm(tmp_path / "out", segment)
+        x = await play_file(tmp_path, loop=False, seconds=1.0)
         start, end = sound_span(x)
         assert start <= 0.002 and abs(end - 0.5) <= 0.002
         assert energy(x[:8000], 1000) > 0.99 and 11800 <= np.abs(x[200:7800]).max() <= 12200
