@@ -15,6 +15,7 @@ from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.metrics_server import WORKER_HOST, MetricsServer
+from memharbor.repositories.call_effects import FirestoreCallEffects
 from memharbor.repositories.devices import FirestoreDevices
 from memharbor.settings import WatcherSettings
 from memharbor.store import close_async_client
@@ -90,7 +91,8 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
         metrics = WatcherMetrics()
         devices = FirestoreDevices(lambda: db)
         reactor = CallReactor(
-            db,
+            FirestoreCallEffects(lambda: db),
+            devices,
             notifier,
             clock,
             ReactorConfig(
@@ -101,7 +103,6 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             ),
             schedule_timeout=calls.schedule_timeout,
             cancel_timeout=calls.cancel_timeout,
-            device_store=devices,
             # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
             # off, and an ended call's recordings are stopped whoever asked for them.
             recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),

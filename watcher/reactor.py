@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from google.api_core import exceptions as gexc
-from google.cloud import firestore
-
 from memharbor import calls, devices, groups
 from memharbor.calls import Status
 from memharbor.clock import Clock
 from memharbor.devices import Device
+from memharbor.errors import Conflict
 from memharbor.logs import get_logger
-from memharbor.repositories.devices import DeviceStore, FirestoreDevices
-from memharbor.repositories.paths import CALLS, GROUPS, USERS
+from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallEffectsStore, CallRead
+from memharbor.repositories.devices import DeviceStore
 from watcher import decisions
 from watcher.decisions import ReactorConfig
 from watcher.metrics import WatcherMetrics
@@ -44,7 +42,6 @@ from watcher.push import (
     resolve_targets,
 )
 
-CALL_SERVER = "callServer"
 log = get_logger()
 
 
@@ -70,18 +67,6 @@ class Claim(enum.Enum):
 
 class ClaimRace(RuntimeError):
     """The call changed under every claim attempt; the sweep will try again."""
-
-
-def _nest(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn `effects.`x`` style keys into nested maps, for a create (which takes no field paths)."""
-    nested: dict[str, Any] = {}
-    for key, value in fields.items():
-        if "." in key:
-            parent, child = key.split(".", 1)
-            nested.setdefault(parent, {})[child.strip("`")] = value
-        else:
-            nested[key] = value
-    return nested
 
 
 @dataclass(frozen=True)
@@ -140,7 +125,7 @@ def _violation(violation: decisions.Violation) -> dict[str, Any]:
         "reason": violation.reason,
         "attempted": violation.attempted,
         "restored": violation.restored,
-        "at": firestore.SERVER_TIMESTAMP,
+        "at": SERVER_TIME,
     }
 
 
@@ -149,19 +134,19 @@ class CallReactor:
 
     def __init__(
         self,
-        db: firestore.AsyncClient,
+        store: CallEffectsStore,
+        device_store: DeviceStore,
         notifier: Notifier,
         clock: Clock,
         config: ReactorConfig,
         schedule_timeout: Callable[[str, datetime], None],
         cancel_timeout: Callable[[str], None],
         recording_hooks: RecordingHooks | None = None,
-        device_store: DeviceStore | None = None,
         metrics: WatcherMetrics | None = None,
     ) -> None:
-        self._db = db
+        self._store = store
         self._metrics = metrics or WatcherMetrics()
-        self._devices = device_store or FirestoreDevices(lambda: db)
+        self._devices = device_store
         self._notifier = notifier
         self._clock = clock
         self._config = config
@@ -262,58 +247,48 @@ class CallReactor:
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
                 return await self._claim_once(call_id, hints, time_out)
-            except (gexc.FailedPrecondition, gexc.AlreadyExists, gexc.Aborted, gexc.Conflict):
+            except Conflict:
                 # Someone wrote between our read and our write: read again.
                 await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
         raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
 
     async def _claim_once(self, call_id: str, hints: _Hints, time_out: bool = False) -> Claimed:
         """One read, one decision, at most one write (guarded by the documents' update times as read)."""
-        call_ref = self._db.collection(CALLS).document(call_id)
-        server_ref = self._db.collection(CALL_SERVER).document(call_id)
-        refs = [call_ref, server_ref]
         receiver = hints.receiver_id if hints.receiver_id and calls.ID_PATTERN.fullmatch(hints.receiver_id) else None
-        if receiver is not None:
-            refs.append(self._db.collection(USERS).document(receiver))
-        if hints.group_id and calls.GROUP_ID_PATTERN.fullmatch(hints.group_id):
-            refs.append(self._db.collection(GROUPS).document(hints.group_id))
+        group_id = hints.group_id if hints.group_id and calls.GROUP_ID_PATTERN.fullmatch(hints.group_id) else None
         # The devices are a query, not a document: read concurrently with the documents, in one round trip.
-        snaps, device_docs = await asyncio.gather(
-            self._read(refs), self._devices.read(receiver) if receiver and hints.devices else _nothing()
+        read, device_docs = await asyncio.gather(
+            self._store.read(call_id, receiver, group_id),
+            self._devices.read(receiver) if receiver and hints.devices else _nothing(),
         )
         prefetched = (receiver, device_docs) if device_docs is not None else None
-        call_snap, server_snap = snaps[call_ref.path], snaps[server_ref.path]
-        call = (call_snap.to_dict() or {}) if call_snap.exists else None
-        server = server_snap.to_dict() if server_snap.exists else None
+        call, server = read.call, read.server
         # Membership is judged once, when the watcher first sees the call (no server document yet).
-        group = await self._group_of(call, snaps) if call is not None and server is None else None
+        group = await self._group_of(call, read) if call is not None and server is None else None
         now = datetime.fromtimestamp(self._clock.time(), UTC)
         decision = decisions.decide(call_id, call, server, group, now, self._config, time_out)
-        write = _Write(self._db, call_snap, server_snap)
         claim = _CLAIMS[type(decision)]
         match decision:
             case decisions.Invalid() | decisions.Revert():
-                await write.violation(call_id, decision)
+                await self._store.commit(read, *_violation_writes(call_id, decision, server is not None))
                 if decision.violation is not None:
                     log.warning("call.violation", call_id=call_id, reason=decision.violation.reason)
                     self._metrics.violation(_violation_kind(decision))
             case decisions.Review():
-                await write.review(decision)
+                await self._store.commit(read, *_review_writes(decision))
                 log.info("call.review_counted", call_id=call_id, review_count=decision.count)
             case decisions.Run():
                 pushing = {**(call or {}), "status": decision.status}
-                user = await self._user_for_push(pushing, snaps)
-                claimed = await write.run(call_id, decision, self._config.instance_id)
+                user = await self._user_for_push(pushing, read)
+                call_fields, server_fields, known = _run_writes(call_id, decision, self._config.instance_id)
+                await self._store.commit(read, call_fields, server_fields)
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
                     deadline = _ts((call or {}).get("ringDeadline"))
                     self._metrics.timed_out((now - deadline).total_seconds() if deadline is not None else 0.0)
                 audience = await self._audience(pushing, user, prefetched, server, now)
-                return Claimed(claim, claimed, audience)
+                return Claimed(claim, {**(call or {}), **known}, audience)
         return Claimed(claim, call or {})
-
-    async def _read(self, refs: list[Any]) -> dict[str, Any]:
-        return {snap.reference.path: snap async for snap in self._db.get_all(refs)}
 
     async def _audience(
         self,
@@ -347,36 +322,28 @@ class CallReactor:
             return
         log.info("devices.pruned", uid=audience.uid, count=len(audience.prune))
 
-    async def _group_of(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The call's care group as stored (prefetched when the listener hinted it), or None."""
+    async def _group_of(self, call: Mapping[str, Any], read: CallRead) -> dict[str, Any] | None:
+        """The call's care group as stored (read with the call when the listener hinted it), or None."""
         group_id = call.get("groupId")
         if not isinstance(group_id, str) or not calls.GROUP_ID_PATTERN.fullmatch(group_id):
             return None
-        ref = self._db.collection(GROUPS).document(group_id)
-        snap = snaps.get(ref.path) or await ref.get()
-        return snap.to_dict() if snap.exists else None
+        return read.groups[group_id] if group_id in read.groups else await self._store.group(group_id)
 
-    async def _user_for_push(self, call: Mapping[str, Any], snaps: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def _user_for_push(self, call: Mapping[str, Any], read: CallRead) -> dict[str, Any] | None:
         receiver = call.get("receiverId")
         if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
             return None
-        ref = self._db.collection(USERS).document(receiver)
-        snap = snaps.get(ref.path) or await ref.get()
-        return snap.to_dict() if snap.exists else None
+        return read.users[receiver] if receiver in read.users else await self._store.user(receiver)
 
     async def _finish(self, call_id: str, status: str, call_update: dict[str, Any], records: Mapping[str, Any]) -> None:
         """Record the effects' results on the call (and per-device push records) and mark them done, in one write."""
-        batch = self._db.batch()
-        if call_update:
-            batch.update(self._db.collection(CALLS).document(call_id), call_update)
         done = {
             f"effects.`{status}`.state": "done",
-            f"effects.`{status}`.doneAt": firestore.SERVER_TIMESTAMP,
+            f"effects.`{status}`.doneAt": SERVER_TIME,
             "effectOpen": False,
             **{_record_path(status, key): record for key, record in records.items()},
         }
-        batch.update(self._db.collection(CALL_SERVER).document(call_id), done)
-        await batch.commit()
+        await self._store.update(call_id, call_update, done)
 
     async def _effects(
         self, call_id: str, call: dict[str, Any], audience: Audience | None
@@ -430,7 +397,7 @@ class CallReactor:
             log.info("push.skipped", call_id=call_id, kind=kind, reason="no_device_token")
         wanted = functools.partial(self._still_ringing, call_id) if kind == "incoming_call" else None
         announce = kind == "incoming_call" and "pushSent" not in call
-        landing = _Landing(self._db, call_id, status, len(todo), announce)
+        landing = _Landing(self._store, call_id, status, len(todo), announce)
 
         async def one(target: PushTarget) -> tuple[str, dict[str, Any]]:
             started = self._clock.monotonic()
@@ -451,15 +418,7 @@ class CallReactor:
         return _FanOut(ordered, landing.rest())
 
     async def _forget_token(self, uid: str, target: PushTarget) -> None:
-        if target.device == devices.LEGACY_KEY:
-            await (
-                self._db.collection(USERS)
-                .document(uid)
-                .update({target.user_field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP})
-            )
-            removed = True
-        else:
-            removed = await self._devices.forget_token(uid, target.device, target.user_field, target.token)
+        removed = await self._devices.forget_token(uid, target.device, target.user_field, target.token)
         log.info("push.token_removed", uid=uid, device=target.device, field=target.user_field, removed=removed)
 
     async def _still_ringing(self, call_id: str) -> bool:
@@ -468,11 +427,10 @@ class CallReactor:
         Retries may outlast the lease; renewing it keeps another replica from claiming the ring (and
         pushing again) while this one is still trying.
         """
-        snap = await self._db.collection(CALLS).document(call_id).get()
-        if not snap.exists or snap.get("status") != Status.PENDING:
+        if await self._store.status(call_id) != Status.PENDING:
             return False
         lease = datetime.fromtimestamp(self._clock.time(), UTC) + timedelta(seconds=self._config.lease_s)
-        await self._db.collection(CALL_SERVER).document(call_id).update({"effects.`pending`.leaseUntil": lease})
+        await self._store.update(call_id, {}, {"effects.`pending`.leaseUntil": lease})
         return True
 
     async def _accepted(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
@@ -520,8 +478,8 @@ class _Landing:
     locks documents pessimistically).
     """
 
-    def __init__(self, db: firestore.AsyncClient, call_id: str, status: str, outstanding: int, announce: bool) -> None:
-        self._db = db
+    def __init__(self, store: CallEffectsStore, call_id: str, status: str, outstanding: int, announce: bool) -> None:
+        self._store = store
         self._call_id = call_id
         self._status = status
         self._outstanding = outstanding
@@ -553,15 +511,13 @@ class _Landing:
         return self._pending
 
     async def _write(self, records: Mapping[str, Any]) -> None:
-        batch = self._db.batch()
         paths = {_record_path(self._status, device): record for device, record in records.items()}
-        batch.update(self._db.collection(CALL_SERVER).document(self._call_id), paths)
         accepted = next((r for r in records.values() if r.get("result") == "sent"), None)
+        announced: dict[str, Any] = {}
         if self._announce and accepted is not None:
             self._announce = False
             announced = {"pushSent": True, "pushPlatform": accepted.get("platform"), "pushError": None}
-            batch.update(self._db.collection(CALLS).document(self._call_id), announced)
-        await batch.commit()
+        await self._store.update(self._call_id, announced, paths)
 
 
 def _record_path(status: str, device: str) -> str:
@@ -572,80 +528,55 @@ async def _nothing() -> None:
     return None
 
 
-class _Write:
-    """One batch of writes on a call and its server document, each guarded by its update time as read."""
+# What a decision writes: fields for the call, and for its server document (created if it is missing).
+_Writes = tuple[dict[str, Any], dict[str, Any]]
 
-    def __init__(self, db: firestore.AsyncClient, call_snap: Any, server_snap: Any) -> None:
-        self._db = db
-        self._call = call_snap
-        self._server = server_snap
-        self._batch = db.batch()
-        self._writes = 0
 
-    def _update_call(self, fields: dict[str, Any]) -> None:
-        guard = self._db.write_option(last_update_time=self._call.update_time)
-        self._batch.update(self._call.reference, fields, option=guard)
-        self._writes += 1
+def _violation_writes(call_id: str, decision: decisions.Invalid | decisions.Revert, server_exists: bool) -> _Writes:
+    """Record the violation and put back what the decision restores; mark an invalid call so."""
+    update = dict(decision.restore)
+    server: dict[str, Any] = {}
+    if decision.violation is not None:
+        update["violation"] = _violation(decision.violation)
+    if isinstance(decision, decisions.Revert):
+        update |= {name: DELETE for name in decision.remove}
+        if decision.reviews_seen is not None:
+            server = {"reviews.seen": decision.reviews_seen}
+    elif decision.violation is not None:
+        server = {"callId": call_id, "invalid": True, "effectOpen": False}
+        if not server_exists:
+            server["status"] = decision.violation.attempted
+    return update, server
 
-    def _write_server(self, fields: dict[str, Any]) -> None:
-        """Create the server document, or update it only if nobody changed it since we read it."""
-        if self._server.exists:
-            guard = self._db.write_option(last_update_time=self._server.update_time)
-            self._batch.update(self._server.reference, fields, option=guard)
-        else:
-            self._batch.create(self._server.reference, _nest(fields))
-        self._writes += 1
 
-    async def _commit(self) -> None:
-        if self._writes:
-            await self._batch.commit()
+def _review_writes(decision: decisions.Review) -> _Writes:
+    """Count one review write, on the call and on the server document."""
+    return (
+        {"reviewCount": decision.count, "lastReviewAt": decision.at},
+        {"reviews": {"count": decision.count, "seen": decision.at}},
+    )
 
-    async def violation(self, call_id: str, decision: decisions.Invalid | decisions.Revert) -> None:
-        """Record the violation and put back what the decision restores; mark an invalid call so."""
-        update = dict(decision.restore)
-        if decision.violation is not None:
-            update["violation"] = _violation(decision.violation)
-        if isinstance(decision, decisions.Revert):
-            update |= {name: firestore.DELETE_FIELD for name in decision.remove}
-            if decision.reviews_seen is not None:
-                self._write_server({"reviews.seen": decision.reviews_seen})
-        elif decision.violation is not None:
-            marker: dict[str, Any] = {"callId": call_id, "invalid": True, "effectOpen": False}
-            if not self._server.exists:
-                marker["status"] = decision.violation.attempted
-            self._write_server(marker)
-        if update:
-            self._update_call(update)
-        await self._commit()
 
-    async def review(self, decision: decisions.Review) -> None:
-        """Count one review write, on the call and on the server document, in one write."""
-        self._write_server({"reviews": {"count": decision.count, "seen": decision.at}})
-        self._update_call({"reviewCount": decision.count, "lastReviewAt": decision.at})
-        await self._commit()
-
-    async def run(self, call_id: str, decision: decisions.Run, instance_id: str) -> dict[str, Any]:
-        """Claim the effects of the decision's status; returns the call as it is after this write."""
-        status = decision.status
-        server: dict[str, Any] = {
-            "callId": call_id,
-            "status": status,
-            "effectOpen": True,
-            f"effects.`{status}`": {"state": "claimed", "by": instance_id, "leaseUntil": decision.lease_until},
-        }
-        if decision.identity is not None:
-            server["identity"] = dict(decision.identity)
-        known: dict[str, Any] = {"status": status, **decision.ring}
-        if decision.review is not None:
-            server["reviews"] = {"count": decision.review.count, "seen": decision.review.at}
-            known |= {"reviewCount": decision.review.count, "lastReviewAt": decision.review.at}
-        self._write_server(server)
-        stamps = {_TIMEOUT_STAMP: firestore.SERVER_TIMESTAMP, "updatedAt": firestore.SERVER_TIMESTAMP}
-        update = {**known, **stamps} if decision.time_out else {k: v for k, v in known.items() if k != "status"}
-        if update:
-            self._update_call(update)
-        await self._commit()
-        return {**(self._call.to_dict() or {}), **known}
+def _run_writes(
+    call_id: str, decision: decisions.Run, instance_id: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Claim the effects of the decision's status: (call fields, server fields, the call's fields as known after)."""
+    status = decision.status
+    server: dict[str, Any] = {
+        "callId": call_id,
+        "status": status,
+        "effectOpen": True,
+        f"effects.`{status}`": {"state": "claimed", "by": instance_id, "leaseUntil": decision.lease_until},
+    }
+    if decision.identity is not None:
+        server["identity"] = dict(decision.identity)
+    known: dict[str, Any] = {"status": status, **decision.ring}
+    if decision.review is not None:
+        server["reviews"] = {"count": decision.review.count, "seen": decision.review.at}
+        known |= {"reviewCount": decision.review.count, "lastReviewAt": decision.review.at}
+    stamps = {_TIMEOUT_STAMP: SERVER_TIME, "updatedAt": SERVER_TIME}
+    update = {**known, **stamps} if decision.time_out else {k: v for k, v in known.items() if k != "status"}
+    return update, server, known
 
 
 class RecordingHooks(Protocol):

@@ -17,10 +17,10 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from memharbor.calls import ACTIVE, FINAL, Status
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.repositories.paths import CALLS
+from memharbor.repositories.paths import CALL_SERVER, CALLS
 from watcher.listener import EVENT_FIELDS, CallEvent, FeedMark, FeedSnapshot, Gap, call_event
 from watcher.metrics import WatcherMetrics
-from watcher.reactor import CALL_SERVER, CallReactor, ClaimRace
+from watcher.reactor import CallReactor, ClaimRace
 from watcher.tracking import CallTracker, Job
 
 log = get_logger()

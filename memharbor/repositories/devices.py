@@ -14,8 +14,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from memharbor.devices import DEVICES
-from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
+from memharbor.devices import DEVICES, LEGACY_KEY
+from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, Guard
 from memharbor.repositories.paths import USERS
 
 # A read for a push takes at most this many device documents (the cap keeps far fewer; pruning catches up).
@@ -36,7 +36,10 @@ class DeviceStore(Protocol):
         ...
 
     async def forget_token(self, uid: str, device_id: str, field: str, token: str) -> bool:
-        """Delete `field` and set `pushTokenInvalidAt` if the device still holds `token`; True if it did."""
+        """Delete `field` and set `pushTokenInvalidAt` if the device still holds `token`; True if it did.
+
+        The implicit device LEGACY_KEY is the user document's own tokens.
+        """
         ...
 
     async def delete_stale(self, before: datetime) -> int:
@@ -47,11 +50,11 @@ class DeviceStore(Protocol):
 class FirestoreDevices:
     """DeviceStore over an asyncio Firestore client; guarded (time bound, Unavailable)."""
 
-    def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, client: Callable[[], firestore.AsyncClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._guard = Guard(client, timeout_s)
 
     async def read(self, uid: str) -> dict[str, dict[str, Any]]:
-        async def scan(client: FirestoreClient) -> dict[str, dict[str, Any]]:
+        async def scan(client: firestore.AsyncClient) -> dict[str, dict[str, Any]]:
             query = client.collection(USERS).document(uid).collection(DEVICES).limit(MAX_DEVICES_READ)
             return {snap.id: snap.to_dict() or {} async for snap in query.stream()}
 
@@ -62,8 +65,8 @@ class FirestoreDevices:
         if not ids:
             return
 
-        async def remove(client: FirestoreClient) -> None:
-            batch = client.batch()  # type: ignore[attr-defined]
+        async def remove(client: firestore.AsyncClient) -> None:
+            batch = client.batch()
             for device_id in ids:
                 batch.delete(client.collection(USERS).document(uid).collection(DEVICES).document(device_id))
             await batch.commit()
@@ -71,13 +74,14 @@ class FirestoreDevices:
         await self._guard.run(remove)
 
     async def forget_token(self, uid: str, device_id: str, field: str, token: str) -> bool:
-        async def forget(client: FirestoreClient) -> bool:
-            ref = client.collection(USERS).document(uid).collection(DEVICES).document(device_id)
+        async def forget(client: firestore.AsyncClient) -> bool:
+            user = client.collection(USERS).document(uid)
+            ref = user if device_id == LEGACY_KEY else user.collection(DEVICES).document(device_id)
             snap = await ref.get()
             # The app may have written a fresh token since the push: only the dead one is removed.
             if not snap.exists or (snap.to_dict() or {}).get(field) != token:
                 return False
-            guard = client.write_option(last_update_time=snap.update_time)  # type: ignore[attr-defined]
+            guard = client.write_option(last_update_time=snap.update_time)
             update = {field: firestore.DELETE_FIELD, "pushTokenInvalidAt": firestore.SERVER_TIMESTAMP}
             try:
                 await ref.update(update, option=guard)
@@ -89,17 +93,17 @@ class FirestoreDevices:
 
     async def delete_stale(self, before: datetime) -> int:
         # A collection-group range on updatedAt: rules/firestore.indexes.json holds its single-field index.
-        async def prune(client: FirestoreClient) -> int:
+        async def prune(client: firestore.AsyncClient) -> int:
             deleted = 0
             while True:
                 query = (
-                    client.collection_group(DEVICES)  # type: ignore[attr-defined]
+                    client.collection_group(DEVICES)
                     .where(filter=FieldFilter("updatedAt", "<", before))
                     .limit(PRUNE_BATCH)
                 )
                 refs = [snap.reference async for snap in query.stream()]
                 if refs:
-                    batch = client.batch()  # type: ignore[attr-defined]
+                    batch = client.batch()
                     for ref in refs:
                         batch.delete(ref)
                     await batch.commit()

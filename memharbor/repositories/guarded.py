@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 
 from memharbor.errors import DomainError, Unavailable
 
 T = TypeVar("T")
+# The client a guard hands its operations: FirestoreClient, or a wider protocol a repository needs.
+C = TypeVar("C")
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -29,7 +31,7 @@ class FirestoreClient(Protocol):
 Refusals = Mapping[type[gexc.GoogleAPIError], Callable[[], DomainError]]
 
 
-class Guard:
+class Guard(Generic[C]):
     """Runs Firestore operations within `timeout_s`; an outage becomes Unavailable, a refusal a DomainError.
 
     The client is asked for on each run, not at construction: it is made on first use by its owner,
@@ -38,7 +40,7 @@ class Guard:
 
     def __init__(
         self,
-        client: Callable[[], FirestoreClient],
+        client: Callable[[], C],
         timeout_s: float = DEFAULT_TIMEOUT_S,
         refusals: Refusals | None = None,
     ) -> None:
@@ -46,7 +48,7 @@ class Guard:
         self._timeout_s = timeout_s
         self._refusals = dict(refusals or {})
 
-    async def run(self, operation: Callable[[FirestoreClient], Awaitable[T]]) -> T:
+    async def run(self, operation: Callable[[C], Awaitable[T]]) -> T:
         """The operation's result; DomainError as raised or translated, Unavailable for any outage."""
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -7,3 +7,5 @@ GROUPS = "groups"
 USERS = "users"
 RECORDINGS = "recordings"
 WORKERS = "workers"
+# Server-only: each call's claims, leases, last legal status and per-device push records (watcher).
+CALL_SERVER = "callServer"

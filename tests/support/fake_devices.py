@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from memharbor.devices import LEGACY_KEY
+
 
 class FakeDevices:
-    """Device documents by uid and id; records reads, deletions and forgotten tokens."""
+    """Device documents by uid and id (`users`: the implicit devices' tokens); records reads, deletions, forgets."""
 
-    def __init__(self, devices: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        devices: dict[str, dict[str, dict[str, Any]]] | None = None,
+        users: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.devices = devices or {}
+        self.users = users or {}
         self.reads: list[str] = []
         self.deleted: list[tuple[str, str]] = []
         self.forgotten: list[tuple[str, str, str]] = []
@@ -25,7 +32,7 @@ class FakeDevices:
                 self.deleted.append((uid, device_id))
 
     async def forget_token(self, uid: str, device_id: str, field: str, token: str) -> bool:
-        doc = self.devices.get(uid, {}).get(device_id)
+        doc = self.users.get(uid) if device_id == LEGACY_KEY else self.devices.get(uid, {}).get(device_id)
         if doc is None or doc.get(field) != token:
             return False
         del doc[field]

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from google.api_core import exceptions as gexc
-from google.cloud import firestore
 from structlog.testing import capture_logs
 
 from memharbor import calls
 from memharbor.calls import Status
 from memharbor.groups import NOT_GROUP_MEMBERS, group_document
+from memharbor.repositories.paths import CALL_SERVER
+from tests.support.fake_call_effects import FakeCallEffects
 from tests.support.fake_devices import FakeDevices
 from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
 from watcher.metrics import WatcherMetrics
 from watcher.push import PushResult, PushTarget
-from watcher.reactor import CALL_SERVER, CallReactor, Claim, ClaimRace
+from watcher.reactor import CallReactor, Claim, ClaimRace
 from watcher.tracking import CallTracker
 from watcher.worker import Watcher, WatcherConfig
 
@@ -488,126 +487,6 @@ class TestReviews:
 # ---- the I/O shell over an in-memory store -----------------------------------------------------------
 
 
-class FakeRef:
-    """A document reference of FakeStore."""
-
-    def __init__(self, store: FakeStore, path: str) -> None:
-        self.store = store
-        self.path = path
-        self.id = path.rsplit("/", 1)[1]
-
-    async def get(self) -> FakeSnapshot:
-        self.store.round_trips.append([self.path])
-        return self.store.snapshot(self)
-
-    async def update(self, fields: dict[str, Any], option: Any = None) -> None:
-        if self.path not in self.store.docs:
-            raise gexc.NotFound(self.path)
-        self.store.apply(self.path, fields)
-
-
-class FakeSnapshot:
-    """A document as read: its data, or nothing, and the update time it had."""
-
-    def __init__(self, ref: FakeRef, data: dict[str, Any] | None, update_time: int) -> None:
-        self.reference = ref
-        self.id = ref.id
-        self.exists = data is not None
-        self._data = data
-        self.update_time = update_time
-
-    def to_dict(self) -> dict[str, Any] | None:
-        return None if self._data is None else dict(self._data)
-
-
-class FakeCollection:
-    def __init__(self, store: FakeStore, name: str) -> None:
-        self.store = store
-        self.name = name
-
-    def document(self, doc_id: str) -> FakeRef:
-        return FakeRef(self.store, f"{self.name}/{doc_id}")
-
-
-class FakeBatch:
-    """Writes applied together at commit, each after its precondition (the update time it was read at)."""
-
-    def __init__(self, store: FakeStore) -> None:
-        self.store = store
-        self.writes: list[tuple[str, FakeRef, dict[str, Any], int | None]] = []
-
-    def update(self, ref: FakeRef, fields: dict[str, Any], option: Any = None) -> None:
-        self.writes.append(("update", ref, fields, option))
-
-    def create(self, ref: FakeRef, fields: dict[str, Any]) -> None:
-        self.writes.append(("create", ref, fields, None))
-
-    async def commit(self) -> None:
-        for kind, ref, _, guard in self.writes:
-            if kind == "create" and ref.path in self.store.docs:
-                raise gexc.AlreadyExists(ref.path)
-            stale = guard is not None and guard != self.store.times.get(ref.path)
-            if kind == "update" and (ref.path not in self.store.docs or stale):
-                raise gexc.FailedPrecondition(ref.path)
-        for kind, ref, fields, _ in self.writes:
-            self.store.apply(ref.path, fields, replace=kind == "create")
-
-
-class FakeStore:
-    """The part of firestore.AsyncClient the reactor uses, in memory.
-
-    Documents in `churn` change (their update time moves on) right after every read, as a call an app
-    keeps writing to would: every write guarded by the read's update time then fails its precondition.
-    """
-
-    def __init__(self, now: datetime, churn: frozenset[str] = frozenset()) -> None:
-        self.now = now
-        self.churn = churn
-        self.docs: dict[str, dict[str, Any]] = {}
-        self.times: dict[str, int] = {}
-        self.reads: dict[str, int] = {}
-        self.round_trips: list[list[str]] = []  # the paths read by each get_all or get, in order
-        self._clock = itertools.count(1)
-
-    def collection(self, name: str) -> FakeCollection:
-        return FakeCollection(self, name)
-
-    def batch(self) -> FakeBatch:
-        return FakeBatch(self)
-
-    def write_option(self, last_update_time: int) -> int:
-        return last_update_time
-
-    def snapshot(self, ref: FakeRef) -> FakeSnapshot:
-        snap = FakeSnapshot(ref, self.docs.get(ref.path), self.times.get(ref.path, 0))
-        self.reads[ref.path] = self.reads.get(ref.path, 0) + 1
-        if ref.path in self.churn:
-            self.times[ref.path] = next(self._clock)
-        return snap
-
-    async def get_all(self, refs: list[FakeRef]) -> AsyncIterator[FakeSnapshot]:
-        self.round_trips.append([ref.path for ref in refs])
-        for ref in refs:
-            yield self.snapshot(ref)
-
-    def put(self, path: str, data: dict[str, Any]) -> None:
-        self.apply(path, data, replace=True)
-
-    def apply(self, path: str, fields: Mapping[str, Any], replace: bool = False) -> None:
-        doc = {} if replace else self.docs.setdefault(path, {})
-        for key, value in fields.items():
-            *parents, leaf = [part.strip("`") for part in key.split(".")] if not replace else [key]
-            target = doc
-            for part in parents:
-                target = target.setdefault(part, {})
-            if value is firestore.DELETE_FIELD:
-                target.pop(leaf, None)
-            else:
-                target[leaf] = self.now if value is firestore.SERVER_TIMESTAMP else value
-        self.docs[path] = doc
-        self.times[path] = next(self._clock)
-
-
 class FakeNotifier:
     """A Notifier that records pushes and reports each delivered."""
 
@@ -633,7 +512,7 @@ class FixedClock:
 
 
 def make_reactor(
-    store: FakeStore,
+    store: FakeCallEffects,
     notifier: FakeNotifier | None = None,
     devices: FakeDevices | None = None,
     metrics: WatcherMetrics | None = None,
@@ -641,20 +520,20 @@ def make_reactor(
     """A reactor over the store whose ring timers go to a CallTracker nobody fires."""
     timers = CallTracker()
     return CallReactor(
-        store,  # type: ignore[arg-type]
+        store,
+        devices or FakeDevices(),
         notifier or FakeNotifier(),
         FixedClock(store.now),
         CONFIG,
         schedule_timeout=timers.schedule_timeout,
         cancel_timeout=timers.cancel_timeout,
-        device_store=devices or FakeDevices(),
         metrics=metrics,
     )
 
 
-def seeded_store(*churning: str, user: dict[str, Any] | None = None, now: datetime | None = None) -> FakeStore:
+def seeded_store(*churning: str, user: dict[str, Any] | None = None, now: datetime | None = None) -> FakeCallEffects:
     """A store holding the care group, bob's device and a new pending call per id in `churning` plus `steady`."""
-    store = FakeStore(now or T0 + timedelta(seconds=1), frozenset(f"calls/{c}" for c in churning))
+    store = FakeCallEffects(now or T0 + timedelta(seconds=1), frozenset(f"calls/{c}" for c in churning))
     store.put("groups/group1", GROUP)
     store.put("users/bob", user if user is not None else {"platform": "android", "fcmToken": "fcm-bob"})
     for call_id in (*churning, "steady"):
@@ -689,13 +568,13 @@ class TestReactorShell:
         clock = FixedClock(store.now)
         timers = CallTracker()
         reactor = CallReactor(
-            store,  # type: ignore[arg-type]
+            store,
+            FakeDevices(),
             FakeNotifier(),
             clock,
             CONFIG,
             schedule_timeout=timers.schedule_timeout,
             cancel_timeout=timers.cancel_timeout,
-            device_store=FakeDevices(),
         )
         await reactor.handle("steady", "bob", group_hint="group1")
         assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob", "groups/group1"]]

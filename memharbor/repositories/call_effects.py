@@ -1,0 +1,172 @@
+"""The calls aggregate as the watcher works on it: `calls/{callId}` with its server-only `callServer/{callId}`.
+
+The watcher reads a call together with its server document (and, in the same round trip, the receiver's
+user document and the care group when it knows their ids), decides, and writes both documents in one
+batch guarded by the update times it read: optimistic concurrency, so an app's write in between makes the
+commit fail (`Conflict`) and the watcher reads again, and no app write ever waits on a lock.
+
+Field names in the maps written are field paths: `a.b` updates the key `b` of the map `a`, and a name
+holding dots or other special characters is quoted with backticks. `SERVER_TIME` and `DELETE` are the
+values that stamp the commit time and remove a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from memharbor.errors import Conflict, NotFound
+from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, Guard, Refusals
+from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
+
+SERVER_TIME: Any = firestore.SERVER_TIMESTAMP
+DELETE: Any = firestore.DELETE_FIELD
+
+# A guarded write fails these ways when a document changed (or appeared) after it was read.
+_RACES: Refusals = {
+    gexc.FailedPrecondition: lambda: Conflict("the call changed since it was read"),
+    gexc.AlreadyExists: lambda: Conflict("the server document was created since it was read"),
+    gexc.Aborted: lambda: Conflict("the write was aborted by a concurrent one"),
+    gexc.Conflict: lambda: Conflict("the write conflicted with a concurrent one"),
+    gexc.NotFound: lambda: NotFound("the call no longer exists"),
+}
+
+
+@dataclass(frozen=True)
+class CallRead:
+    """A call and its server document as of one read, with the user and group documents read alongside.
+
+    `users` and `groups` hold what was read by id (None for a missing document); an id not among them
+    was not read. `versions` is what a guarded write checks: opaque outside the repository.
+    """
+
+    call_id: str
+    call: dict[str, Any] | None
+    server: dict[str, Any] | None
+    users: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+    groups: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+    versions: tuple[Any, Any] = (None, None)
+
+
+class CallEffectsStore(Protocol):
+    """Reads and writes of a call and its server document, for the watcher."""
+
+    async def read(self, call_id: str, user: str | None = None, group: str | None = None) -> CallRead:
+        """The call and its server document, and the given user and group documents, in one round trip."""
+        ...
+
+    async def user(self, uid: str) -> dict[str, Any] | None:
+        """`users/{uid}`, or None when it does not exist."""
+        ...
+
+    async def group(self, group_id: str) -> dict[str, Any] | None:
+        """`groups/{groupId}`, or None when it does not exist."""
+        ...
+
+    async def status(self, call_id: str) -> Any:
+        """The call's `status` as stored now (None when the call does not exist)."""
+        ...
+
+    async def commit(self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+        """Update the call and write the server document (created if it was missing) unless either
+        changed since `read`: then Conflict (NotFound if the call was deleted)."""
+        ...
+
+    async def update(self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+        """Update the call and its existing server document in one write, whatever changed since."""
+        ...
+
+
+class FirestoreCallEffects:
+    """CallEffectsStore over an asyncio Firestore client; guarded (time bound, Conflict, Unavailable)."""
+
+    def __init__(self, client: Callable[[], firestore.AsyncClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._guard = Guard(client, timeout_s, _RACES)
+
+    async def read(self, call_id: str, user: str | None = None, group: str | None = None) -> CallRead:
+        async def get(client: firestore.AsyncClient) -> CallRead:
+            refs = [client.collection(CALLS).document(call_id), client.collection(CALL_SERVER).document(call_id)]
+            if user is not None:
+                refs.append(client.collection(USERS).document(user))
+            if group is not None:
+                refs.append(client.collection(GROUPS).document(group))
+            snaps = {snap.reference.path: snap async for snap in client.get_all(refs)}
+            call_snap, server_snap = (snaps[ref.path] for ref in refs[:2])
+            related = [(ref, snaps[ref.path]) for ref in refs[2:]]
+            return CallRead(
+                call_id,
+                _data(call_snap),
+                _data(server_snap),
+                users={r.id: _data(s) for r, s in related if r.parent.id == USERS},
+                groups={r.id: _data(s) for r, s in related if r.parent.id == GROUPS},
+                versions=(call_snap.update_time, server_snap.update_time if server_snap.exists else None),
+            )
+
+        return await self._guard.run(get)
+
+    async def user(self, uid: str) -> dict[str, Any] | None:
+        return await self._document(USERS, uid)
+
+    async def group(self, group_id: str) -> dict[str, Any] | None:
+        return await self._document(GROUPS, group_id)
+
+    async def status(self, call_id: str) -> Any:
+        call = await self._document(CALLS, call_id)
+        return None if call is None else call.get("status")
+
+    async def _document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        async def get(client: firestore.AsyncClient) -> dict[str, Any] | None:
+            return _data(await client.collection(collection).document(doc_id).get())
+
+        return await self._guard.run(get)
+
+    async def commit(self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+        call_version, server_version = read.versions
+
+        async def write(client: firestore.AsyncClient) -> None:
+            batch = client.batch()
+            if call:
+                guard = client.write_option(last_update_time=call_version)
+                batch.update(client.collection(CALLS).document(read.call_id), dict(call), option=guard)
+            server_ref = client.collection(CALL_SERVER).document(read.call_id)
+            if server and read.server is not None:
+                guard = client.write_option(last_update_time=server_version)
+                batch.update(server_ref, dict(server), option=guard)
+            elif server:
+                batch.create(server_ref, nest(server))
+            if call or server:
+                await batch.commit()
+
+        await self._guard.run(write)
+
+    async def update(self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+        async def write(client: firestore.AsyncClient) -> None:
+            batch = client.batch()
+            if call:
+                batch.update(client.collection(CALLS).document(call_id), dict(call))
+            if server:
+                batch.update(client.collection(CALL_SERVER).document(call_id), dict(server))
+            if call or server:
+                await batch.commit()
+
+        await self._guard.run(write)
+
+
+def nest(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn `a.`b`` field paths into nested maps, for a create (which takes no field paths)."""
+    nested: dict[str, Any] = {}
+    for key, value in fields.items():
+        if "." in key:
+            parent, child = key.split(".", 1)
+            nested.setdefault(parent, {})[child.strip("`")] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def _data(snapshot: Any) -> dict[str, Any] | None:
+    return (snapshot.to_dict() or {}) if snapshot.exists else None
