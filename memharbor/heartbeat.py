@@ -60,13 +60,19 @@ class Heartbeat:
             },
         )
 
+    async def try_beat(self) -> bool:
+        """Write one heartbeat; a failure is logged, not raised (a slow database must not stop a worker)."""
+        try:
+            await self.beat()
+        except Exception as exc:
+            log.warning("heartbeat.failed", kind=self._kind, error=_cause(exc))
+            return False
+        return True
+
     async def run(self) -> None:
         """Beat until cancelled; a failed beat is logged and retried at the next interval."""
         while True:
-            try:
-                await self.beat()
-            except Exception as exc:
-                log.warning("heartbeat.failed", kind=self._kind, error=_cause(exc))
+            await self.try_beat()
             await asyncio.sleep(self._interval_s)
 
     async def retire(self) -> None:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from google.cloud import firestore
-
 from memharbor import calls
 from memharbor.access import Principal, is_participant
 
@@ -81,14 +79,10 @@ def call_session_id(call_id: str) -> str:
     return f"call-{call_id}"
 
 
-def new_request(channel: str, requested_by: str, call_id: str | None = None) -> dict[str, Any]:
-    """The fields of a recording request (createdAt is the server's time)."""
-    doc: dict[str, Any] = {
-        "channel": channel,
-        "status": RecordingStatus.REQUESTED.value,
-        "requestedBy": requested_by,
-        "createdAt": firestore.SERVER_TIMESTAMP,
-    }
+def request_fields(channel: str, requested_by: str, call_id: str | None = None) -> dict[str, Any]:
+    """The fields of a recording request but createdAt, the server's time the repository adds
+    (`memharbor.repositories.recordings.new_request`)."""
+    doc: dict[str, Any] = {"channel": channel, "status": RecordingStatus.REQUESTED.value, "requestedBy": requested_by}
     if call_id is not None:
         doc["callId"] = call_id
     return doc

@@ -3,8 +3,9 @@
 Each process reads only what it needs: `http_settings`, `watcher_settings` and `recorder_settings` build
 `HttpSettings`, `WatcherSettings` and `RecorderSettings` from shared parts (`FirebaseSettings`,
 `LogSettings`, `WorkerSettings`, the Agora and push credentials); `memharbor dev` builds all three as
-`StackSettings`. A missing or malformed value raises `SettingsError`, whose message names the variable and
-says what is expected; the CLI prints it as one line and exits.
+`StackSettings`, `memharbor inspect` only the Firebase and log parts (`InspectSettings`). A missing or
+malformed value raises `SettingsError`, whose message names the variable and says what is expected; the
+CLI prints it as one line and exits.
 
 `load` is the one reader of the process environment (with `child_environment`, which copies it for a child
 process). The one other code that touches `os.environ` is `memharbor.firebase`: `use_emulators` writes
@@ -216,6 +217,14 @@ class RecorderSettings:
     def require_agora(self) -> AgoraSettings:
         """Return the Agora credentials, or stop start-up naming the missing variable."""
         return _required_agora(self.agora)
+
+
+@dataclass(frozen=True)
+class InspectSettings:
+    """`memharbor inspect`: Firestore and logging only (it reads a call; it needs no Agora or push credentials)."""
+
+    firebase: FirebaseSettings
+    logging: LogSettings
 
 
 @dataclass(frozen=True)
@@ -526,6 +535,12 @@ def recorder_settings(values: Mapping[str, str], stderr_is_tty: bool = False) ->
     )
 
 
+def inspect_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> InspectSettings:
+    """Build `memharbor inspect`'s settings from one mapping of variables."""
+    env = _Env(values)
+    return InspectSettings(firebase=_firebase(env), logging=_logging(env, stderr_is_tty))
+
+
 def stack_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> StackSettings:
     """Build every process's settings from one mapping (`memharbor dev` starts all three)."""
     return StackSettings(
@@ -543,8 +558,8 @@ def load(
 ) -> T:
     """Build one process's settings once at start: `.env` (MEMHARBOR_ENV_FILE or ./.env) under the environment.
 
-    `build` is `http_settings`, `watcher_settings`, `recorder_settings` or `stack_settings`; `defaults`
-    sit under both.
+    `build` is `http_settings`, `watcher_settings`, `recorder_settings`, `inspect_settings` or
+    `stack_settings`; `defaults` sit under both.
     """
     real = dict(os.environ if environ is None else environ)
     path = env_file or Path(real.get("MEMHARBOR_ENV_FILE", ".env"))

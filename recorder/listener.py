@@ -1,6 +1,7 @@
-"""The recorder's listener over unfinished recording sessions: what an event carries, and the query.
+"""The recorder's listener over unfinished recording sessions: what an event carries.
 
-Supervision (resubscribe with back-off, hand-off to the loop) is `memharbor.listening`'s.
+The query is the recordings repository's (memharbor/repositories/recording_sessions.py); supervision
+(resubscribe with back-off, hand-off to the loop) is memharbor/repositories/listening.py's.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-
-from memharbor.listening import SupervisedListener
-from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD
-from memharbor.repositories.paths import RECORDINGS
+from memharbor.recording_requests import STOP_FIELD
+from memharbor.repositories.listening import SupervisedListener
+from memharbor.repositories.recording_sessions import SyncClient, unfinished_sessions
 
 
 @dataclass(frozen=True)
@@ -45,17 +43,13 @@ def _event(change: Any) -> SessionEvent:
     )
 
 
-def _unfinished_sessions(client: firestore.Client) -> Any:
-    return client.collection(RECORDINGS).where(filter=FieldFilter("status", "in", sorted(s.value for s in IN_PROGRESS)))
-
-
 class SessionListener(SupervisedListener[SessionEvent]):
     """The supervised watch on `recordings where status in [requested, recording, stopping]`."""
 
     def __init__(
         self,
-        make_client: Callable[[], firestore.Client],
+        make_client: Callable[[], SyncClient],
         deliver: Callable[[list[SessionEvent]], None],
         max_backoff_s: float = 30.0,
     ) -> None:
-        super().__init__("recordings", make_client, _unfinished_sessions, _event, deliver, max_backoff_s)
+        super().__init__("recordings", make_client, unfinished_sessions, _event, deliver, max_backoff_s)

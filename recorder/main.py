@@ -15,8 +15,10 @@ from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
 from memharbor.metrics_server import WORKER_HOST, MetricsServer
+from memharbor.repositories.client import close_async_client
+from memharbor.repositories.recording_sessions import FirestoreRecordingSessions
+from memharbor.repositories.timeline import FirestoreTimeline
 from memharbor.settings import RecorderSettings, SettingsError
-from memharbor.store import close_async_client
 from recorder.audio import AudioSource
 from recorder.clock import SessionClock
 from recorder.files import RecordingDir
@@ -24,7 +26,6 @@ from recorder.listener import SessionListener
 from recorder.metrics import RecorderMetrics, RecorderStateCollector
 from recorder.session import SessionConfig, TokenMinter
 from recorder.simulated import DEFAULT_SCRIPT, ScriptError, SimParticipant, SimulatedChannel, parse_script
-from recorder.store import SessionStore
 from recorder.upload import Uploader
 from recorder.worker import Recorder, RecorderConfig
 
@@ -108,7 +109,7 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
         )
         metrics = RecorderMetrics()
         recorder = Recorder(
-            SessionStore(db, worker_id, settings.lease_s, settings.uid),
+            FirestoreRecordingSessions(lambda: db, worker_id, settings.lease_s, settings.uid),
             listener,
             Uploader(bucket, metrics=metrics),
             make_source,
@@ -118,6 +119,7 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
             _config(settings, worker_id),
             token_minter(settings),
             metrics,
+            timeline=FirestoreTimeline(lambda: db),
         )
         metrics.registry.register(RecorderStateCollector(recorder))
         if settings.worker.metrics_port:

@@ -17,7 +17,8 @@ from prometheus_client.metrics_core import Metric
 
 from memharbor.metrics import worker_registry
 
-# Claim results (recorder/store.py's Claim): `takeover` is a session taken from a recorder whose lease lapsed.
+# Claim results (memharbor/repositories/recording_sessions.py's Claim): `takeover` is a session taken from a
+# recorder whose lease lapsed.
 CLAIM_RESULTS = ("new", "takeover", "busy", "done", "gone", "failed")
 # Why a recording stopped before its call did: its recorder died (`crashed`, delivered by recovery),
 # another recorder holds the session now (`lease_lost`), or this one is shutting down (`shutdown`).

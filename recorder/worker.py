@@ -16,16 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from memharbor import wav
-from memharbor.heartbeat import Heartbeat
 from memharbor.logs import get_logger
 from memharbor.recording_requests import RecordingStatus
+from memharbor.repositories.recording_sessions import Claim, RecordingSessions, SegmentReport
+from memharbor.repositories.timeline import TimelineWriter
+from memharbor.timeline import Event, EventKind, Scalar
 from recorder.audio import AudioSource, JoinError
 from recorder.clock import Clock
 from recorder.files import RECORDING, RecordingDir, Sidecar
-from recorder.listener import SessionEvent, SessionListener
+from recorder.listener import SessionEvent
 from recorder.metrics import RecorderMetrics
 from recorder.session import (
     LEASE_LOST,
@@ -38,8 +40,7 @@ from recorder.session import (
     SessionPlan,
     TokenMinter,
 )
-from recorder.store import Claim, RecordingSessions, SegmentReport
-from recorder.upload import Uploader, UploadError
+from recorder.upload import UploadError
 
 log = get_logger()
 CRASHED = "crashed"
@@ -59,6 +60,39 @@ class RecorderConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
 
 
+class SessionWatch(Protocol):
+    """The supervised listener on unfinished sessions, as the worker drives it (recorder/listener.py)."""
+
+    restarts: int
+
+    @property
+    def active(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def supervise(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class HeartbeatLoop(Protocol):
+    """The worker's heartbeat, as the worker drives it (memharbor/heartbeat.py)."""
+
+    async def try_beat(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+    async def retire(self) -> None: ...
+
+
+class Uploads(Protocol):
+    """Where finished files go (recorder/upload.py's Uploader)."""
+
+    async def upload(self, path: Path) -> tuple[str, str] | None:
+        """(url, storagePath) of the uploaded file, None when there is no Storage; UploadError when it failed."""
+        ...
+
+
 def _lapsed(lease: datetime | None) -> bool:
     return lease is None or lease <= datetime.now(UTC)
 
@@ -69,15 +103,16 @@ class Recorder:
     def __init__(
         self,
         store: RecordingSessions,
-        listener: SessionListener,
-        uploader: Uploader,
+        listener: SessionWatch,
+        uploader: Uploads,
         make_source: Callable[[], AudioSource],
         files: RecordingDir,
-        heartbeat: Heartbeat,
+        heartbeat: HeartbeatLoop,
         clock: Clock,
         config: RecorderConfig,
         mint_token: TokenMinter,
         metrics: RecorderMetrics | None = None,
+        timeline: TimelineWriter | None = None,
     ) -> None:
         self.store = store
         self.listener = listener
@@ -95,6 +130,7 @@ class Recorder:
         self._lock_fd: int | None = None
         self.stats = {"recorded": 0, "recovered": 0, "failed": 0, "frames": 0, "late": 0, "dropped": 0}
         self.metrics = metrics if metrics is not None else RecorderMetrics()
+        self.timeline = timeline
         self._delivering: set[str] = set()
         # For the probes: listening yet, first claim sweep done, monotonic time of the latest heartbeat.
         self._listening = False
@@ -132,13 +168,16 @@ class Recorder:
             self.metrics.claims.labels(result.claim.value).inc()
             if result.claim is Claim.FAILED:
                 log.info("recording.refused", sid=sid, error=result.error)
-            if result.plan is None or result.claim not in (Claim.NEW, Claim.TAKEOVER):
+            if result.channel is None or result.claim not in (Claim.NEW, Claim.TAKEOVER):
                 return
             if self._stopping and result.claim is Claim.NEW:
                 await self.store.release(sid)
                 return
-            log.info("recording.claimed", sid=sid, claim=result.claim.value, channel=result.plan.channel)
-            await self._record(result.plan)
+            log.info("recording.claimed", sid=sid, claim=result.claim.value, channel=result.channel)
+            await self._note(
+                result.call_id, EventKind.RECORDING_CLAIMED, sid=sid, takeover=result.claim is Claim.TAKEOVER
+            )
+            await self._record(SessionPlan(sid, result.channel, self.worker_id, result.call_id))
         except Exception:
             log.exception("recording.task_failed", sid=sid)
         finally:
@@ -158,12 +197,14 @@ class Recorder:
             self.stats["failed"] += 1
             log.warning("recording.join_failed", sid=plan.sid, error=str(exc))
             await self.store.fail(plan.sid, f"join failed: {exc}")
+            await self._note(plan.call_id, EventKind.RECORDING_STOPPED, sid=plan.sid, reason="join_failed")
             return
         except Exception as exc:
             self.stats["failed"] += 1
             log.exception("recording.failed", sid=plan.sid)
             session.close_files()
             await self.store.fail(plan.sid, f"recording failed: {type(exc).__name__}: {exc}")
+            await self._note(plan.call_id, EventKind.RECORDING_STOPPED, sid=plan.sid, reason="failed")
             return
         finally:
             self.sessions.pop(plan.sid, None)
@@ -183,15 +224,33 @@ class Recorder:
 
     # -- session hooks ----------------------------------------------------------------------------
     async def started(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
-        held = await self.store.mark_recording(plan, filename, started_at)
+        held = await self.store.mark_recording(plan.sid, filename, started_at)
         log.info("recording.started", sid=plan.sid, filename=filename, held=held)
+        if held:
+            await self._note(plan.call_id, EventKind.RECORDING_STARTED, sid=plan.sid)
         return held
 
     async def stopping(self, plan: SessionPlan, reason: str) -> None:
         try:
-            await self.store.mark_stopping(plan, reason)
+            await self.store.mark_stopping(plan.sid, reason)
         except Exception as exc:  # the final write still follows; a missed `stopping` is cosmetic
             log.warning("recording.stopping_write_failed", sid=plan.sid, error=type(exc).__name__)
+
+    # -- the call's timeline ------------------------------------------------------------------------
+    def _event(self, kind: EventKind, **detail: Scalar | None) -> Event:
+        return Event(kind, detail, self.worker_id, time.time())
+
+    async def _note(self, call_id: str | None, kind: EventKind, **detail: Scalar | None) -> None:
+        """Add one step to the call's timeline (sessions of no call have none)."""
+        await self._note_all(call_id, [self._event(kind, **detail)])
+
+    async def _note_all(self, call_id: str | None, events: list[Event]) -> None:
+        if self.timeline is None or call_id is None:
+            return
+        try:
+            await self.timeline.append(call_id, events)
+        except Exception as exc:  # the timeline explains a recording; it must never fail one
+            log.warning("timeline.write_failed", call_id=call_id, kinds=[e.kind.value for e in events], error=repr(exc))
 
     # -- delivery ---------------------------------------------------------------------------------
     async def _upload_files(
@@ -241,6 +300,15 @@ class Recorder:
         outcome = await self.store.complete(sid, owner, report, call_id)
         self.files.remove_sidecar(mix.filename)
         log.info("recording.delivered", sid=sid, filename=mix.filename, outcome=outcome, uploaded=bool(uploaded))
+        stopped = self._event(
+            EventKind.RECORDING_STOPPED, sid=sid, reason=reason, durationMs=mix.duration_ms, interrupted=interrupted
+        )
+        if uploaded:
+            await self._note_all(
+                call_id, [self._event(EventKind.RECORDING_UPLOADED, sid=sid, fileSize=mix.file_size), stopped]
+            )
+        else:
+            await self._note_all(call_id, [stopped])
         return outcome
 
     async def _deliver_segment(self, segment: Segment) -> None:
@@ -262,6 +330,7 @@ class Recorder:
             # The sidecar stays: a later sweep (or restart) uploads the file and upgrades the session.
             self.stats["failed"] += 1
             await self.store.fail(plan.sid, f"{exc}; the local file is kept and retried")
+            await self._note(plan.call_id, EventKind.RECORDING_UPLOAD_FAILED, sid=plan.sid, reason=str(exc))
         finally:
             self._delivering.discard(plan.sid)
 
@@ -451,7 +520,7 @@ class Recorder:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then stop every session, deliver them (up to `drain_s`) and exit."""
         self._take_worker_lock()
-        await self.heartbeat.beat()
+        await self.heartbeat.try_beat()  # a failure is retried by the heartbeat loop
         recovered = await self.recover()
         if recovered:
             log.info("recorder.recovered", segments=recovered)

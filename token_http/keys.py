@@ -11,6 +11,7 @@ from aiohttp import web
 from memharbor.clock import Clock
 from memharbor.repositories.calls import CallReader, CallRepository
 from memharbor.repositories.recordings import RecordingRepository
+from memharbor.repositories.timeline import TimelineReader
 from memharbor.repositories.workers import HealthSource
 from memharbor.settings import HttpSettings
 
@@ -34,6 +35,8 @@ class Deps:
     recording_repository: RecordingRepository | None = None
     # Per-user budget of the work-creating routes (invite, recording start); None counts nothing.
     rate_limiter: RateLimiter | None = None
+    # Per-call timelines for the admin routes; None answers them with 503.
+    timeline: TimelineReader | None = None
 
 
 SETTINGS = web.AppKey("settings", HttpSettings)

@@ -15,9 +15,11 @@ from aiohttp import web
 from memharbor import firebase, logs, metrics, runtime
 from memharbor.clock import SystemClock
 from memharbor.repositories.calls import FirestoreCallRepository
+from memharbor.repositories.client import LazyClient
 from memharbor.repositories.recordings import FirestoreRecordingRepository
+from memharbor.repositories.timeline import FirestoreTimeline
+from memharbor.repositories.workers import FirestoreWorkers
 from memharbor.settings import HttpSettings
-from memharbor.store import FirestoreStore
 from token_http.app import create_app
 from token_http.auth import Authenticator, FirebaseIdTokens, OpenAccess
 from token_http.keys import Deps
@@ -35,7 +37,9 @@ def bootstrap(settings: HttpSettings, metrics_dir: Path | None = None) -> web.Ap
     """
     settings.require_agora()
     firebase.use_emulators(settings)
-    store = FirestoreStore(lambda: firebase.firestore_async(settings))
+    client = LazyClient(lambda: firebase.firestore_async(settings))
+    calls = FirestoreCallRepository(client)
+    workers = FirestoreWorkers(client)
     authenticator: Authenticator
     authenticator = OpenAccess() if settings.auth_mode == "none" else FirebaseIdTokens(firebase.admin_app(settings))
 
@@ -43,20 +47,21 @@ def bootstrap(settings: HttpSettings, metrics_dir: Path | None = None) -> web.Ap
         # Open the gRPC channel now, so the first /api/health does not pay for it within its 2 s budget.
         try:
             async with asyncio.timeout(10):
-                await store.ping()
+                await workers.ping()
         except Exception as exc:
             log.warning("firestore.unreachable_at_start", error=type(exc).__name__)
         yield
-        await store.aclose()
+        await client.aclose()
 
     deps = Deps(
         authenticator=authenticator,
-        calls=store,
-        health=store,
+        calls=calls,
+        health=workers,
         clock=SystemClock(),
-        call_repository=FirestoreCallRepository(lambda: store.client),
-        recording_repository=FirestoreRecordingRepository(lambda: store.client),
+        call_repository=calls,
+        recording_repository=FirestoreRecordingRepository(client),
         rate_limiter=MemoryRateLimiter(settings.rate_limit),
+        timeline=FirestoreTimeline(client),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx], metrics=HttpMetrics(metrics_dir))
 

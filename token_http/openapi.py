@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from memharbor import agora, calls
+from memharbor.timeline import EventKind
 from token_http.errors import json_response
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -668,6 +669,179 @@ RECORDING_PATHS: dict[str, dict[str, Any]] = {
     ),
 }
 PATHS.update(RECORDING_PATHS)
+
+
+# ---- admin routes (token_http/admin_routes.py): the per-call timeline of memharbor.timeline ----------
+
+_TS = {"type": "string", "format": "date-time"}
+_NULLABLE_BOOL = {"type": "boolean", "nullable": True}
+_MALFORMED_FIELDS = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "stored fields that break the data contract (an admin's write), shown as null or as text",
+}
+TIMELINE_EVENT_KINDS = [kind.value for kind in EventKind]
+TIMELINE_EVENT = {
+    "type": "object",
+    "required": ["id", "at", "t", "kind", "rawKind", "worker", "detail", "malformedFields"],
+    "properties": {
+        "id": {"type": "string", "description": "callServer/{callId}/events/{id}"},
+        "at": {**_NULLABLE_TS, "description": "the server's commit time; events are ordered by it, then by t"},
+        "t": {**_NULLABLE_NUM, "description": "the worker's clock (epoch seconds)"},
+        "kind": {"type": "string", "enum": TIMELINE_EVENT_KINDS},
+        "rawKind": {**_NULLABLE_STR, "description": "the stored kind, when kind is unknown"},
+        "worker": {**_NULLABLE_STR, "description": "the id of the worker that took the step"},
+        "detail": {
+            "type": "object",
+            "description": "small values: device, platform, result, latencyMs, reason, status, attempt, sid, ...",
+            "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
+        },
+        "malformedFields": _MALFORMED_FIELDS,
+    },
+}
+TIMELINE_CALL = {
+    "type": "object",
+    "required": [
+        "status",
+        "groupId",
+        "callerId",
+        "receiverId",
+        "channelName",
+        "createdAt",
+        "answeredAt",
+        "endedAt",
+        "ringDeadline",
+        "pushSent",
+        "pushPlatform",
+        "pushError",
+        "record",
+        "recordingId",
+        "violation",
+        "malformedFields",
+    ],
+    "properties": {
+        **{name: _NULLABLE_STR for name in ("status", "groupId", "callerId", "receiverId", "channelName")},
+        **{name: _NULLABLE_TS for name in ("createdAt", "answeredAt", "endedAt", "ringDeadline")},
+        "pushSent": _NULLABLE_BOOL,
+        "pushPlatform": _NULLABLE_STR,
+        "pushError": _NULLABLE_STR,
+        "record": _NULLABLE_BOOL,
+        "recordingId": _NULLABLE_STR,
+        "violation": {
+            "type": "object",
+            "nullable": True,
+            "required": ["reason", "attempted", "restored", "at"],
+            "properties": {
+                "reason": _NULLABLE_STR,
+                "attempted": {**_NULLABLE_STR, "description": "the status found on the call"},
+                "restored": {**_NULLABLE_STR, "description": "the status it was left in; null: ignored from then on"},
+                "at": _NULLABLE_TS,
+            },
+        },
+        "malformedFields": _MALFORMED_FIELDS,
+    },
+}
+TIMELINE_SERVER = {
+    "type": "object",
+    "nullable": True,
+    "description": "callServer/{callId}; null until a watcher first acted on the call",
+    "required": ["status", "invalid", "effects", "pushes", "malformedFields"],
+    "properties": {
+        "status": {**_NULLABLE_STR, "description": "the last legal status"},
+        "invalid": {"type": "boolean", "description": "the call broke the contract and is ignored"},
+        "effects": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["status", "state", "by", "leaseUntil", "doneAt"],
+                "properties": {
+                    "status": {"type": "string"},
+                    "state": {**_NULLABLE_STR, "description": "claimed | done"},
+                    "by": {**_NULLABLE_STR, "description": "the worker holding or having done the work"},
+                    "leaseUntil": _NULLABLE_TS,
+                    "doneAt": _NULLABLE_TS,
+                },
+            },
+        },
+        "pushes": {
+            "type": "array",
+            "description": "per device and status: pending is the incoming call, the others stop ringing",
+            "items": {
+                "type": "object",
+                "required": ["status", "device", "platform", "result", "error", "at"],
+                "properties": {
+                    "status": {"type": "string"},
+                    "device": {"type": "string", "description": "device id; ~user for the user's single tokens"},
+                    "platform": _NULLABLE_STR,
+                    "result": {**_NULLABLE_STR, "description": "sent | failed | dead_token"},
+                    "error": _NULLABLE_STR,
+                    "at": _NULLABLE_TS,
+                },
+            },
+        },
+        "malformedFields": _MALFORMED_FIELDS,
+    },
+}
+TIMELINE_RECORDING = {
+    "type": "object",
+    "required": [
+        "sid",
+        "status",
+        "requestedBy",
+        "createdAt",
+        "recordedAt",
+        "stoppedAt",
+        "stopReason",
+        "duration",
+        "error",
+        "workerId",
+        "interrupted",
+        "malformedFields",
+    ],
+    "properties": {
+        "sid": {"type": "string"},
+        "status": _NULLABLE_STR,
+        "requestedBy": _NULLABLE_STR,
+        **{name: _NULLABLE_TS for name in ("createdAt", "recordedAt", "stoppedAt")},
+        "stopReason": _NULLABLE_STR,
+        "duration": {**_NULLABLE_NUM, "description": "milliseconds"},
+        "error": _NULLABLE_STR,
+        "workerId": _NULLABLE_STR,
+        "interrupted": {"type": "boolean"},
+        "malformedFields": _MALFORMED_FIELDS,
+    },
+}
+TIMELINE_RESPONSE = {
+    "type": "object",
+    "required": ["callId", "call", "server", "events", "eventsTruncated", "recordings", "explanation"],
+    "properties": {
+        "callId": {"type": "string"},
+        "call": TIMELINE_CALL,
+        "server": TIMELINE_SERVER,
+        "events": {"type": "array", "items": TIMELINE_EVENT},
+        "eventsTruncated": {"type": "boolean", "description": "more events are stored; these are the earliest"},
+        "recordings": {"type": "array", "items": TIMELINE_RECORDING},
+        "explanation": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "what the timeline shows about why the call did or did not ring (docs/support.md)",
+        },
+    },
+}
+ADMIN_PATHS: dict[str, dict[str, Any]] = {
+    "/api/admin/calls/{call_id}/timeline": {
+        "get": {
+            "summary": "Everything the server recorded about one call, for support (admins and MEMHARBOR_AUTH=none)",
+            "security": [{"firebase": []}],
+            "parameters": [{"name": "call_id", "in": "path", "required": True, "schema": _ID}],
+            "responses": {
+                "200": _json("the call's timeline", TIMELINE_RESPONSE),
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
+}
+PATHS.update(ADMIN_PATHS)
 
 
 def document() -> dict[str, Any]:

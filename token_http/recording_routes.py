@@ -31,12 +31,11 @@ from memharbor.recording_requests import (
     RecordingStatus,
     call_session_id,
     may_access,
-    new_request,
     parse_legacy_channel,
     status_of,
 )
 from memharbor.repositories.calls import CallReader
-from memharbor.repositories.recordings import RecordingRepository, Session, created_at
+from memharbor.repositories.recordings import RecordingRepository, Session, created_at, new_request
 from token_http import ratelimit
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso

@@ -16,10 +16,11 @@ from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.metrics_server import WORKER_HOST, MetricsServer
 from memharbor.repositories.call_effects import FirestoreCallEffects
+from memharbor.repositories.call_feed import FeedSnapshot, FirestoreCallFeed, FirestoreCallSweeps, FirestoreCatchUp
+from memharbor.repositories.client import close_async_client
 from memharbor.repositories.devices import FirestoreDevices
+from memharbor.repositories.recordings import FirestoreRecordingRepository
 from memharbor.settings import WatcherSettings
-from memharbor.store import close_async_client
-from watcher.listener import CallListener, FeedSnapshot, FirestoreCatchUp
 from watcher.metrics import WatcherMetrics, WatcherStateCollector
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
 from watcher.reactor import CallReactor, ReactorConfig
@@ -59,7 +60,7 @@ class Composition:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until `stop`, then drain; the first beat precedes the listener, the beat is removed after the drain."""
-        await self.heartbeat.beat()
+        await self.heartbeat.try_beat()  # a failure is retried by the loop below
         beating = asyncio.create_task(self.heartbeat.run())
         try:
             await self.watcher.run(stop)
@@ -105,12 +106,14 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             cancel_timeout=calls.cancel_timeout,
             # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
             # off, and an ended call's recordings are stopped whoever asked for them.
-            recording_hooks=FirestoreRecordingHooks(db, record_all_calls=settings.record_calls),
+            recording_hooks=FirestoreRecordingHooks(
+                FirestoreRecordingRepository(lambda: db), record_all_calls=settings.record_calls
+            ),
             metrics=metrics,
         )
 
-        def listen(deliver: Callable[[FeedSnapshot], None]) -> CallListener:
-            return CallListener(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
+        def listen(deliver: Callable[[FeedSnapshot], None]) -> FirestoreCallFeed:
+            return FirestoreCallFeed(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
 
         device_ttl = timedelta(days=settings.device_ttl_days)
 
@@ -118,13 +121,13 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             return await devices.delete_stale(datetime.fromtimestamp(clock.time(), UTC) - device_ttl)
 
         watcher = Watcher(
-            db,
+            FirestoreCallSweeps(lambda: db),
             reactor,
             calls,
             clock,
             WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
             listen=listen,
-            catch_up=FirestoreCatchUp(db),
+            catch_up=FirestoreCatchUp(lambda: db),
             prune_devices=prune_devices,
             metrics=metrics,
         )

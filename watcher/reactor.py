@@ -15,8 +15,8 @@ import enum
 import functools
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from memharbor.errors import Conflict
 from memharbor.logs import get_logger
 from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallEffectsStore, CallRead
 from memharbor.repositories.devices import DeviceStore
+from memharbor.timeline import Event, EventKind, Scalar
 from watcher import decisions
 from watcher.decisions import ReactorConfig
 from watcher.metrics import WatcherMetrics
@@ -120,6 +121,11 @@ def _violation_kind(decision: decisions.Invalid | decisions.Revert) -> str:
     return "reverted" if isinstance(decision, decisions.Revert) else "invalid"
 
 
+def _violation_detail(violation: decisions.Violation) -> dict[str, Scalar | None]:
+    """A violation as a timeline event's detail."""
+    return {"reason": violation.reason, "attempted": violation.attempted, "restored": violation.restored}
+
+
 def _violation(violation: decisions.Violation) -> dict[str, Any]:
     return {
         "reason": violation.reason,
@@ -157,6 +163,9 @@ class CallReactor:
         # for each echo of our own writes. Any other status, even one seen before, is handled afresh.
         self._done: dict[str, str] = {}
         self._receivers: dict[str, str] = {}  # receiverId of each call in `_done`, for its timer's run
+        # The devices each call rang from here: its stop-ringing notices go to them (a device registered
+        # after the ring never rang), and the statuses after `pending` need no device or user read.
+        self._rung: dict[str, Audience] = {}
 
         # Calls this instance saw through to a final status other than `ended` (bounded): their later
         # events are echoes. An ended call is in neither map, so each review write reaches `handle`.
@@ -174,6 +183,7 @@ class CallReactor:
         """Drop what is cached about a call that reached a final status."""
         self._done.pop(call_id, None)
         self._receivers.pop(call_id, None)
+        self._rung.pop(call_id, None)
         self._final[call_id] = None
         while len(self._final) > _FINAL_MEMORY:
             self._final.popitem(last=False)
@@ -183,6 +193,7 @@ class CallReactor:
         for call_id in [c for c in self._done if c not in active_ids]:
             del self._done[call_id]
             self._receivers.pop(call_id, None)
+            self._rung.pop(call_id, None)
 
     async def handle(
         self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
@@ -199,8 +210,7 @@ class CallReactor:
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
-            call_update, records = await self._effects(call_id, call, claimed.audience)
-            await self._finish(call_id, status, call_update, records)
+            await self._finish(call_id, status, await self._effects(call_id, call, claimed.audience))
             if claimed.audience is not None and claimed.audience.prune:
                 await self._prune(claimed.audience)
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
@@ -213,6 +223,8 @@ class CallReactor:
         # A call handled here before has its server document, so its group was judged and need not be
         # read again; a ring timer's run has no listener event, so the receiver is the one remembered.
         # After `accepted` only `ended` can follow, which pushes nothing: its devices need no read.
+        if call_id in self._rung:
+            return _Hints()  # what its next status pushes to is known: only the call needs reading
         if call_id in self._done:
             pushes_next = self._done[call_id] != Status.ACCEPTED
             return _Hints(receiver_hint or self._receivers.get(call_id), None, pushes_next)
@@ -223,6 +235,7 @@ class CallReactor:
             # Participants may still review an ended call: none of its later changes is an echo.
             self._done.pop(call_id, None)
             self._receivers.pop(call_id, None)
+            self._rung.pop(call_id, None)
         elif status in calls.FINAL:
             self.forget(call_id)
         else:
@@ -270,7 +283,9 @@ class CallReactor:
         claim = _CLAIMS[type(decision)]
         match decision:
             case decisions.Invalid() | decisions.Revert():
-                await self._store.commit(read, *_violation_writes(call_id, decision, server is not None))
+                violation = decision.violation
+                noted = [] if violation is None else [self._event(EventKind.VIOLATION, **_violation_detail(violation))]
+                await self._store.commit(read, *_violation_writes(call_id, decision, server is not None), noted)
                 if decision.violation is not None:
                     log.warning("call.violation", call_id=call_id, reason=decision.violation.reason)
                     self._metrics.violation(_violation_kind(decision))
@@ -279,39 +294,59 @@ class CallReactor:
                 log.info("call.review_counted", call_id=call_id, review_count=decision.count)
             case decisions.Run():
                 pushing = {**(call or {}), "status": decision.status}
-                user = await self._user_for_push(pushing, read)
                 call_fields, server_fields, known = _run_writes(call_id, decision, self._config.instance_id)
-                await self._store.commit(read, call_fields, server_fields)
+                deadline = _ts((call or {}).get("ringDeadline"))
+                late_s = (now - deadline).total_seconds() if deadline is not None else 0.0
+                await self._store.commit(read, call_fields, server_fields, self._claim_events(decision, late_s))
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
-                    deadline = _ts((call or {}).get("ringDeadline"))
-                    self._metrics.timed_out((now - deadline).total_seconds() if deadline is not None else 0.0)
-                audience = await self._audience(pushing, user, prefetched, server, now)
+                    self._metrics.timed_out(late_s)
+                audience = await self._audience(call_id, pushing, read, prefetched, now)
                 return Claimed(claim, {**(call or {}), **known}, audience)
         return Claimed(claim, call or {})
 
+    def _event(self, kind: EventKind, **detail: Scalar | None) -> Event:
+        """A timeline event of this instance, now."""
+        return Event(kind, detail, self._config.instance_id, self._clock.time())
+
+    def _claim_events(self, decision: decisions.Run, late_s: float) -> list[Event]:
+        """What a claim tells the call's timeline: the status seen, a channel assigned, a ring timeout."""
+        events = [self._event(EventKind.CALL_SEEN, status=decision.status)]
+        channel = decision.ring.get("channelName")
+        if isinstance(channel, str):
+            events.append(self._event(EventKind.CHANNEL_ASSIGNED, channel=channel))
+        if decision.time_out:
+            events.append(self._event(EventKind.RING_TIMEOUT, lateMs=round(late_s * 1000)))
+        return events
+
     async def _audience(
         self,
+        call_id: str,
         call: Mapping[str, Any],
-        user: dict[str, Any] | None,
+        read: CallRead,
         prefetched: tuple[str | None, dict[str, dict[str, Any]]] | None,
-        server: Mapping[str, Any] | None,
         now: datetime,
     ) -> Audience | None:
-        """The devices the claimed status pushes to (their documents read now unless prefetched), pruned."""
+        """The devices the claimed status pushes to: those its ring reached, or the receiver's as read now."""
         receiver = call.get("receiverId")
         if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
             return None
+        pushes = (read.server or {}).get("pushes")
+        done = pushes.get(str(call["status"])) if isinstance(pushes, Mapping) else None
+        done = done if isinstance(done, Mapping) else {}
+        rung = self._rung.get(call_id)
+        if rung is not None and rung.uid == receiver and call.get("status") != Status.PENDING:
+            return Audience(receiver, rung.devices, done)
+        user = read.users[receiver] if receiver in read.users else await self._store.user(receiver)
         # Hints only choose what to prefetch: devices read for another uid than the call's are not used.
         hinted = prefetched is not None and prefetched[0] == receiver
         docs = prefetched[1] if prefetched is not None and hinted else await self._devices.read(receiver)
         ttl = timedelta(seconds=self._config.device_ttl_s)
         plan = devices.prune_plan(docs, now, ttl, self._config.max_devices)
-        pushes = (server or {}).get("pushes")
-        done = pushes.get(str(call["status"])) if isinstance(pushes, Mapping) else None
-        return Audience(
-            receiver, devices.devices_of(user, plan.keep), done if isinstance(done, Mapping) else {}, plan.drop
-        )
+        audience = Audience(receiver, devices.devices_of(user, plan.keep), done, plan.drop)
+        if call.get("status") == Status.PENDING:
+            self._rung[call_id] = Audience(receiver, audience.devices, {})
+        return audience
 
     async def _prune(self, audience: Audience) -> None:
         try:
@@ -329,26 +364,19 @@ class CallReactor:
             return None
         return read.groups[group_id] if group_id in read.groups else await self._store.group(group_id)
 
-    async def _user_for_push(self, call: Mapping[str, Any], read: CallRead) -> dict[str, Any] | None:
-        receiver = call.get("receiverId")
-        if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
-            return None
-        return read.users[receiver] if receiver in read.users else await self._store.user(receiver)
-
-    async def _finish(self, call_id: str, status: str, call_update: dict[str, Any], records: Mapping[str, Any]) -> None:
-        """Record the effects' results on the call (and per-device push records) and mark them done, in one write."""
+    async def _finish(self, call_id: str, status: str, effects: _Effects) -> None:
+        """Record the effects' results on the call (per-device push records, timeline events) and mark them
+        done, in one write."""
         done = {
             f"effects.`{status}`.state": "done",
             f"effects.`{status}`.doneAt": SERVER_TIME,
             "effectOpen": False,
-            **{_record_path(status, key): record for key, record in records.items()},
+            **{_record_path(status, key): record for key, record in effects.records.items()},
         }
-        await self._store.update(call_id, call_update, done)
+        await self._store.update(call_id, effects.call, done, effects.events)
 
-    async def _effects(
-        self, call_id: str, call: dict[str, Any], audience: Audience | None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Carry out the status's effects: (fields for the call, push records still to write)."""
+    async def _effects(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
+        """Carry out the status's effects: what they leave for the finishing write."""
         handlers: dict[str, Callable[[str, dict[str, Any], Audience | None], Awaitable[_Effects]]] = {
             Status.PENDING: self._ring,
             Status.ACCEPTED: self._accepted,
@@ -358,20 +386,25 @@ class CallReactor:
             Status.ENDED: self._ended,
         }
         handler = handlers.get(str(call.get("status")))
-        return await handler(call_id, call, audience) if handler is not None else ({}, {})
+        return await handler(call_id, call, audience) if handler is not None else _Effects()
 
     async def _ring(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         deadline: datetime = call["ringDeadline"]
         self._schedule_timeout(call_id, deadline)
         if "pushSent" in call and audience is None:
-            return {}, {}  # a previous claimant sent it and recorded the result before dying
+            return _Effects()  # a previous claimant sent it and recorded the result before dying
         if deadline.timestamp() <= self._clock.time():
             # Apple and Google would drop it anyway, and the phone must not ring for a missed call.
             log.warning("push.skipped", call_id=call_id, kind="incoming_call", reason="ring_deadline_passed")
-            return {"pushSent": False, "pushPlatform": None, "pushError": "ring_deadline_passed"}, {}
+            skipped = self._event(EventKind.PUSH_SKIPPED, reason="ring_deadline_passed")
+            return _Effects(
+                {"pushSent": False, "pushPlatform": None, "pushError": "ring_deadline_passed"}, {}, [skipped]
+            )
         fanned = await self._fan_out(call, audience, "incoming_call", incoming_call_payload(call), deadline)
         sent, platform, error = push_summary(fanned.all_records)
-        return {"pushSent": sent, "pushPlatform": platform, "pushError": error}, fanned.unwritten
+        return _Effects(
+            {"pushSent": sent, "pushPlatform": platform, "pushError": error}, fanned.unwritten, fanned.events
+        )
 
     async def _fan_out(
         self,
@@ -388,13 +421,16 @@ class CallReactor:
         """
         call_id, status = str(call.get("callId")), str(call.get("status"))
         if audience is None:
-            return _FanOut([], {})
+            return _FanOut([], {}, [])
         chosen = audience.devices if recipients is None else recipients
         targets = resolve_targets(audience.uid, chosen, kind)
         earlier = {key: record for key, record in audience.done.items() if isinstance(record, Mapping)}
         todo = [t for t in targets if t.device not in earlier]
+        skipped = []
         if not targets:
             log.info("push.skipped", call_id=call_id, kind=kind, reason="no_device_token")
+            if kind == "incoming_call":
+                skipped.append(self._event(EventKind.PUSH_SKIPPED, reason="no_device_token"))
         wanted = functools.partial(self._still_ringing, call_id) if kind == "incoming_call" else None
         announce = kind == "incoming_call" and "pushSent" not in call
         landing = _Landing(self._store, call_id, status, len(todo), announce)
@@ -403,19 +439,30 @@ class CallReactor:
             started = self._clock.monotonic()
             result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
             record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
-            self._metrics.push(kind, target.platform, str(record["result"]), self._clock.monotonic() - started)
+            took_s = self._clock.monotonic() - started
+            self._metrics.push(kind, target.platform, str(record["result"]), took_s)
             event = "push.sent" if result.sent else "push.failed"
             log.info(
                 event, call_id=call_id, kind=kind, device=target.device, platform=target.platform, error=result.error
             )
             if result.token_invalid:
                 await self._forget_token(audience.uid, target)
-            await landing.landed(target.device, record)
+            noted = self._event(
+                _PUSH_EVENTS[(kind, result.sent)],
+                device=target.device,
+                platform=target.platform,
+                status=status,
+                result=str(record["result"]),
+                reason=result.error,
+                latencyMs=round(took_s * 1000, 1),
+            )
+            await landing.landed(target.device, record, noted)
             return target.device, record
 
         landed = dict(await asyncio.gather(*(one(t) for t in todo)))
         ordered = [landed[t.device] if t.device in landed else earlier[t.device] for t in targets]
-        return _FanOut(ordered, landing.rest())
+        records, events = landing.rest()
+        return _FanOut(ordered, records, skipped + events)
 
     async def _forget_token(self, uid: str, target: PushTarget) -> None:
         removed = await self._devices.forget_token(uid, target.device, target.user_field, target.token)
@@ -435,36 +482,56 @@ class CallReactor:
 
     async def _accepted(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         self._cancel_timeout(call_id)
-        await self._recording.on_accepted(call_id, call)
-        return await self._stop_ringing(call_id, call, audience)
+        sid = await self._recording.on_accepted(call_id, call)
+        stopped = await self._stop_ringing(call_id, call, audience)
+        if sid is None:
+            return stopped
+        requested = self._event(EventKind.RECORDING_REQUESTED, sid=sid)
+        return _Effects(stopped.call, stopped.records, [*stopped.events, requested])
 
     async def _stop_ringing(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         """Tell the receiver's devices to stop ringing: all of them, or the others when one answered."""
         self._cancel_timeout(call_id)
         if audience is None:
-            return {}, {}
+            return _Effects()
         expires = datetime.fromtimestamp(self._clock.time() + 60, UTC)
         recipients = devices.stop_recipients(audience.devices, str(call.get("status")), call.get(calls.ANSWERED_ON))
         fanned = await self._fan_out(call, audience, "call_ended", call_ended_payload(call), expires, recipients)
-        return {}, fanned.unwritten
+        return _Effects({}, fanned.unwritten, fanned.events)
 
     async def _ended(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         duration = calls.duration_seconds(_ts(call.get("answeredAt")), _ts(call.get("endedAt")))
         log.info("call.ended", call_id=call_id, duration_s=duration)
         await self._recording.on_ended(call_id, call)
-        return {"durationSec": duration}, {}
+        return _Effects({"durationSec": duration})
 
 
-# What an effect handler returns: fields for the call, and push records for the server document.
-_Effects = tuple[dict[str, Any], dict[str, Any]]
+@dataclass(frozen=True)
+class _Effects:
+    """What a status's effects leave to the finishing write: call fields, push records, timeline events."""
+
+    call: dict[str, Any] = field(default_factory=dict)
+    records: Mapping[str, Any] = field(default_factory=dict)
+    events: Sequence[Event] = ()
+
+
+# The timeline event of one device's push, by push kind and whether the service accepted it.
+_PUSH_EVENTS = {
+    ("incoming_call", True): EventKind.PUSH_SENT,
+    ("incoming_call", False): EventKind.PUSH_FAILED,
+    ("call_ended", True): EventKind.STOP_RINGING_SENT,
+    ("call_ended", False): EventKind.STOP_RINGING_FAILED,
+}
 
 
 @dataclass(frozen=True)
 class _FanOut:
-    """One fan-out's records in device order (earlier claimants' included), and those not yet written."""
+    """One fan-out's records in device order (earlier claimants' included), and the records and timeline
+    events not yet written."""
 
     all_records: list[Mapping[str, Any]]
     unwritten: dict[str, Any]
+    events: list[Event]
 
 
 class _Landing:
@@ -484,13 +551,13 @@ class _Landing:
         self._status = status
         self._outstanding = outstanding
         self._announce = announce
-        self._pending: dict[str, Any] = {}
+        self._pending: dict[str, tuple[dict[str, Any], Event]] = {}
         self._lock = asyncio.Lock()
         self._all_in = asyncio.Event()
 
-    async def landed(self, device: str, record: dict[str, Any]) -> None:
-        """Note one device's record; write what has landed once some device is slow to answer."""
-        self._pending[device] = record
+    async def landed(self, device: str, record: dict[str, Any], event: Event) -> None:
+        """Note one device's record and timeline event; write what has landed once some device is slow."""
+        self._pending[device] = (record, event)
         self._outstanding -= 1
         if self._outstanding <= 0:
             self._all_in.set()
@@ -506,18 +573,20 @@ class _Landing:
                 taken, self._pending = self._pending, {}
                 await self._write(taken)
 
-    def rest(self) -> dict[str, Any]:
-        """The records not written yet (for the finishing write)."""
-        return self._pending
+    def rest(self) -> tuple[dict[str, Any], list[Event]]:
+        """The records and events not written yet (for the finishing write)."""
+        return {device: record for device, (record, _) in self._pending.items()}, [
+            event for _, event in self._pending.values()
+        ]
 
-    async def _write(self, records: Mapping[str, Any]) -> None:
-        paths = {_record_path(self._status, device): record for device, record in records.items()}
-        accepted = next((r for r in records.values() if r.get("result") == "sent"), None)
+    async def _write(self, landed: Mapping[str, tuple[dict[str, Any], Event]]) -> None:
+        paths = {_record_path(self._status, device): record for device, (record, _) in landed.items()}
+        accepted = next((r for r, _ in landed.values() if r.get("result") == "sent"), None)
         announced: dict[str, Any] = {}
         if self._announce and accepted is not None:
             self._announce = False
             announced = {"pushSent": True, "pushPlatform": accepted.get("platform"), "pushError": None}
-        await self._store.update(self._call_id, announced, paths)
+        await self._store.update(self._call_id, announced, paths, [event for _, event in landed.values()])
 
 
 def _record_path(status: str, device: str) -> str:
@@ -582,7 +651,9 @@ def _run_writes(
 class RecordingHooks(Protocol):
     """Requests a recording when a call is accepted and stops it when the call ends."""
 
-    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> None: ...
+    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> str | None:
+        """Request the call's recording if wanted; the new session's id when this made the request."""
+        ...
 
     async def on_ended(self, call_id: str, call: Mapping[str, Any]) -> None: ...
 
@@ -590,8 +661,9 @@ class RecordingHooks(Protocol):
 class NoRecording:
     """The recording hooks while no recorder exists: they only say so in the log."""
 
-    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> None:
+    async def on_accepted(self, call_id: str, call: Mapping[str, Any]) -> str | None:
         log.debug("recording.not_requested", call_id=call_id, reason="no recorder in this deployment")
+        return None
 
     async def on_ended(self, call_id: str, call: Mapping[str, Any]) -> None:
         log.debug("recording.not_stopped", call_id=call_id, reason="no recorder in this deployment")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from watcher.listener import CallEvent
+from memharbor.repositories.call_feed import CallEvent
 
 
 @dataclass(frozen=True)

@@ -6,27 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
-
-from memharbor.calls import ACTIVE, FINAL, Status
+from memharbor.calls import FINAL
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.repositories.paths import CALL_SERVER, CALLS
-from watcher.listener import EVENT_FIELDS, CallEvent, FeedMark, FeedSnapshot, Gap, call_event
+from memharbor.repositories.call_feed import CallEvent, CallSweeps, CatchUp, Feed, FeedSnapshot
+from watcher.listener import FeedMark
 from watcher.metrics import WatcherMetrics
-from watcher.reactor import CallReactor, ClaimRace
+from watcher.reactor import ClaimRace
 from watcher.tracking import CallTracker, Job
 
 log = get_logger()
-
-# The smallest Firestore timestamp: `updatedAt` values ordered before it are not timestamps.
-_EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -47,36 +41,26 @@ class WatcherConfig:
     device_prune_interval_s: float = 3600.0
 
 
-def _stamp(snap: Any) -> Any:
-    """The document's `updatedAt`, whatever its type, or None without one."""
-    try:
-        return snap.get("updatedAt")
-    except KeyError:
-        return None
+class Reactor(Protocol):
+    """What the watcher asks of watcher.reactor.CallReactor: handle a call, and what it knows is done."""
 
+    async def handle(
+        self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
+    ) -> Any:
+        """Bring the call's side effects up to date with its current document; returns the claim."""
+        ...
 
-class Feed(Protocol):
-    """The change feed's listener, as the watcher drives it."""
+    def known_done(self, call_id: str, status: Any) -> bool:
+        """True when the call is still in the status whose effects are known done."""
+        ...
 
-    restarts: int
-    subscribed_at: float | None
+    def known_final(self, call_id: str) -> bool:
+        """True when this instance handled the call's final status."""
+        ...
 
-    @property
-    def active(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def restart(self, reason: str) -> None: ...
-
-    async def supervise(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-class CatchUp(Protocol):
-    """Reads the calls of a gap in the feed, a page of events at a time."""
-
-    def pages(self, gap: Gap) -> AsyncIterator[list[CallEvent]]: ...
+    def prune(self, active_ids: set[str]) -> None:
+        """Forget active-status knowledge of calls that are no longer active."""
+        ...
 
 
 class Watcher:
@@ -84,8 +68,8 @@ class Watcher:
 
     def __init__(
         self,
-        db: firestore.AsyncClient,
-        reactor: CallReactor,
+        sweeps: CallSweeps,
+        reactor: Reactor,
         calls: CallTracker,
         clock: Clock,
         config: WatcherConfig,
@@ -95,7 +79,7 @@ class Watcher:
         prune_devices: Callable[[], Awaitable[int]] | None = None,
         metrics: WatcherMetrics | None = None,
     ) -> None:
-        self.db = db
+        self.sweeps = sweeps
         self.metrics = metrics or WatcherMetrics()
         # For the probes: when the feed or the sweep last showed the watcher the database (monotonic
         # seconds), and whether the start-up sweep has armed the timers of calls from before the start.
@@ -217,18 +201,12 @@ class Watcher:
         report calls whose `updatedAt` is not a plausible timestamp."""
         now = datetime.fromtimestamp(self.clock.time(), UTC)
         arrived_by = self.calls.arrivals()
-        overdue = (
-            self.db.collection(CALLS)
-            .where(filter=FieldFilter("status", "==", Status.PENDING.value))
-            .where(filter=FieldFilter("ringDeadline", "<=", now))
-            .select(["status"])
-        )
         due = 0
-        async for snap in overdue.stream():
-            if not self.calls.has_timer(snap.id):
+        async for call_id in self.sweeps.overdue(now):
+            if not self.calls.has_timer(call_id):
                 due += 1
-                self.calls.fire(snap.id)
-                self.submit(snap.id)
+                self.calls.fire(call_id)
+                self.submit(call_id)
         # Odd stamps first: the reactor may repair a call it judges, and its report must come before that.
         malformed = await self._malformed_stamps(now)
         missed, active_ids = await self._reconcile(now)
@@ -243,25 +221,21 @@ class Watcher:
     async def _reconcile(self, now: datetime) -> tuple[int, set[str]]:
         missed = 0
         active_ids = set()
-        active = FieldFilter("status", "in", sorted(s.value for s in ACTIVE))
-        query = self.db.collection(CALLS).where(filter=active).select(["status", "updatedAt"])
         subscribed = self.listener.subscribed_at
-        async for snap in query.stream():
-            active_ids.add(snap.id)
-            if self.calls.app_change_missed(snap.id, _stamp(snap), subscribed, now, self.config.stall_grace_s):
+        async for call in self.sweeps.active():
+            call_id = call.call_id
+            active_ids.add(call_id)
+            if self.calls.app_change_missed(call_id, call.updated_at, subscribed, now, self.config.stall_grace_s):
                 missed += 1
-            if self.calls.changed_since_arrival(snap.id, snap.update_time):
-                self.submit(snap.id)  # changed since the feed last showed it (outside the window, or ours)
-            elif not self.reactor.known_done(snap.id, snap.get("status")):
-                self.submit(snap.id)
-        servers = self.db.collection(CALL_SERVER)
-        open_effects = servers.where(filter=FieldFilter("effectOpen", "==", True)).select(["status"])
-        async for snap in open_effects.stream():
-            self.submit(snap.id)
-        tracked = servers.where(filter=active).select(["status"])
-        async for snap in tracked.stream():
-            if snap.id not in active_ids:
-                self.submit(snap.id)  # left the active set while the stream was not looking
+            if self.calls.changed_since_arrival(call_id, call.update_time):
+                self.submit(call_id)  # changed since the feed last showed it (outside the window, or ours)
+            elif not self.reactor.known_done(call_id, call.status):
+                self.submit(call_id)
+        async for call_id in self.sweeps.open_effects():
+            self.submit(call_id)
+        async for call_id in self.sweeps.tracked_active():
+            if call_id not in active_ids:
+                self.submit(call_id)  # left the active set while the stream was not looking
         return missed, active_ids
 
     async def _malformed_stamps(self, now: datetime) -> set[str]:
@@ -270,28 +244,17 @@ class Watcher:
         The feed cannot see them (its range filter matches timestamps up to its horizon only), so each
         new version is reported here once and handed to the reactor, which judges the call.
         """
-        calls = self.db.collection(CALLS).select(EVENT_FIELDS)
         future = now + timedelta(seconds=self.config.future_tolerance_s)
-        queries = {
-            "future": calls.where(filter=FieldFilter("updatedAt", ">", future)),
-            # Firestore orders values by type first: strings, bytes, references, maps, ... above timestamps,
-            "above_timestamps": calls.order_by("updatedAt").start_at({"updatedAt": ""}),
-            # and null, booleans and numbers below them.
-            "below_timestamps": calls.order_by("updatedAt").end_before({"updatedAt": _EARLIEST}),
-        }
         found: dict[str, datetime | None] = {}
-        for kind, query in queries.items():
-            async for snap in query.stream():
-                found[snap.id] = snap.update_time
-                fresh = self.calls.arrived(call_event(snap, "SWEPT"))
-                if self._malformed.get(snap.id, False) != snap.update_time:
-                    value = _stamp(snap)
-                    log.warning(
-                        "call.updated_at_malformed", call_id=snap.id, kind=kind, value_type=type(value).__name__
-                    )
-                    fresh = True
-                if fresh:
-                    self.submit(snap.id)
+        async for odd in self.sweeps.malformed_stamps(future):
+            call = odd.call
+            found[call.call_id] = call.update_time
+            fresh = self.calls.arrived(call)
+            if self._malformed.get(call.call_id, False) != call.update_time:
+                log.warning("call.updated_at_malformed", call_id=call.call_id, kind=odd.kind, value_type=odd.stamp_type)
+                fresh = True
+            if fresh:
+                self.submit(call.call_id)
         self._malformed = found  # reported once per version, for as long as they stay malformed
         return set(found)
 

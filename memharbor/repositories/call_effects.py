@@ -12,7 +12,7 @@ values that stamp the commit time and remove a field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +22,8 @@ from google.cloud import firestore
 from memharbor.errors import Conflict, NotFound
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, Guard, Refusals
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
+from memharbor.repositories.timeline import add_events
+from memharbor.timeline import Event
 
 SERVER_TIME: Any = firestore.SERVER_TIMESTAMP
 DELETE: Any = firestore.DELETE_FIELD
@@ -71,13 +73,18 @@ class CallEffectsStore(Protocol):
         """The call's `status` as stored now (None when the call does not exist)."""
         ...
 
-    async def commit(self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+    async def commit(
+        self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
         """Update the call and write the server document (created if it was missing) unless either
-        changed since `read`: then Conflict (NotFound if the call was deleted)."""
+        changed since `read`: then Conflict (NotFound if the call was deleted). `events` join the timeline."""
         ...
 
-    async def update(self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
-        """Update the call and its existing server document in one write, whatever changed since."""
+    async def update(
+        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
+        """Update the call and its existing server document in one write, whatever changed since; `events`
+        join the call's timeline in the same write."""
         ...
 
 
@@ -124,7 +131,9 @@ class FirestoreCallEffects:
 
         return await self._guard.run(get)
 
-    async def commit(self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+    async def commit(
+        self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
         call_version, server_version = read.versions
 
         async def write(client: firestore.AsyncClient) -> None:
@@ -138,19 +147,25 @@ class FirestoreCallEffects:
                 batch.update(server_ref, dict(server), option=guard)
             elif server:
                 batch.create(server_ref, nest(server))
-            if call or server:
+            if events:
+                add_events(batch, client, read.call_id, events)
+            if call or server or events:
                 await batch.commit()
 
         await self._guard.run(write)
 
-    async def update(self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+    async def update(
+        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
         async def write(client: firestore.AsyncClient) -> None:
             batch = client.batch()
             if call:
                 batch.update(client.collection(CALLS).document(call_id), dict(call))
             if server:
                 batch.update(client.collection(CALL_SERVER).document(call_id), dict(server))
-            if call or server:
+            if events:
+                add_events(batch, client, call_id, events)
+            if call or server or events:
                 await batch.commit()
 
         await self._guard.run(write)

@@ -1,12 +1,15 @@
-"""The recordings aggregate (`recordings/{sid}`) as the REST shim uses it: its port and Firestore adapter.
+"""The recordings aggregate (`recordings/{sid}`) as the REST shim uses it: its port and Firestore adapter,
+and the document of a request.
 
 The shim only creates requests, reads sessions, asks for stops and lists; the recorder does the rest
-(recorder/store.py). Who may do what is decided by the caller (token_http/recording_routes.py).
+(memharbor/repositories/recording_sessions.py). Who may do what is decided by the caller
+(token_http/recording_routes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -14,18 +17,32 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from memharbor.calls import Status
 from memharbor.errors import Conflict, NotFound
-from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, LiveCapReached, RecordingStatus
+from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, LiveCapReached, RecordingStatus, request_fields
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard, Refusals
-from memharbor.repositories.paths import RECORDINGS
+from memharbor.repositories.paths import CALLS, RECORDINGS
 
 # A session is its id with its document.
 Session = tuple[str, dict[str, Any]]
 
 # In-progress sessions live minutes to hours and there are a few per live call; a scan reads at most this.
 MAX_IN_PROGRESS_SCAN = 1000
+# Sessions of one call (normally one; a participant may have asked for another); a read takes at most this.
+MAX_SESSIONS_PER_CALL = 50
+
+
+class RequestOutcome(enum.Enum):
+    """What became of a request made for a call (`CallRecordings.request_while_accepted`)."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # requested before (a repeat of this side effect)
+    NOT_ACCEPTED = "not_accepted"  # the call moved on before the request could be made
+    GONE = "gone"  # the call does not exist
+
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
@@ -38,11 +55,16 @@ def created_at(session: Session) -> datetime:
     return _EPOCH
 
 
+def new_request(channel: str, requested_by: str, call_id: str | None = None) -> dict[str, Any]:
+    """The document of a recording request: its fields (`request_fields`) and createdAt, the server's time."""
+    return {**request_fields(channel, requested_by, call_id), "createdAt": firestore.SERVER_TIMESTAMP}
+
+
 class RecordingRepository(Protocol):
     """Recording sessions, as the REST shim uses them."""
 
     async def create(self, sid: str, doc: dict[str, Any], live_cap: int | None = None) -> None:
-        """Create `recordings/{sid}`; Conflict when it exists.
+        """Create `recordings/{sid}` as `doc` (made by `new_request`); Conflict when it exists.
 
         With `live_cap`, LiveCapReached when doc's requestedBy already has that many sessions in progress.
         """
@@ -65,8 +87,25 @@ class RecordingRepository(Protocol):
         ...
 
 
+class CallRecordings(Protocol):
+    """Recording sessions of calls, as the watcher requests and stops them."""
+
+    async def sessions_of_call(self, call_id: str) -> list[Session]:
+        """The sessions whose callId is `call_id` (at most MAX_SESSIONS_PER_CALL)."""
+        ...
+
+    async def request_while_accepted(self, call_id: str, sid: str, doc: dict[str, Any]) -> RequestOutcome:
+        """Create `recordings/{sid}` as `doc` if it does not exist and the call is `accepted`, atomically."""
+        ...
+
+    async def request_stop(self, sid: str) -> None:
+        """Set `stopRequested: true` on the session; NotFound when it does not exist."""
+        ...
+
+
 class FirestoreRecordingRepository:
-    """RecordingRepository over an asyncio Firestore client; every operation is guarded (time bound, Unavailable)."""
+    """RecordingRepository and CallRecordings over an asyncio Firestore client; every operation is guarded
+    (time bound, Unavailable)."""
 
     def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         refusals: Refusals = {
@@ -149,3 +188,39 @@ class FirestoreRecordingRepository:
 
         sessions = await self._guard.run(scan)
         return sorted(sessions, key=created_at, reverse=True)[:limit]
+
+    async def sessions_of_call(self, call_id: str) -> list[Session]:
+        async def scan(client: FirestoreClient) -> list[Session]:
+            query = (
+                client.collection(RECORDINGS)
+                .where(filter=FieldFilter("callId", "==", call_id))
+                .limit(MAX_SESSIONS_PER_CALL)
+            )
+            return [(snap.id, snap.to_dict() or {}) async for snap in query.stream()]
+
+        return await self._guard.run(scan)
+
+    async def request_while_accepted(self, call_id: str, sid: str, doc: dict[str, Any]) -> RequestOutcome:
+        # One transaction that also reads the call: if the call ends before it commits, nothing is
+        # requested; if it ends after, the ended hook (which runs after that change) finds and stops it.
+        async def request(client: FirestoreClient) -> RequestOutcome:
+            call_ref = client.collection(CALLS).document(call_id)
+            rec_ref = client.collection(RECORDINGS).document(sid)
+
+            @firestore.async_transactional  # type: ignore[misc]
+            async def run(tx: AsyncTransaction) -> RequestOutcome:
+                call_snap = await call_ref.get(transaction=tx)
+                rec_snap = await rec_ref.get(transaction=tx)
+                if rec_snap.exists:
+                    return RequestOutcome.EXISTS
+                if not call_snap.exists:
+                    return RequestOutcome.GONE
+                if (call_snap.to_dict() or {}).get("status") != Status.ACCEPTED.value:
+                    return RequestOutcome.NOT_ACCEPTED
+                tx.create(rec_ref, doc)
+                return RequestOutcome.CREATED
+
+            outcome: RequestOutcome = await run(client.transaction())
+            return outcome
+
+        return await self._guard.run(request)

@@ -16,6 +16,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.emulators import EmulatorSet
+from memharbor.repositories.recordings import FirestoreRecordingRepository
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
@@ -194,13 +195,18 @@ async def sessions(adb: firestore.AsyncClient) -> dict[str, dict[str, Any]]:
     return {s.id: s.to_dict() or {} async for s in adb.collection("recordings").stream()}
 
 
+def hooks_over(adb: firestore.AsyncClient, record_all_calls: bool) -> FirestoreRecordingHooks:
+    """The hooks over the recordings repository on this client."""
+    return FirestoreRecordingHooks(FirestoreRecordingRepository(lambda: adb), record_all_calls)
+
+
 class TestHooks:
     """FirestoreRecordingHooks against the emulator, without the reactor around them."""
 
     async def test_repeated_accept_is_a_no_op(self, adb: firestore.AsyncClient) -> None:
         """A second on_accepted (a retried side effect) leaves the first request untouched."""
         call = await seed_call(adb, "c1")
-        hooks = FirestoreRecordingHooks(adb, record_all_calls=True)
+        hooks = hooks_over(adb, record_all_calls=True)
         await hooks.on_accepted("c1", call)
         first = await sessions(adb)
         await hooks.on_accepted("c1", call)
@@ -209,7 +215,7 @@ class TestHooks:
     async def test_a_finished_request_is_not_renewed(self, adb: firestore.AsyncClient) -> None:
         """Once the call's recording stopped, a late repeat of on_accepted does not start another."""
         call = await seed_call(adb, "c1")
-        hooks = FirestoreRecordingHooks(adb, record_all_calls=True)
+        hooks = hooks_over(adb, record_all_calls=True)
         await hooks.on_accepted("c1", call)
         await adb.collection("recordings").document("call-c1").update({"status": "stopped"})
         await hooks.on_accepted("c1", call)
@@ -218,18 +224,18 @@ class TestHooks:
     async def test_call_that_moved_on_is_not_recorded(self, adb: firestore.AsyncClient) -> None:
         """If the call ended before the request commits, nothing is requested."""
         call = await seed_call(adb, "c1", status="ended")
-        await FirestoreRecordingHooks(adb, record_all_calls=True).on_accepted("c1", {**call, "status": "accepted"})
+        await hooks_over(adb, record_all_calls=True).on_accepted("c1", {**call, "status": "accepted"})
         assert await sessions(adb) == {}
 
     async def test_not_wanted_or_no_channel(self, adb: firestore.AsyncClient) -> None:
         """Without record or the global flag nothing is requested; nor for a call without a channel."""
         call = await seed_call(adb, "c1")
-        await FirestoreRecordingHooks(adb, record_all_calls=False).on_accepted("c1", call)
-        await FirestoreRecordingHooks(adb, record_all_calls=False).on_accepted("c1", {**call, "record": False})
+        await hooks_over(adb, record_all_calls=False).on_accepted("c1", call)
+        await hooks_over(adb, record_all_calls=False).on_accepted("c1", {**call, "record": False})
         no_channel = {k: v for k, v in call.items() if k != "channelName"}
-        await FirestoreRecordingHooks(adb, record_all_calls=True).on_accepted("c1", no_channel)
+        await hooks_over(adb, record_all_calls=True).on_accepted("c1", no_channel)
         assert await sessions(adb) == {}
-        await FirestoreRecordingHooks(adb, record_all_calls=False).on_accepted("c1", {**call, "record": True})
+        await hooks_over(adb, record_all_calls=False).on_accepted("c1", {**call, "record": True})
         assert list(await sessions(adb)) == ["call-c1"]
 
     async def test_ended_stops_only_unfinished_sessions_of_the_call(self, adb: firestore.AsyncClient) -> None:
@@ -244,12 +250,12 @@ class TestHooks:
         }
         for sid, (call_id, status) in rows.items():
             await adb.collection("recordings").document(sid).set({"callId": call_id, "status": status})
-        await FirestoreRecordingHooks(adb, record_all_calls=False).on_ended("c1", call)
+        await hooks_over(adb, record_all_calls=False).on_ended("c1", call)
         flagged = {sid for sid, doc in (await sessions(adb)).items() if doc.get("stopRequested") is True}
         assert flagged == {"call-c1", "asked"}
 
     async def test_ended_without_recording_writes_nothing(self, adb: firestore.AsyncClient) -> None:
         """A call that was never recorded ends without any recordings document appearing."""
         call = await seed_call(adb, "c1", status="ended")
-        await FirestoreRecordingHooks(adb, record_all_calls=True).on_ended("c1", call)
+        await hooks_over(adb, record_all_calls=True).on_ended("c1", call)
         assert await sessions(adb) == {}

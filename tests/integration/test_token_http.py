@@ -23,8 +23,10 @@ from google.cloud import firestore
 from memharbor.access import Principal
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, free_port
+from memharbor.repositories.calls import FirestoreCallRepository
+from memharbor.repositories.client import LazyClient
+from memharbor.repositories.workers import FirestoreWorkers
 from memharbor.settings import http_settings
-from memharbor.store import FirestoreStore
 from tests.support.agora_tokens import (
     PUBLISHER_PRIVILEGES,
     SUBSCRIBER_PRIVILEGES,
@@ -280,9 +282,11 @@ class TestHealth:
         past the cache's lifetime instead of sleeping through it.
         """
         clock = SteppedClock()
-        store = FirestoreStore(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
+        client = LazyClient(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
         auth = FakeAuthenticator({"tok-ops": Principal(uid="ops", admin=True)})
-        deps = Deps(authenticator=auth, calls=store, health=store, clock=clock)
+        deps = Deps(
+            authenticator=auth, calls=FirestoreCallRepository(client), health=FirestoreWorkers(client), clock=clock
+        )
         settings = http_settings(
             {"FIREBASE_PROJECT_ID": clean_emulators.project_id, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT}
         )
@@ -305,36 +309,37 @@ class TestHealth:
                 assert body["status"] == "ok"
                 assert (await get(client, "/api/health"))[1]["workers"]["watcher"] == {"alive": 1}
         finally:
-            await store.aclose()
+            await client.aclose()
 
 
-class TestFirestoreStore:
-    """token_http's owner of the asyncio Firestore client, against the emulator."""
+class TestLazyClient:
+    """The asyncio Firestore client token_http's repositories share, against the emulator."""
 
     async def test_aclose_shuts_the_grpc_channel(self, clean_emulators: EmulatorSet) -> None:
         """aclose shuts the gRPC channel the reads used (client.close() leaves it open); later use makes another."""
-        store = FirestoreStore(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
-        await store.ping()
-        first = store.client
+        client = LazyClient(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
+        workers = FirestoreWorkers(client)
+        await workers.ping()
+        first = client()
         channel = first._firestore_api_internal.transport.grpc_channel
         assert channel.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
-        await store.aclose()
+        await client.aclose()
         try:
             assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
-            await store.ping()
-            assert store.client is not first
+            await workers.ping()
+            assert client() is not first
         finally:
-            await store.aclose()
+            await client.aclose()
 
-    async def test_aclose_of_an_unused_store_makes_no_client(self) -> None:
-        """A store whose client was never asked for closes without making one."""
+    async def test_aclose_of_an_unused_client_makes_none(self) -> None:
+        """A lazy client never asked for closes without making one."""
         made: list[firestore.AsyncClient] = []
 
         def make() -> firestore.AsyncClient:
             made.append(firestore.AsyncClient(project="never-made"))
             return made[-1]
 
-        await FirestoreStore(make).aclose()
+        await LazyClient(make).aclose()
         assert made == []
 
 

@@ -22,12 +22,12 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.emulators import EmulatorSet
-from memharbor.listening import SupervisedListener
+from memharbor.repositories.call_feed import change_feed_query
 from memharbor.repositories.calls import new_call_document
+from memharbor.repositories.listening import SupervisedListener
 from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
-from watcher.listener import change_feed_query
 
 FEED_ONLY = {
     "MEMHARBOR_LOG_LEVEL": "debug",  # catch-ups are logged at debug: a failure names them
@@ -104,9 +104,19 @@ def caught_up(db: firestore.Client, watcher: WatcherProcess) -> int:
     return int((beat.get("status") or {}).get("caughtUpCalls", 0))
 
 
+def pushed_call(db: firestore.Client, call_id: str) -> dict[str, Any]:
+    """The call once its push result is written (the sink shows a push as it is sent, the result follows)."""
+
+    def probe() -> dict[str, Any] | None:
+        doc = db.collection("calls").document(call_id).get().to_dict() or {}
+        return doc if doc.get("pushSent") is not None else None
+
+    return wait_for(probe, what=f"the push result of {call_id}")
+
+
 def assert_rang_once_in_time(db: firestore.Client, watcher: WatcherProcess, call_ids: list[str]) -> None:
     for call_id in call_ids:
-        doc = db.collection("calls").document(call_id).get().to_dict() or {}
+        doc = pushed_call(db, call_id)
         assert doc.get("channelName") and doc.get("pushSent") is True, (call_id, doc.get("pushError"))
         assert len(watcher.pushes("incoming_call", call_id)) == 1, call_id
 

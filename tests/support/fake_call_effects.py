@@ -7,13 +7,14 @@ moves on every write, so guarded commits fail exactly as Firestore's preconditio
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from memharbor.errors import Conflict, NotFound
 from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallRead, nest
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
+from memharbor.timeline import Event, event_fields
 
 
 class FakeCallEffects:
@@ -30,6 +31,7 @@ class FakeCallEffects:
         self.times: dict[str, int] = {}
         self.reads: dict[str, int] = {}
         self.round_trips: list[list[str]] = []  # the paths read by each read, in order
+        self.events: dict[str, list[Event]] = {}  # each call's timeline, in the order written
         self._clock = itertools.count(1)
 
     async def read(self, call_id: str, user: str | None = None, group: str | None = None) -> CallRead:
@@ -58,7 +60,9 @@ class FakeCallEffects:
         call = self._get_alone(f"{CALLS}/{call_id}")
         return None if call is None else call.get("status")
 
-    async def commit(self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+    async def commit(
+        self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
         call_path, server_path = f"{CALLS}/{read.call_id}", f"{CALL_SERVER}/{read.call_id}"
         if call and call_path not in self.docs:
             raise NotFound(call_path)
@@ -74,8 +78,11 @@ class FakeCallEffects:
             self.apply(server_path, nest(server), replace=True)
         elif server:
             self.apply(server_path, server)
+        self._add(read.call_id, events)
 
-    async def update(self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+    async def update(
+        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+    ) -> None:
         for path, fields in ((f"{CALLS}/{call_id}", call), (f"{CALL_SERVER}/{call_id}", server)):
             if fields and path not in self.docs:
                 raise NotFound(path)
@@ -83,6 +90,16 @@ class FakeCallEffects:
             self.apply(f"{CALLS}/{call_id}", call)
         if server:
             self.apply(f"{CALL_SERVER}/{call_id}", server)
+        self._add(call_id, events)
+
+    def kinds(self, call_id: str) -> list[str]:
+        """The kinds of the call's timeline events, in the order written."""
+        return [event.kind.value for event in self.events.get(call_id, [])]
+
+    def _add(self, call_id: str, events: Sequence[Event]) -> None:
+        for event in events:
+            event_fields(event)  # what the repository would refuse, refused here too
+            self.events.setdefault(call_id, []).append(event)
 
     def put(self, path: str, data: dict[str, Any]) -> None:
         """Store a whole document at `path`, as an app or an admin would write it."""

@@ -1,4 +1,5 @@
-"""An in-memory recordings repository, and a recorder that acts on its sessions as the real one would."""
+"""In-memory recordings repositories: the REST shim's (with a recorder that acts on its sessions as the real one
+would), and the recorder's own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from google.cloud import firestore
 
 from memharbor.errors import Conflict, NotFound
 from memharbor.recording_requests import IN_PROGRESS, LiveCapReached, parse_legacy_channel
+from memharbor.repositories.recording_sessions import Claim, ClaimResult, SegmentReport
 from memharbor.repositories.recordings import Session, created_at
 from tests.support.http_fakes import FakeClock
 
@@ -165,3 +167,35 @@ class FakeRecordingRepository:
             if doc["status"] == "stopped" and (uid is None or uid in (doc.get("user1"), doc.get("user2")))
         ]
         return sorted(found, key=created_at, reverse=True)[:limit]
+
+
+class FakeRecordingSessions:
+    """RecordingSessions that holds no session (claims find nothing) and keeps every completed segment."""
+
+    def __init__(self) -> None:
+        self.completed: list[tuple[str, str, SegmentReport, str | None]] = []
+
+    async def claim(self, sid: str) -> ClaimResult:
+        return ClaimResult(Claim.GONE)
+
+    async def mark_recording(self, sid: str, filename: str, started_at: datetime) -> bool:
+        return False
+
+    async def mark_stopping(self, sid: str, reason: str) -> bool:
+        return False
+
+    async def renew(self, sid: str) -> bool:
+        return False
+
+    async def release(self, sid: str) -> bool:
+        return False
+
+    async def fail(self, sid: str, error: str) -> bool:
+        return False
+
+    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
+        self.completed.append((sid, owner_id, report, call_id))
+        return "final"
+
+    async def in_progress(self, limit: int = 500) -> list[Session]:
+        return []

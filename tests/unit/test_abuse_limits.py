@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
 
-from memharbor.recording_requests import LiveCapReached, new_request
-from memharbor.repositories.recordings import FirestoreRecordingRepository
+from memharbor.recording_requests import LiveCapReached
+from memharbor.repositories.recordings import FirestoreRecordingRepository, new_request
 from memharbor.settings import SettingsError
 from tests.support.api_worlds import AS_ADMIN, AS_ALICE, AS_BOB, CHANNEL, INVITE, LimitedWorld, TokenWorld, beat
 from tests.support.api_worlds import make_settings as call_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from watcher.listener import CallEvent
+from memharbor.repositories.call_feed import CallEvent
 from watcher.tracking import CallTracker, Job
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +15,7 @@ from memharbor.calls import Status
 from memharbor.groups import NOT_GROUP_MEMBERS, group_document
 from memharbor.repositories.paths import CALL_SERVER
 from tests.support.fake_call_effects import FakeCallEffects
+from tests.support.fake_call_feed import FakeCallSweeps, FakeCatchUp, FakeFeed
 from tests.support.fake_devices import FakeDevices
 from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
 from watcher.metrics import WatcherMetrics
@@ -516,6 +517,7 @@ def make_reactor(
     notifier: FakeNotifier | None = None,
     devices: FakeDevices | None = None,
     metrics: WatcherMetrics | None = None,
+    clock: FixedClock | None = None,
 ) -> CallReactor:
     """A reactor over the store whose ring timers go to a CallTracker nobody fires."""
     timers = CallTracker()
@@ -523,7 +525,7 @@ def make_reactor(
         store,
         devices or FakeDevices(),
         notifier or FakeNotifier(),
-        FixedClock(store.now),
+        clock or FixedClock(store.now),
         CONFIG,
         schedule_timeout=timers.schedule_timeout,
         cancel_timeout=timers.cancel_timeout,
@@ -563,7 +565,7 @@ class TestReactorShell:
         assert server["identity"] == {**IDENTITY, "callId": "steady"}
 
     async def test_timer_run_reads_in_one_round_trip(self) -> None:
-        """The ring timer's run, which has no listener event, reads the receiver with the call and skips the group."""
+        """The ring timer's run of a call rung here reads the call and its server document only, in one round trip."""
         store = seeded_store()
         clock = FixedClock(store.now)
         timers = CallTracker()
@@ -582,6 +584,19 @@ class TestReactorShell:
         store.round_trips.clear()
         assert await reactor.handle("steady", time_out=True) is Claim.RUN
         assert store.docs["calls/steady"]["status"] == Status.MISSED
+        assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady"]]
+
+    async def test_timer_run_of_a_call_rung_elsewhere_reads_the_receiver_with_the_call(self) -> None:
+        """A call another replica rang (its devices unknown here) has its receiver read in the same round trip."""
+        store = seeded_store()
+        store.put("calls/steady", known_call(callId="steady"))
+        store.put(f"{CALL_SERVER}/steady", steady_server("pending", {"state": "done"}))
+        clock = FixedClock(store.now)
+        reactor = make_reactor(store, clock=clock)
+        assert await reactor.handle("steady", "bob") is Claim.DONE
+        store.now = clock.now = LATER
+        store.round_trips.clear()
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
         assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob"]]
 
     async def test_metrics_count_decisions_pushes_and_violations(self) -> None:
@@ -678,6 +693,58 @@ def three_devices(now: datetime) -> FakeDevices:
     )
 
 
+class TestTimelineEvents:
+    """Each server step on a call joins its timeline, in the write that records the step."""
+
+    async def test_ring_records_seen_channel_and_each_device_push(self) -> None:
+        """A rung call's timeline: seen pending, its channel, then one push.sent per device with its latency."""
+        store = seeded_store(user={})
+        await make_reactor(store, ScriptedNotifier(), three_devices(store.now)).handle("steady", "bob")
+        kinds = store.kinds("steady")
+        assert kinds[:2] == ["call.seen", "channel.assigned"] and sorted(kinds[2:]) == ["push.sent"] * 3
+        pushes = store.events["steady"][2:]
+        assert sorted(str(e.detail["device"]) for e in pushes) == ["pad", "phone", "tab"]
+        assert all(e.worker == ME and isinstance(e.detail["latencyMs"], float) for e in pushes)
+        assert store.events["steady"][1].detail["channel"] == store.docs["calls/steady"]["channelName"]
+
+    async def test_dead_token_is_a_failed_push_with_its_result(self) -> None:
+        """A device whose token is dead shows as push.failed with result dead_token."""
+        store = seeded_store(user={})
+        await make_reactor(store, ScriptedNotifier(frozenset({"voip-p"})), three_devices(store.now)).handle("steady")
+        failed = [e for e in store.events["steady"] if e.kind.value == "push.failed"]
+        assert [(e.detail["device"], e.detail["result"]) for e in failed] == [("phone", "dead_token")]
+
+    async def test_no_device_is_a_skipped_push(self) -> None:
+        """A receiver without any token: push.skipped with the reason, and no push event."""
+        store = seeded_store(user={})
+        await make_reactor(store, ScriptedNotifier(), FakeDevices()).handle("steady", "bob")
+        assert store.kinds("steady") == ["call.seen", "channel.assigned", "push.skipped"]
+        assert store.events["steady"][-1].detail["reason"] == "no_device_token"
+
+    async def test_timeout_records_lateness_and_stop_ringing(self) -> None:
+        """The ring timer's run: seen missed, ring.timeout with its lateness, stop_ringing.sent per device."""
+        store = seeded_store(user={})
+        clock = FixedClock(store.now)
+        reactor = make_reactor(store, ScriptedNotifier(), three_devices(store.now), clock=clock)
+        await reactor.handle("steady", "bob")
+        store.events.clear()
+        store.now = clock.now = LATER
+        await reactor.handle("steady", time_out=True)
+        kinds = store.kinds("steady")
+        assert kinds[:2] == ["call.seen", "ring.timeout"] and sorted(kinds[2:]) == ["stop_ringing.sent"] * 3
+        assert store.events["steady"][0].detail["status"] == "missed"
+        deadline = store.docs["calls/steady"]["ringDeadline"]
+        assert store.events["steady"][1].detail["lateMs"] == round((LATER - deadline).total_seconds() * 1000)
+
+    async def test_violation_is_on_the_timeline(self) -> None:
+        """A call created as ended is invalid: its timeline holds the violation and its reason."""
+        store = seeded_store()
+        store.put("calls/broken", app_call(Status.ENDED, callId="broken", answeredAt=T0, endedAt=T0))
+        assert await make_reactor(store).handle("broken") is Claim.INVALID
+        assert store.kinds("broken") == ["violation"]
+        assert store.events["broken"][0].detail["reason"] == store.docs["calls/broken"]["violation"]["reason"]
+
+
 class TestFanOut:
     """Every device of the receiver rings; answers stop the others; records are kept per device."""
 
@@ -763,6 +830,31 @@ class TestFanOut:
         assert {kind for _, kind, _ in notifier.sent} == {"call_ended"}
         assert {payload["status"] for _, _, payload in notifier.sent} == {status.value}
 
+    async def test_stop_ringing_goes_to_the_devices_that_rang(self) -> None:
+        """A device registered after the ring never rang: the cancel notifies the ring's devices, not read again."""
+        store = seeded_store(user={})
+        devices = three_devices(store.now)
+        notifier = ScriptedNotifier()
+        reactor = make_reactor(store, notifier, devices)
+        await reactor.handle("steady", "bob", group_hint="group1")
+        devices.devices["bob"]["late"] = {"platform": "android", "fcmToken": "fcm-late", "updatedAt": store.now}
+        notifier.targets.clear()
+        store.apply("calls/steady", {"status": Status.CANCELLED.value, "endedAt": store.now, "updatedAt": store.now})
+        assert await reactor.handle("steady", "bob") is Claim.RUN
+        assert sorted(t.device for t in notifier.targets) == ["pad", "phone", "tab"]
+        assert devices.reads == ["bob"]
+
+    async def test_a_new_reactor_reads_the_devices_for_stop_ringing(self) -> None:
+        """After a restart nothing is known of the ring: the receiver's devices are read for the cancel."""
+        store = seeded_store(user={})
+        devices = three_devices(store.now)
+        await make_reactor(store, ScriptedNotifier(), devices).handle("steady", "bob", group_hint="group1")
+        store.apply("calls/steady", {"status": Status.CANCELLED.value, "endedAt": store.now, "updatedAt": store.now})
+        notifier = ScriptedNotifier()
+        assert await make_reactor(store, notifier, devices).handle("steady", "bob") is Claim.RUN
+        assert sorted(t.device for t in notifier.targets) == ["pad", "phone", "tab"]
+        assert devices.reads == ["bob", "bob"]
+
     async def test_stale_and_excess_devices_pruned_and_not_rung(self) -> None:
         """A device idle past the TTL is deleted after the ring and never rung."""
         store = seeded_store(user={})
@@ -804,13 +896,13 @@ class TestClaimRace:
         store = seeded_store("busy")
         notifier = FakeNotifier()
         watcher = Watcher(
-            db=store,  # type: ignore[arg-type]
+            sweeps=FakeCallSweeps(),
             reactor=make_reactor(store, notifier),
             calls=CallTracker(),
             clock=FixedClock(store.now),
             config=WatcherConfig(sweep_interval_s=15.0),
-            listen=lambda deliver: IdleFeed(),
-            catch_up=NoCatchUp(),
+            listen=FakeFeed,
+            catch_up=FakeCatchUp(),
         )
         with capture_logs() as logs:
             watcher.submit("busy")
@@ -824,32 +916,3 @@ class TestClaimRace:
         assert [(uid, kind) for uid, kind, _ in notifier.sent] == [("bob", "incoming_call")]
         assert store.docs["calls/steady"]["pushSent"] is True
         assert watcher.status()["inFlight"] == 0
-
-
-class IdleFeed:
-    """A change feed that delivers nothing (the test submits calls itself)."""
-
-    restarts = 0
-    subscribed_at: float | None = None
-    active = True
-
-    async def start(self) -> None:
-        return None
-
-    async def restart(self, reason: str) -> None:
-        return None
-
-    async def supervise(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-
-class NoCatchUp:
-    """A catch-up that finds nothing."""
-
-    async def pages(self, gap: Any) -> AsyncIterator[list[Any]]:
-        pages: list[list[Any]] = []
-        for page in pages:
-            yield page

@@ -30,7 +30,7 @@ def _write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
-def _with_port(name: str, port: int) -> dict[str, Any]:
+def _with_port(name: str, port: object) -> dict[str, Any]:
     data = json.loads(json.dumps(RAW))
     data["emulators"][name]["port"] = port
     return data
@@ -89,7 +89,7 @@ class TestLoad:
     def test_bad_port_is_named(self, tmp_path: Path, port: object) -> None:
         """A port that is not an integer in 1..65535 fails naming emulators.<name>.port."""
         with pytest.raises(FirebaseProjectError) as caught:
-            firebase_project.load(_write(tmp_path, _with_port("storage", port)))  # type: ignore[arg-type]
+            firebase_project.load(_write(tmp_path, _with_port("storage", port)))
         assert caught.value.name == "emulators.storage.port"
 
     def test_missing_or_broken_file_is_a_settings_error(self, tmp_path: Path) -> None:

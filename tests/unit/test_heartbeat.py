@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from google.api_core import exceptions as gexc
+from structlog.testing import capture_logs
 
 from memharbor.errors import Unavailable
 from memharbor.heartbeat import Heartbeat
@@ -40,3 +41,13 @@ class TestHeartbeat:
             await heartbeat.beat()
         await heartbeat.retire()
         assert db.docs["workers/w-1"] == {"kind": "watcher"}
+
+    async def test_try_beat_logs_an_outage_instead_of_raising(self) -> None:
+        """A first beat against a database that does not answer is logged and reported False, not raised."""
+        db = FakeFirestore(fail_with=gexc.ServiceUnavailable("down"))
+        with capture_logs() as logs:
+            assert await Heartbeat(db, "watcher", "w-1", 5.0).try_beat() is False
+        assert [(e["event"], e["kind"]) for e in logs] == [("heartbeat.failed", "watcher")]
+        db.fail_with = None
+        assert await Heartbeat(db, "watcher", "w-1", 5.0).try_beat() is True
+        assert db.docs["workers/w-1"]["kind"] == "watcher"

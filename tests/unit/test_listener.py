@@ -15,16 +15,16 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.document import DocumentSnapshot
 from google.cloud.firestore_v1.watch import ChangeType, DocumentChange
 
-from memharbor.listening import SupervisedListener
-from watcher.listener import (
-    CallListener,
-    FeedMark,
+from memharbor.repositories.call_feed import (
     FeedSnapshot,
+    FirestoreCallFeed,
     Gap,
     by_stamp_then_name,
     change_feed_query,
     feed_snapshot,
 )
+from memharbor.repositories.listening import SupervisedListener
+from watcher.listener import FeedMark
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
@@ -313,8 +313,8 @@ class TestCallbackSafety:
 
     async def test_unreadable_change_is_skipped_and_events_keep_flowing(self, client: firestore.Client) -> None:
         """A change whose event cannot be built is logged and left out; the rest and later ones arrive."""
-        query, delivered = FakeQuery(), []
-        listener = SupervisedListener("t", FakeClient, lambda c: query, poisoned_event, delivered.append)  # type: ignore[arg-type]
+        query, delivered = FakeQuery(), list[list[str]]()
+        listener = SupervisedListener("t", FakeClient, lambda c: query, poisoned_event, delivered.append)
         await listener.start()
         watch = query.watches[0]
         poison, good = _snapshot(client, "poison"), _snapshot(client, "good")
@@ -330,8 +330,8 @@ class TestCallbackSafety:
         self, client: firestore.Client
     ) -> None:
         """Any other failure is caught, the watch counts as stopped, and a new one delivers afterwards."""
-        query, delivered = FakeQuery(), []
-        listener = CallListener(lambda: query, delivered.append, window=2)  # type: ignore[arg-type,return-value]
+        query, delivered = FakeQuery(), list[FeedSnapshot]()
+        listener = FirestoreCallFeed(lambda: query, delivered.append, window=2)
         await listener.start()
 
         class Unsortable(list[Any]):
@@ -354,8 +354,8 @@ class TestCallbackSafety:
 
     async def test_refresh_keeps_the_old_watch_until_the_new_one_speaks(self, client: firestore.Client) -> None:
         """A refresh overlaps the watches, and a late failure of the old one does not break the new."""
-        query, delivered = FakeQuery(), []
-        listener = SupervisedListener("t", FakeClient, lambda c: query, poisoned_event, delivered.append)  # type: ignore[arg-type]
+        query, delivered = FakeQuery(), list[list[str]]()
+        listener = SupervisedListener("t", FakeClient, lambda c: query, poisoned_event, delivered.append)
         await listener.start()
         refresh = asyncio.create_task(listener.refresh())
         await until(lambda: len(query.watches) == 2)

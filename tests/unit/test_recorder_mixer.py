@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -18,8 +19,15 @@ def samples(path: Path) -> np.ndarray:
     return np.frombuffer(wav.read_pcm(path)[1], dtype="<i2")
 
 
-def mixer(tmp_path: Path, **kwargs: object) -> TimelineMixer:
-    return TimelineMixer(wav.WavWriter(tmp_path / "mix.wav"), **kwargs)  # type: ignore[arg-type]
+class MixerOptions(TypedDict, total=False):
+    """The TimelineMixer sizes these tests set (the others keep their defaults)."""
+
+    latency_slots: int
+    capacity: int
+
+
+def mixer(tmp_path: Path, **options: Unpack[MixerOptions]) -> TimelineMixer:
+    return TimelineMixer(wav.WavWriter(tmp_path / "mix.wav"), **options)
 
 
 class TestMixing:

@@ -9,6 +9,7 @@ import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import pytest
@@ -36,12 +37,21 @@ class Hooks:
         self.calls.append(("stopping", reason))
 
 
+class SessionOptions(TypedDict, total=False):
+    """The SessionConfig fields these tests set (the others keep their defaults)."""
+
+    idle_s: float
+    max_s: float
+    record_tracks: bool
+    token_ttl_s: int
+
+
 def make(
-    tmp_path: Path, participants: list[SimParticipant], hooks: Hooks | None = None, **config: object
+    tmp_path: Path, participants: list[SimParticipant], hooks: Hooks | None = None, **config: Unpack[SessionOptions]
 ) -> RecordingSession:
     clock = VirtualClock()
     source = SimulatedChannel(participants, clock)
-    settings = SessionConfig(**config)  # type: ignore[arg-type]
+    settings = SessionConfig(**config)
     return RecordingSession(
         SessionPlan("sid-1", "group1_alice_bob", "worker-1", "call-1"),
         source,

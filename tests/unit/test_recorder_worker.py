@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,43 +17,11 @@ from recorder.clock import SessionClock
 from recorder.files import FINALIZED, RecordingDir, Sidecar
 from recorder.listener import SessionEvent
 from recorder.metrics import RecorderStateCollector
-from recorder.session import SessionConfig, SessionPlan
+from recorder.session import SessionConfig
 from recorder.simulated import SimulatedChannel
-from recorder.store import Claim, ClaimResult, SegmentReport
 from recorder.upload import UploadError
 from recorder.worker import Recorder, RecorderConfig
-
-
-class FakeStore:
-    """RecordingSessions that holds no session (claims find nothing) and keeps every completed segment."""
-
-    def __init__(self) -> None:
-        self.completed: list[tuple[str, str, SegmentReport, str | None]] = []
-
-    async def claim(self, sid: str) -> ClaimResult:
-        return ClaimResult(Claim.GONE)
-
-    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
-        return False
-
-    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
-        return False
-
-    async def renew(self, sid: str) -> bool:
-        return False
-
-    async def release(self, sid: str) -> bool:
-        return False
-
-    async def fail(self, sid: str, error: str) -> bool:
-        return False
-
-    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        self.completed.append((sid, owner_id, report, call_id))
-        return "final"
-
-    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
-        return []
+from tests.support.fake_recordings import FakeRecordingSessions
 
 
 class FakeUploader:
@@ -75,17 +44,68 @@ class FakeSession:
         self.stops.append(reason)
 
 
-def recorder(root: Path, store: FakeStore | None = None, uploader: Any = None) -> Recorder:
+class FakeListener:
+    """A session listener that is subscribed until told otherwise."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.restarts = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def supervise(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        return None
+
+
+class FakeHeartbeat:
+    """Beats every `interval_s` by calling the status function, as memharbor.heartbeat does; writes nothing."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.status: Callable[[], dict[str, Any]] = dict
+        self.paused = False
+
+    async def beat(self) -> None:
+        self.status()
+
+    async def try_beat(self) -> bool:
+        await self.beat()
+        return True
+
+    async def run(self) -> None:
+        while True:
+            if not self.paused:
+                await self.beat()
+            await asyncio.sleep(self.interval_s)
+
+    async def retire(self) -> None:
+        return None
+
+
+def recorder(
+    root: Path,
+    store: FakeRecordingSessions | None = None,
+    uploader: FakeUploader | None = None,
+    listener: FakeListener | None = None,
+    heartbeat: FakeHeartbeat | None = None,
+    config: RecorderConfig | None = None,
+) -> Recorder:
+    """A Recorder over fakes (an empty store, a working uploader, a subscribed listener, a heartbeat)."""
     clock = SessionClock()
+    config = config or RecorderConfig(worker_id="me", session=SessionConfig())
     return Recorder(
-        store or FakeStore(),
-        None,
+        store or FakeRecordingSessions(),
+        listener or FakeListener(),
         uploader or FakeUploader(),
         lambda: SimulatedChannel([], clock),
         RecordingDir(root),
-        None,
+        heartbeat or FakeHeartbeat(config.heartbeat_s),
         clock,
-        RecorderConfig(worker_id="me", session=SessionConfig()),
+        config,
         lambda c, u, t: "",
     )
 
@@ -116,7 +136,7 @@ class TestRecovery:
     async def test_crashed_file_is_repaired_uploaded_and_reported(self, tmp_path: Path) -> None:
         """The dead worker's segment becomes a playable upload reported as interrupted, under its owner id."""
         sidecar = leave_crashed_file(tmp_path, "dead-worker")
-        store, uploader = FakeStore(), FakeUploader()
+        store, uploader = FakeRecordingSessions(), FakeUploader()
         assert await recorder(tmp_path, store, uploader).recover() == 1
         [(name, data)] = uploader.uploaded
         assert name == sidecar.filename == "group1_alice_bob_2026-02-03T12-00-00.wav"
@@ -131,7 +151,7 @@ class TestRecovery:
     async def test_finalized_file_is_delivered_not_interrupted(self, tmp_path: Path) -> None:
         """A finished segment whose upload failed earlier is delivered as a normal result."""
         leave_crashed_file(tmp_path, "dead-worker", state=FINALIZED)
-        store = FakeStore()
+        store = FakeRecordingSessions()
         await recorder(tmp_path, store).recover()
         assert not store.completed[0][2].interrupted
 
@@ -141,7 +161,7 @@ class TestRecovery:
         fd = os.open(tmp_path / ".alive.lock", os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            store = FakeStore()
+            store = FakeRecordingSessions()
             assert await recorder(tmp_path, store).recover() == 0
             assert store.completed == [] and len(RecordingDir(tmp_path).sidecars()) == 1
         finally:
@@ -150,7 +170,7 @@ class TestRecovery:
     async def test_failed_upload_keeps_the_sidecar_for_later(self, tmp_path: Path) -> None:
         """When Storage is down nothing is reported and the file stays marked for the next attempt."""
         leave_crashed_file(tmp_path, "dead-worker")
-        store = FakeStore()
+        store = FakeRecordingSessions()
         assert await recorder(tmp_path, store, FakeUploader(fail=True)).recover() == 0
         assert store.completed == [] and len(RecordingDir(tmp_path).sidecars()) == 1
 
@@ -212,44 +232,6 @@ def scraped(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
     }
 
 
-class FakeListener:
-    """A session listener that is subscribed until told otherwise."""
-
-    def __init__(self) -> None:
-        self.active = True
-        self.restarts = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def supervise(self) -> None:
-        await asyncio.Event().wait()
-
-    async def stop(self) -> None:
-        return None
-
-
-class FakeHeartbeat:
-    """Beats every `interval_s` by calling the status function, as memharbor.heartbeat does; writes nothing."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self.status: Any = dict
-        self.paused = False
-
-    async def beat(self) -> None:
-        self.status()
-
-    async def run(self) -> None:
-        while True:
-            if not self.paused:
-                await self.beat()
-            await asyncio.sleep(self.interval_s)
-
-    async def retire(self) -> None:
-        return None
-
-
 class TestRecorderMetrics:
     """What the recorder counts for Prometheus, read through its registry."""
 
@@ -297,19 +279,9 @@ class TestRecorderProbes:
 
     async def test_probes_through_a_run(self, tmp_path: Path) -> None:
         """Starting: live, not ready; swept: ready; listener down: neither; stopping: draining."""
-        clock = SessionClock()
         listener, heartbeat = FakeListener(), FakeHeartbeat(0.02)
-        rec = Recorder(
-            FakeStore(),
-            listener,
-            FakeUploader(),
-            lambda: SimulatedChannel([], clock),
-            RecordingDir(tmp_path),
-            heartbeat,
-            clock,
-            RecorderConfig(worker_id="me", sweep_s=0.02, heartbeat_s=0.02),
-            lambda c, u, t: "",
-        )
+        config = RecorderConfig(worker_id="me", sweep_s=0.02, heartbeat_s=0.02)
+        rec = recorder(tmp_path, listener=listener, heartbeat=heartbeat, config=config)
         heartbeat.status = rec.heartbeat_status
         assert rec.liveness_problems() == []
         assert rec.readiness_problems() == ["starting: no claim sweep yet"]

@@ -20,10 +20,9 @@ from memharbor.recording_requests import (
     DEFAULT_RECORDER_UID,
     call_session_id,
     may_access,
-    new_request,
     parse_legacy_channel,
 )
-from memharbor.repositories.recordings import FirestoreRecordingRepository
+from memharbor.repositories.recordings import FirestoreRecordingRepository, new_request
 from tests.support.api_worlds import (
     ALICE,
     AS_ADMIN,

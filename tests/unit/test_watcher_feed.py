@@ -1,13 +1,18 @@
-"""The watcher's handling of feed snapshots and of the catch-up they call for, with in-memory fakes."""
+"""The watcher's handling of feed snapshots, of the catch-up they call for and of its sweep, with in-memory fakes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from watcher.listener import CallEvent, FeedMark, FeedSnapshot, Gap
+from structlog.testing import capture_logs
+
+from memharbor.repositories.call_feed import CallEvent, FeedSnapshot, Gap
+from tests.support.fake_call_feed import FakeCallSweeps, FakeCatchUp, FakeFeed
+from tests.support.http_fakes import FakeClock
+from watcher.listener import FeedMark
 from watcher.tracking import CallTracker
 from watcher.worker import Watcher, WatcherConfig
 
@@ -34,69 +39,18 @@ class FakeReactor:
         self.handled.append((call_id, time_out))
         return "done"
 
-
-class FakeFeed:
-    """The listener as the watcher drives it, made from the watcher's own snapshot method."""
-
-    def __init__(self, deliver: Callable[[FeedSnapshot], None]) -> None:
-        self.deliver = deliver
-        self.restarts = 0
-        self.subscribed_at: float | None = None
-        self.active = True
-
-    async def start(self) -> None:
-        pass
-
-    async def restart(self, reason: str) -> None:
-        self.restarts += 1
-
-    async def supervise(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
+    def prune(self, active_ids: set[str]) -> None:
+        self.done = {c: s for c, s in self.done.items() if c in active_ids}
 
 
-class FakeCatchUp:
-    """Serves the calls stored for it, page by page; can hold a pass, or fail the first one."""
-
-    def __init__(self, calls: list[CallEvent] | None = None, fail_first: bool = False) -> None:
-        self.calls = calls or []
-        self.gaps: list[Gap] = []
-        self.fail_first = fail_first
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def pages(self, gap: Gap) -> AsyncIterator[list[CallEvent]]:
-        self.gaps.append(gap)
-        await self.gate.wait()
-        if self.fail_first:
-            self.fail_first = False
-            raise ConnectionError("dropped")
-        found = [c for c in self.calls if c.updated_at is not None and gap.since <= c.updated_at <= gap.until]
-        for start in range(0, len(found), 2):
-            yield found[start : start + 2]
-
-
-class FakeClock:
-    """Wall time fixed at T0; monotonic time moved by the test."""
-
-    def __init__(self) -> None:
-        self.mono = 0.0
-
-    def time(self) -> float:
-        return T0.timestamp()
-
-    def monotonic(self) -> float:
-        return self.mono
-
-
-def make_watcher(reactor: FakeReactor, catch_up: FakeCatchUp | None = None) -> Watcher:
+def make_watcher(
+    reactor: FakeReactor, catch_up: FakeCatchUp | None = None, sweeps: FakeCallSweeps | None = None
+) -> Watcher:
     return Watcher(
-        db=None,  # type: ignore[arg-type]
-        reactor=reactor,  # type: ignore[arg-type]
+        sweeps=sweeps or FakeCallSweeps(),
+        reactor=reactor,
         calls=CallTracker(),
-        clock=FakeClock(),
+        clock=FakeClock(T0.timestamp(), mono=0.0),
         config=WatcherConfig(sweep_interval_s=15.0, catch_up_retry_s=0.01),
         listen=FakeFeed,
         catch_up=catch_up or FakeCatchUp(),
@@ -250,7 +204,9 @@ class TestProbes:
         assert watcher.liveness_problems() == []
         clock.mono = 100.0
         assert watcher.liveness_problems() == ["no snapshot or sweep for 100 s (limit 60 s)"]
-        watcher.listener.active = False  # type: ignore[misc]
+        feed = watcher.listener
+        assert isinstance(feed, FakeFeed)
+        feed.active = False
         assert "the change feed is not subscribed" in watcher.liveness_problems()
 
 
@@ -272,3 +228,63 @@ class TestChangeCounts:
         registry = watcher.metrics.registry
         assert registry.get_sample_value("memharbor_watcher_changes_total", {"source": "feed"}) == 1
         assert registry.get_sample_value("memharbor_watcher_changes_total", {"source": "catch_up"}) == 1
+
+
+def ago(seconds: float) -> datetime:
+    return T0 - timedelta(seconds=seconds)
+
+
+class TestSweep:
+    """The sweep backs up the timers and the feed through the CallSweeps port."""
+
+    async def test_overdue_call_without_a_timer_is_timed_out(self) -> None:
+        """A ringing call past its deadline is timed out unless its own timer is armed."""
+        sweeps = FakeCallSweeps()
+        sweeps.put("late", ago(60), status="pending", updatedAt=ago(60), ringDeadline=ago(1))
+        sweeps.put("armed", ago(60), status="pending", updatedAt=ago(60), ringDeadline=ago(1))
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, sweeps=sweeps)
+        watcher.calls.schedule_timeout("armed", T0 + timedelta(seconds=5))
+        assert (await watcher.sweep_once())["overdue"] == 1
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert ("late", True) in reactor.handled and ("armed", True) not in reactor.handled
+
+    async def test_missed_changes_and_open_effects_are_handled(self) -> None:
+        """An unseen active call, an open claim and a call that left the active set run; a known one does not."""
+        sweeps = FakeCallSweeps()
+        sweeps.put("known", T0, status="accepted", updatedAt=ago(30))
+        sweeps.put("unseen", T0, status="pending", updatedAt=ago(30))
+        sweeps.put("left", T0, status="ended", updatedAt=ago(30))
+        sweeps.servers = {"left": {"status": "accepted"}, "claimed": {"status": "ended", "effectOpen": True}}
+        reactor = FakeReactor(done={"known": "accepted"})
+        watcher = make_watcher(reactor, sweeps=sweeps)
+        watcher.on_events([event("known", "MODIFIED", "accepted", T0)])  # arrived; its effects are done
+        assert await watcher.sweep_once() == {"overdue": 0, "missed": 0, "malformed": 0}
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert sorted(c for c, _ in reactor.handled) == ["claimed", "left", "unseen"]
+
+    async def test_an_undelivered_app_change_restarts_the_feed(self) -> None:
+        """An app change made after the watch subscribed and not delivered within the grace is a stall."""
+        sweeps = FakeCallSweeps()
+        sweeps.put("lost", ago(20), status="pending", updatedAt=ago(20))
+        watcher = make_watcher(FakeReactor(), sweeps=sweeps)
+        feed = watcher.listener
+        assert isinstance(feed, FakeFeed)
+        feed.subscribed_at = ago(60).timestamp()
+        assert (await watcher.sweep_once())["missed"] == 1
+        assert feed.restarts == 1 and watcher.stalls == 1
+
+    async def test_malformed_stamp_is_reported_once_per_version(self) -> None:
+        """A call whose `updatedAt` is no timestamp is reported and handled once, again when it changes."""
+        sweeps = FakeCallSweeps()
+        sweeps.put("odd", T0, status="ended", updatedAt="yesterday")
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, sweeps=sweeps)
+        with capture_logs() as logs:
+            for version in (T0, T0, T0 + timedelta(seconds=1)):
+                sweeps.versions["odd"] = version
+                assert (await watcher.sweep_once())["malformed"] == 1
+                await asyncio.gather(*watcher.calls.in_flight())
+        reports = [e for e in logs if e["event"] == "call.updated_at_malformed"]
+        assert [(e["kind"], e["value_type"]) for e in reports] == [("above_timestamps", "str")] * 2
+        assert reactor.handled == [("odd", False)] * 2

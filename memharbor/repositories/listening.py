@@ -1,4 +1,5 @@
-"""A supervised Firestore `on_snapshot` listener, shared by the watcher and the recorder.
+"""A supervised Firestore `on_snapshot` listener (the watch-stream adapter), shared by the watcher's feed
+(memharbor/repositories/call_feed.py) and the recorder.
 
 The sync client calls back on its own thread, so the callback only turns the snapshot into a small
 batch (`_batch`) and hands it to the asyncio loop with `call_soon_threadsafe`. An exception escaping
@@ -19,9 +20,7 @@ import functools
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
-
-from google.cloud import firestore
+from typing import Any, Generic, Protocol, TypeVar
 
 from memharbor.logs import get_logger
 
@@ -33,6 +32,16 @@ log = get_logger()
 _REFRESH_OVERLAP_S = 10.0
 
 
+class ListenClient(Protocol):
+    """The part of the sync `google.cloud.firestore.Client` a watch holds itself: it closes it on stop.
+
+    The client is made on first subscribe (`make_client`) and handed to `make_query`, which knows what it
+    is; tests pass stand-ins whose queries they drive.
+    """
+
+    def close(self) -> None: ...
+
+
 class SupervisedWatch(abc.ABC, Generic[B]):
     """Owns one watch on the query `make_query(client)`; delivers one batch per snapshot on the loop.
 
@@ -42,8 +51,8 @@ class SupervisedWatch(abc.ABC, Generic[B]):
     def __init__(
         self,
         name: str,
-        make_client: Callable[[], firestore.Client],
-        make_query: Callable[[firestore.Client], Any],
+        make_client: Callable[[], ListenClient],
+        make_query: Callable[[Any], Any],
         deliver: Callable[[B], None],
         max_backoff_s: float = 30.0,
         refresh_every_s: float | None = None,
@@ -52,7 +61,7 @@ class SupervisedWatch(abc.ABC, Generic[B]):
         self._make_client = make_client
         self._make_query = make_query
         self._deliver = deliver
-        self._client: firestore.Client | None = None
+        self._client: ListenClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: Any = None
         self._max_backoff_s = max_backoff_s
@@ -199,8 +208,8 @@ class SupervisedListener(SupervisedWatch[list[E]], Generic[E]):
     def __init__(
         self,
         name: str,
-        make_client: Callable[[], firestore.Client],
-        make_query: Callable[[firestore.Client], Any],
+        make_client: Callable[[], ListenClient],
+        make_query: Callable[[Any], Any],
         to_event: Callable[[Any], E],
         deliver: Callable[[list[E]], None],
         max_backoff_s: float = 30.0,

@@ -1,5 +1,5 @@
-"""The recorder's Firestore writes on `recordings/{sid}` (and `calls/{callId}.recordingId`), each a
-transaction that first checks who holds the session's lease.
+"""The recordings aggregate (`recordings/{sid}`) as the recorder uses it: claims, leases, results; its port
+and Firestore adapter, and the query of unfinished sessions its listener and sweep read.
 
 A session is held by the worker named in `workerId` until `leaseUntil`. A `requested` session is
 claimed by setting both; the holder renews the lease while it records. Once a lease has lapsed,
@@ -7,13 +7,15 @@ another worker takes a `recording` session over (a new file segment: the old hol
 its disk until its recovery uploads it), while a session that was asked to stop (or was `stopping`)
 is marked `failed` instead, to be upgraded to `stopped` if the old holder's file is ever recovered.
 
-Every operation runs through the shared Guard (memharbor/repositories/guarded.py): bounded in time,
-with a client failure raised as `memharbor.errors.Unavailable`.
+Every write is a transaction that first checks who holds the session's lease (and a result also sets
+`calls/{callId}.recordingId`). The requests themselves are the REST shim's and the watcher's
+(memharbor/repositories/recordings.py).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -27,10 +29,18 @@ from memharbor.calls import ACTIVE
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus, parse_legacy_channel
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
 from memharbor.repositories.paths import CALLS, RECORDINGS
+from memharbor.repositories.recordings import Session
 from memharbor.wav import SPEC
-from recorder.session import SessionPlan
 
 _IN_PROGRESS = sorted(s.value for s in IN_PROGRESS)
+
+# The thread-based client, the only one that offers on_snapshot: the recorder's listener watches through it.
+SyncClient = firestore.Client
+
+
+def unfinished_sessions(client: FirestoreClient) -> Any:
+    """The query of sessions not finished yet (requested, recording or stopping), on either client."""
+    return client.collection(RECORDINGS).where(filter=FieldFilter("status", "in", _IN_PROGRESS))
 
 
 class Claim(enum.Enum):
@@ -44,8 +54,12 @@ class Claim(enum.Enum):
 
 @dataclass
 class ClaimResult:
+    """What a claim found. When the session is ours (NEW, TAKEOVER), `channel` is set, and `call_id` when it
+    is a call's; when it failed, `error` says why."""
+
     claim: Claim
-    plan: SessionPlan | None = None
+    channel: str | None = None
+    call_id: str | None = None
     error: str | None = None
 
 
@@ -65,6 +79,7 @@ class SegmentReport:
     tracks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_entry(self) -> dict[str, Any]:
+        """The segment as one entry of the document's `segments`."""
         entry: dict[str, Any] = {
             "filename": self.filename,
             "url": self.url,
@@ -79,6 +94,44 @@ class SegmentReport:
         if self.tracks:
             entry["tracks"] = self.tracks
         return entry
+
+
+class RecordingSessions(Protocol):
+    """The stored sessions as one recorder worker uses them: claims, leases and results."""
+
+    async def claim(self, sid: str) -> ClaimResult:
+        """Try to take the session: a new one, or one whose holder's lease lapsed."""
+        ...
+
+    async def mark_recording(self, sid: str, filename: str, started_at: datetime) -> bool:
+        """`status: recording` with the file being written; False when the session is no longer ours."""
+        ...
+
+    async def mark_stopping(self, sid: str, reason: str) -> bool:
+        """`status: stopping` with the reason; False when the session is no longer ours."""
+        ...
+
+    async def renew(self, sid: str) -> bool:
+        """Extend the lease; False when another worker holds the session now (or it is over)."""
+        ...
+
+    async def release(self, sid: str) -> bool:
+        """Give back a session claimed but not begun (on shutdown), for another worker to claim at once."""
+        ...
+
+    async def fail(self, sid: str, error: str) -> bool:
+        """Mark a session this worker holds `failed` with the reason."""
+        ...
+
+    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
+        """Write a finished segment: the session's result when `owner_id` still holds it ("final"), else
+        one more entry of its `segments` ("segment"); "gone" when the document does not exist.
+        """
+        ...
+
+    async def in_progress(self, limit: int = 500) -> list[Session]:
+        """Sessions not yet finished (for the sweep)."""
+        ...
 
 
 def _ts(value: Any) -> datetime | None:
@@ -120,56 +173,44 @@ def _final_update(doc: dict[str, Any], report: SegmentReport, entry: dict[str, A
     return update
 
 
-class RecordingSessions(Protocol):
-    """The stored sessions as one recorder worker uses them: claims, leases and results."""
-
-    async def claim(self, sid: str) -> ClaimResult:
-        """Try to take the session: a new one, or one whose holder's lease lapsed."""
-        ...
-
-    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
-        """`status: recording` with the file being written; False when the session is no longer ours."""
-        ...
-
-    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
-        """`status: stopping` with the reason; False when the session is no longer ours."""
-        ...
-
-    async def renew(self, sid: str) -> bool:
-        """Extend the lease; False when another worker holds the session now (or it is over)."""
-        ...
-
-    async def release(self, sid: str) -> bool:
-        """Give back a session claimed but not begun (on shutdown), for another worker to claim at once."""
-        ...
-
-    async def fail(self, sid: str, error: str) -> bool:
-        """Mark a session this worker holds `failed` with the reason."""
-        ...
-
-    async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        """Write a finished segment: the session's result when `owner_id` still holds it ("final"), else
-        one more entry of its `segments` ("segment"); "gone" when the document does not exist.
-        """
-        ...
-
-    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
-        """Sessions not yet finished (for the sweep)."""
-        ...
+def _request_error(doc: dict[str, Any], call: dict[str, Any] | None) -> str | None:
+    """Why a requested session cannot be recorded (its channel, or its call), or None."""
+    channel = doc.get("channel")
+    problem = agora.channel_name_error(channel)
+    if problem is not None:
+        return f"invalid channel: {problem}"
+    if doc.get("callId"):
+        if call is None:
+            return f"unknown call {doc.get('callId')}"
+        if call.get("status") not in {s.value for s in ACTIVE}:
+            return f"the call is {call.get('status')}, not active"
+        if call.get("channelName") != channel:
+            return "channel is not the call's channel"
+    return None
 
 
-class SessionStore:
-    """RecordingSessions over an asyncio Firestore client; every operation is guarded (time bound, Unavailable)."""
+def _failure(error: str) -> dict[str, Any]:
+    return {
+        "status": RecordingStatus.FAILED.value,
+        "error": error,
+        "stoppedAt": firestore.SERVER_TIMESTAMP,
+        "leaseUntil": firestore.DELETE_FIELD,
+    }
+
+
+class FirestoreRecordingSessions:
+    """RecordingSessions over an asyncio Firestore client, for the worker `worker_id`; every operation is
+    guarded (time bound, Unavailable)."""
 
     def __init__(
         self,
-        db: FirestoreClient,
+        client: Callable[[], FirestoreClient],
         worker_id: str,
         lease_s: float,
         bot_uid: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self._guard = Guard(lambda: db, timeout_s)
+        self._guard = Guard(client, timeout_s)
         self.worker_id = worker_id
         self.lease_s = lease_s
         self.bot_uid = bot_uid
@@ -192,16 +233,14 @@ class SessionStore:
                 if isinstance(call_id, str) and call_id:
                     call_snap = await db.collection(CALLS).document(call_id).get(transaction=tx)
                     call = call_snap.to_dict() if call_snap.exists else None
-                return self._decide(tx, ref, sid, doc, call)
+                return self._decide(tx, ref, doc, call)
 
             result: ClaimResult = await run(db.transaction())
             return result
 
         return await self._guard.run(operation)
 
-    def _decide(
-        self, tx: AsyncTransaction, ref: Any, sid: str, doc: dict[str, Any], call: dict[str, Any] | None
-    ) -> ClaimResult:
+    def _decide(self, tx: AsyncTransaction, ref: Any, doc: dict[str, Any], call: dict[str, Any] | None) -> ClaimResult:
         status = doc.get("status")
         if status not in _IN_PROGRESS:
             return ClaimResult(Claim.DONE)
@@ -212,46 +251,22 @@ class SessionStore:
             return ClaimResult(Claim.BUSY)
         stop_asked = bool(doc.get(STOP_FIELD))
         if status == RecordingStatus.REQUESTED:
-            error = self._request_error(doc, call) or ("stopped before recording began" if stop_asked else None)
+            error = _request_error(doc, call) or ("stopped before recording began" if stop_asked else None)
             if error is not None:
-                tx.update(ref, self._failure(error))
+                tx.update(ref, _failure(error))
                 return ClaimResult(Claim.FAILED, error=error)
             claim = Claim.NEW
             update: dict[str, Any] = {"uid": self.bot_uid, **_participants(doc, call)}
         elif stop_asked or status == RecordingStatus.STOPPING:
             error = f"recorder {holder} stopped answering while {status}; its file is uploaded if it is recovered"
-            tx.update(ref, {**self._failure(error), "workerId": holder, "interrupted": True})
+            tx.update(ref, {**_failure(error), "workerId": holder, "interrupted": True})
             return ClaimResult(Claim.FAILED, error=error)
         else:
             claim = Claim.TAKEOVER
             update = {"interrupted": True, "takeovers": firestore.Increment(1), "previousWorkerId": holder}
         tx.update(ref, {**update, "workerId": self.worker_id, "leaseUntil": self._lease()})
         call_id = doc.get("callId") if isinstance(doc.get("callId"), str) else None
-        plan = SessionPlan(sid=sid, channel=str(doc["channel"]), worker_id=self.worker_id, call_id=call_id)
-        return ClaimResult(claim, plan)
-
-    @staticmethod
-    def _request_error(doc: dict[str, Any], call: dict[str, Any] | None) -> str | None:
-        channel = doc.get("channel")
-        problem = agora.channel_name_error(channel)
-        if problem is not None:
-            return f"invalid channel: {problem}"
-        if doc.get("callId"):
-            if call is None:
-                return f"unknown call {doc.get('callId')}"
-            if call.get("status") not in {s.value for s in ACTIVE}:
-                return f"the call is {call.get('status')}, not active"
-            if call.get("channelName") != channel:
-                return "channel is not the call's channel"
-        return None
-
-    def _failure(self, error: str) -> dict[str, Any]:
-        return {
-            "status": RecordingStatus.FAILED.value,
-            "error": error,
-            "stoppedAt": firestore.SERVER_TIMESTAMP,
-            "leaseUntil": firestore.DELETE_FIELD,
-        }
+        return ClaimResult(claim, channel=str(doc["channel"]), call_id=call_id)
 
     async def _if_held(self, sid: str, update: dict[str, Any], statuses: frozenset[str]) -> bool:
         """Apply `update` when this worker holds the session in one of `statuses`."""
@@ -282,8 +297,8 @@ class SessionStore:
 
         return await self._guard.run(operation)
 
-    async def mark_recording(self, plan: SessionPlan, filename: str, started_at: datetime) -> bool:
-        doc = await self._read(plan.sid)
+    async def mark_recording(self, sid: str, filename: str, started_at: datetime) -> bool:
+        doc = await self._read(sid)
         update: dict[str, Any] = {
             "status": RecordingStatus.RECORDING.value,
             "filename": filename,
@@ -294,11 +309,11 @@ class SessionStore:
         if _ts(doc.get("recordedAt")) is None:
             update["recordedAt"] = started_at
         statuses = frozenset({RecordingStatus.REQUESTED.value, RecordingStatus.RECORDING.value})
-        return await self._if_held(plan.sid, update, statuses)
+        return await self._if_held(sid, update, statuses)
 
-    async def mark_stopping(self, plan: SessionPlan, reason: str) -> bool:
+    async def mark_stopping(self, sid: str, reason: str) -> bool:
         update = {"status": RecordingStatus.STOPPING.value, "stopReason": reason, "leaseUntil": self._lease()}
-        return await self._if_held(plan.sid, update, frozenset(_IN_PROGRESS))
+        return await self._if_held(sid, update, frozenset(_IN_PROGRESS))
 
     async def renew(self, sid: str) -> bool:
         return await self._if_held(sid, {"leaseUntil": self._lease()}, frozenset(_IN_PROGRESS))
@@ -308,7 +323,7 @@ class SessionStore:
         return await self._if_held(sid, update, frozenset({RecordingStatus.REQUESTED.value}))
 
     async def fail(self, sid: str, error: str) -> bool:
-        return await self._if_held(sid, self._failure(error), frozenset(_IN_PROGRESS))
+        return await self._if_held(sid, _failure(error), frozenset(_IN_PROGRESS))
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
         async def operation(db: FirestoreClient) -> str:
@@ -337,9 +352,8 @@ class SessionStore:
 
         return await self._guard.run(operation)
 
-    async def in_progress(self, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
-        async def operation(db: FirestoreClient) -> list[tuple[str, dict[str, Any]]]:
-            query = db.collection(RECORDINGS).where(filter=FieldFilter("status", "in", _IN_PROGRESS)).limit(limit)
-            return [(snap.id, snap.to_dict() or {}) async for snap in query.stream()]
+    async def in_progress(self, limit: int = 500) -> list[Session]:
+        async def operation(db: FirestoreClient) -> list[Session]:
+            return [(snap.id, snap.to_dict() or {}) async for snap in unfinished_sessions(db).limit(limit).stream()]
 
         return await self._guard.run(operation)
