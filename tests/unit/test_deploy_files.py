@@ -87,14 +87,15 @@ class TestCompose:
         assert seconds("http") > 10 and seconds("watcher") > 10
         assert seconds("recorder") > recorder_drain
 
-    def test_health_checked_on_http_only(self) -> None:
-        """http's healthcheck asks /livez on its port (not Firestore); the workers disable the image's."""
+    def test_each_service_checks_its_own_livez(self) -> None:
+        """http's healthcheck asks /livez on its port (not Firestore); each worker its /livez on its metrics port."""
         services = COMPOSE["services"]
         test = " ".join(services["http"]["healthcheck"]["test"])
         port = http_settings(VALID).port
         assert f"127.0.0.1:{port}/livez" in test and services["http"]["ports"] == [f"{port}:{port}"]
-        assert services["watcher"]["healthcheck"] == {"disable": True}
-        assert services["recorder"]["healthcheck"] == {"disable": True}
+        for name in ("watcher", "recorder"):
+            metrics_port = services[name]["environment"]["MEMHARBOR_METRICS_PORT"]
+            assert f"127.0.0.1:{metrics_port}/livez" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
 class TestEnvExample:
