@@ -15,11 +15,11 @@ from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
 from memharbor.metrics_server import WORKER_HOST, MetricsServer
-from memharbor.repositories.call_effects import FirestoreCallEffects
+from memharbor.repositories.call_effects import CallEffectsStore, FirestoreCallEffects
 from memharbor.repositories.call_feed import FeedSnapshot, FirestoreCallFeed, FirestoreCallSweeps, FirestoreCatchUp
 from memharbor.repositories.client import close_async_client
-from memharbor.repositories.devices import FirestoreDevices
-from memharbor.repositories.recordings import FirestoreRecordingRepository
+from memharbor.repositories.devices import DeviceStore, FirestoreDevices
+from memharbor.repositories.recordings import CallRecordings, FirestoreRecordingRepository
 from memharbor.settings import WatcherSettings
 from watcher.metrics import WatcherMetrics, WatcherStateCollector
 from watcher.push import Notifier, RoutingNotifier, SinkNotifier, Transport, push_status
@@ -91,26 +91,10 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
         calls = CallTracker()
         metrics = WatcherMetrics()
         devices = FirestoreDevices(lambda: db)
-        reactor = CallReactor(
-            FirestoreCallEffects(lambda: db),
-            devices,
-            notifier,
-            clock,
-            ReactorConfig(
-                instance_id=instance_id,
-                ring_timeout_s=settings.ring_timeout_s,
-                device_ttl_s=settings.device_ttl_days * 86400.0,
-                max_devices=settings.max_devices_per_user,
-            ),
-            schedule_timeout=calls.schedule_timeout,
-            cancel_timeout=calls.cancel_timeout,
-            # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
-            # off, and an ended call's recordings are stopped whoever asked for them.
-            recording_hooks=FirestoreRecordingHooks(
-                FirestoreRecordingRepository(lambda: db), record_all_calls=settings.record_calls
-            ),
-            metrics=metrics,
+        repositories = _Repositories(
+            FirestoreCallEffects(lambda: db), devices, FirestoreRecordingRepository(lambda: db)
         )
+        reactor = _reactor(settings, instance_id, repositories, notifier, clock, calls, metrics)
 
         def listen(deliver: Callable[[FeedSnapshot], None]) -> FirestoreCallFeed:
             return FirestoreCallFeed(lambda: firebase.firestore_sync(settings), deliver, settings.listen_window)
@@ -140,6 +124,45 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             lambda: {**watcher.status(), "push": push_status(notifier)},
         )
         yield Composition(watcher, heartbeat)
+
+
+@dataclass(frozen=True)
+class _Repositories:
+    """The reactor's ports over Firestore."""
+
+    calls: CallEffectsStore
+    devices: DeviceStore
+    recordings: CallRecordings
+
+
+def _reactor(
+    settings: WatcherSettings,
+    instance_id: str,
+    repositories: _Repositories,
+    notifier: Notifier,
+    clock: SystemClock,
+    calls: CallTracker,
+    metrics: WatcherMetrics,
+) -> CallReactor:
+    """The reactor over Firestore's repositories, arming its ring timers in `calls`."""
+    return CallReactor(
+        repositories.calls,
+        repositories.devices,
+        notifier,
+        clock,
+        ReactorConfig(
+            instance_id=instance_id,
+            ring_timeout_s=settings.ring_timeout_s,
+            device_ttl_s=settings.device_ttl_days * 86400.0,
+            max_devices=settings.max_devices_per_user,
+        ),
+        schedule_timeout=calls.schedule_timeout,
+        cancel_timeout=calls.cancel_timeout,
+        # Always wired: a call's own `record: true` asks for a recording even when MEMHARBOR_RECORD_CALLS is
+        # off, and an ended call's recordings are stopped whoever asked for them.
+        recording_hooks=FirestoreRecordingHooks(repositories.recordings, record_all_calls=settings.record_calls),
+        metrics=metrics,
+    )
 
 
 async def _serve_metrics(owned: contextlib.AsyncExitStack, settings: WatcherSettings, watcher: Watcher) -> None:

@@ -436,26 +436,9 @@ class CallReactor:
         landing = _Landing(self._store, call_id, status, len(todo), announce)
 
         async def one(target: PushTarget) -> tuple[str, dict[str, Any]]:
-            started = self._clock.monotonic()
-            result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
-            record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
-            took_s = self._clock.monotonic() - started
-            self._metrics.push(kind, target.platform, str(record["result"]), took_s)
-            event = "push.sent" if result.sent else "push.failed"
-            log.info(
-                event, call_id=call_id, kind=kind, device=target.device, platform=target.platform, error=result.error
-            )
-            if result.token_invalid:
+            record, noted = await self._push(call_id, status, target, kind, payload, expires, wanted)
+            if record["result"] == "dead_token":
                 await self._forget_token(audience.uid, target)
-            noted = self._event(
-                _PUSH_EVENTS[(kind, result.sent)],
-                device=target.device,
-                platform=target.platform,
-                status=status,
-                result=str(record["result"]),
-                reason=result.error,
-                latencyMs=round(took_s * 1000, 1),
-            )
             await landing.landed(target.device, record, noted)
             return target.device, record
 
@@ -463,6 +446,35 @@ class CallReactor:
         ordered = [landed[t.device] if t.device in landed else earlier[t.device] for t in targets]
         records, events = landing.rest()
         return _FanOut(ordered, records, skipped + events)
+
+    async def _push(
+        self,
+        call_id: str,
+        status: str,
+        target: PushTarget,
+        kind: Kind,
+        payload: dict[str, str],
+        expires: datetime,
+        wanted: Callable[[], Awaitable[bool]] | None,
+    ) -> tuple[dict[str, Any], Event]:
+        """Push to one device: its record for callServer, and its timeline event (with the push's latency)."""
+        started = self._clock.monotonic()
+        result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
+        record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
+        took_s = self._clock.monotonic() - started
+        self._metrics.push(kind, target.platform, str(record["result"]), took_s)
+        event = "push.sent" if result.sent else "push.failed"
+        log.info(event, call_id=call_id, kind=kind, device=target.device, platform=target.platform, error=result.error)
+        noted = self._event(
+            _PUSH_EVENTS[(kind, result.sent)],
+            device=target.device,
+            platform=target.platform,
+            status=status,
+            result=str(record["result"]),
+            reason=result.error,
+            latencyMs=round(took_s * 1000, 1),
+        )
+        return record, noted
 
     async def _forget_token(self, uid: str, target: PushTarget) -> None:
         removed = await self._devices.forget_token(uid, target.device, target.user_field, target.token)

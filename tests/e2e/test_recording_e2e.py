@@ -260,3 +260,22 @@ class TestWatcherWithTheRecorder:
         assert tone_share(samples, 440) > 0.2 and tone_share(samples, 1000) > 0.2
         assert db.collection("calls").document(call_id).get().get("recordingId") == sid
         assert [d.id for d in db.collection("recordings").stream()] == [sid]
+        # The call's timeline holds the recording's steps, the watcher's request and the recorder's work.
+        wanted = [
+            "recording.requested",
+            "recording.claimed",
+            "recording.started",
+            "recording.uploaded",
+            "recording.stopped",
+        ]
+
+        def recording_steps() -> list[dict[str, Any]] | None:
+            events = db.collection("callServer").document(call_id).collection("events").stream()
+            steps = [e.to_dict() or {} for e in events if str((e.to_dict() or {}).get("kind")).startswith("recording.")]
+            return steps if len(steps) >= len(wanted) else None
+
+        steps = wait_for(recording_steps, what="the recording's timeline events")
+        assert sorted(e["kind"] for e in steps) == sorted(wanted)
+        assert {e["detail"]["sid"] for e in steps} == {sid}
+        stopped = next(e for e in steps if e["kind"] == "recording.stopped")
+        assert stopped["detail"]["reason"] == "requested" and stopped["detail"]["durationMs"] == doc["duration"]

@@ -282,10 +282,13 @@ class TestHealth:
         past the cache's lifetime instead of sleeping through it.
         """
         clock = SteppedClock()
-        client = LazyClient(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
+        firestore_client = LazyClient(lambda: firestore.AsyncClient(project=clean_emulators.project_id))
         auth = FakeAuthenticator({"tok-ops": Principal(uid="ops", admin=True)})
         deps = Deps(
-            authenticator=auth, calls=FirestoreCallRepository(client), health=FirestoreWorkers(client), clock=clock
+            authenticator=auth,
+            calls=FirestoreCallRepository(firestore_client),
+            health=FirestoreWorkers(firestore_client),
+            clock=clock,
         )
         settings = http_settings(
             {"FIREBASE_PROJECT_ID": clean_emulators.project_id, "AGORA_APP_ID": APP_ID, "AGORA_APP_CERT": APP_CERT}
@@ -309,7 +312,7 @@ class TestHealth:
                 assert body["status"] == "ok"
                 assert (await get(client, "/api/health"))[1]["workers"]["watcher"] == {"alive": 1}
         finally:
-            await client.aclose()
+            await firestore_client.aclose()
 
 
 class TestLazyClient:

@@ -227,6 +227,34 @@ class TestMetrics:
         assert samples.get(("memharbor_watcher_violations_total", (("reason", "invalid"),)), 0) == 0
 
 
+def timeline_events(db: firestore.Client, call_id: str) -> list[dict[str, Any]]:
+    """The call's timeline events as stored, in the order they happened (server time, then worker time)."""
+    docs = [
+        snap.to_dict() or {} for snap in db.collection("callServer").document(call_id).collection("events").stream()
+    ]
+    return sorted(docs, key=lambda doc: (doc["at"], doc["t"]))
+
+
+class TestTimeline:
+    """The watcher writes each step on a call to the call's timeline, with its instance id."""
+
+    def test_a_missed_call_tells_its_story(self, db: firestore.Client, rest: FirestoreRest, watchers: Any) -> None:
+        """Seen, channel, the push; then seen missed, the ring timeout and the stop-ringing notice."""
+        seed_user(db, "bob")
+        watcher = watchers(MEMHARBOR_RING_TIMEOUT_S="2").start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: status_is(db, call_id, "missed"), timeout=10, what="missed")
+        events = wait_for(lambda: len(e := timeline_events(db, call_id)) >= 6 and e, what="six timeline events")
+        kinds = [event["kind"] for event in events]
+        assert sorted(kinds[:2]) == ["call.seen", "channel.assigned"] and kinds[2] == "push.sent"
+        assert sorted(kinds[3:5]) == ["call.seen", "ring.timeout"] and kinds[5:] == ["stop_ringing.sent"]
+        assert {event["worker"] for event in events} == {watcher.instance_id}
+        push = events[2]["detail"]
+        assert (push["device"], push["platform"], push["result"]) == ("~user", "ios", "sent")
+        timeout = next(event for event in events if event["kind"] == "ring.timeout")
+        assert 0 <= timeout["detail"]["lateMs"] < 1000
+
+
 class TestReplicas:
     """Several watchers at once still act once per transition."""
 

@@ -21,18 +21,22 @@ class FakeFeed:
         self.restarts = 0
         self.subscribed_at: float | None = None
         self.active = True
+        self.steps: list[str] = []  # what the watcher asked of it, in order
 
     async def start(self) -> None:
-        pass
+        self.steps.append("start")
 
     async def restart(self, reason: str) -> None:
         self.restarts += 1
+        self.steps.append(f"restart: {reason}")
 
     async def supervise(self) -> None:
-        pass
+        # The real feed resubscribes a dead watch here; a fake one never dies.
+        self.steps.append("supervise")
 
     async def stop(self) -> None:
-        pass
+        self.active = False
+        self.steps.append("stop")
 
 
 class FakeCatchUp:
