@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: run test venv bench-venv lint typecheck unit bench bench-token bench-calls bench-push bench-recorder clean
+# The Firebase Auth emulator (Node) for `memharbor dev` and the console's browser test, project-local.
+FIREBASE_TOOLS := .cache/firebase-tools/node_modules/.bin/firebase
+
+.PHONY: run test venv firebase-tools console-screenshots bench-venv lint typecheck unit bench bench-token bench-calls bench-push bench-recorder clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -18,16 +21,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Only the Auth emulator is used: --omit=optional skips re2 (the hosting emulator's), which npm would
+# otherwise compile from source for about five minutes.
+$(FIREBASE_TOOLS):
+	npm install --no-audit --no-fund --omit=optional --prefix .cache/firebase-tools firebase-tools@15
+
+firebase-tools: $(FIREBASE_TOOLS)
+
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
 bench-venv: $(BENCH_STAMP)
 
-run: venv
+run: venv firebase-tools
 	$(VENV)/bin/memharbor dev
 
-test: venv lint typecheck
+test: venv firebase-tools lint typecheck
 	$(PY) -m pytest
 
 lint: venv
@@ -40,6 +50,10 @@ typecheck: venv
 
 unit: venv
 	$(PY) -m pytest tests/unit
+
+# Refresh docs/console-*.png (README shows them) from the console's browser test.
+console-screenshots: venv firebase-tools
+	MEMHARBOR_CONSOLE_SCREENSHOTS=docs $(PY) -m pytest -q tests/e2e/test_console.py
 
 bench: bench-token bench-calls bench-push bench-recorder
 

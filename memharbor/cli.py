@@ -1,4 +1,4 @@
-"""The one command line: `memharbor dev | http | watcher | recorder | inspect`.
+"""The one command line: `memharbor dev | dev-token | http | watcher | recorder | inspect`.
 
 Each subcommand builds its own process's settings once, then hands them to that process's `main()`
 (`inspect` is small enough to be composed here). Service packages are imported lazily so one process
@@ -48,6 +48,17 @@ def _run_dev(_: argparse.Namespace) -> int:
     return main(dev_settings())
 
 
+def _run_dev_token(args: argparse.Namespace) -> int:
+    from memharbor.dev import dev_settings
+    from memharbor.devtokens import emulator_id_token
+
+    settings = dev_settings()
+    claims = {"admin": True} if args.admin else {}
+    lifetime = int(args.hours * 3600)
+    print(emulator_id_token(settings.http.firebase.project_id, args.uid, lifetime_s=lifetime, **claims))
+    return 0
+
+
 async def inspect_call(reader: TimelineReader, call_id: str, as_json: bool, out: TextIO, err: TextIO) -> int:
     """Print a call's timeline to `out` as a table or JSON and return 0; EXIT_NO_CALL or EXIT_UNAVAILABLE
     with one line on `err`."""
@@ -95,6 +106,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "watcher": _run_watcher,
     "recorder": _run_recorder,
     "dev": _run_dev,
+    "dev-token": _run_dev_token,
     "inspect": _run_inspect,
 }
 
@@ -103,6 +115,23 @@ def _call_id(value: str) -> str:
     if not calls.ID_PATTERN.fullmatch(value):
         raise argparse.ArgumentTypeError("expected a call id: 1-128 characters of A-Z a-z 0-9 _ -")
     return value
+
+
+def _uid(value: str) -> str:
+    # Firebase uids are 1-128 characters; a space or slash would not survive a rules path.
+    if not 0 < len(value) <= 128 or any(ch.isspace() or ch == "/" for ch in value):
+        raise argparse.ArgumentTypeError("expected a uid: 1-128 characters, no spaces or slashes")
+    return value
+
+
+def _hours(value: str) -> float:
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = 0.0
+    if not 0 < hours <= 24 * 30:
+        raise argparse.ArgumentTypeError("expected hours, more than 0 and at most 720")
+    return hours
 
 
 def _seconds(value: str) -> float:
@@ -119,6 +148,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memharbor", description="Memharbor call backend")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("dev", help="start emulators and every service locally (Ctrl-C stops all)")
+    token = sub.add_parser(
+        "dev-token",
+        help="print an emulator-format ID token for a user of the local stack (curl, scripts)",
+        description="Print an unsigned ID token as the Auth emulator issues them. token_http accepts it only "
+        "in emulator mode (FIREBASE_AUTH_EMULATOR_HOST set, as `memharbor dev` runs it); the Firestore "
+        "emulator applies the security rules as this user.",
+    )
+    token.add_argument("uid", metavar="UID", type=_uid, help="the user, e.g. demo-caregiver")
+    token.add_argument("--admin", action="store_true", help="add the admin claim (admin routes, any channel)")
+    token.add_argument("--hours", type=_hours, default=24.0, metavar="HOURS", help="lifetime (default 24)")
     sub.add_parser("http", help="run token_http: Agora tokens, health, the seed's REST routes")
     sub.add_parser("watcher", help="run the call watcher (Firestore listeners, pushes, timeouts)")
     sub.add_parser("recorder", help="run the recording worker")

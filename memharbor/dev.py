@@ -1,9 +1,13 @@
 """`memharbor dev`: the whole stack on this machine, emulators included; Ctrl-C stops everything.
 
+It seeds a demo care group with two members and their devices, and (with firebase-tools installed) starts
+the Auth emulator with their accounts and an admin's, so apps and the console (`/console`) can sign in.
+
 The emulators listen where firebase.json says (as `firebase emulators:start` would), so apps and tools
-configured for those ports find them; FIRESTORE_EMULATOR_HOST / FIREBASE_STORAGE_EMULATOR_HOST move them
-for one run. A port already in use stops start-up with one line naming it and where it came from: falling
-back to another port would leave an app talking to whatever holds the configured one.
+configured for those ports find them; FIRESTORE_EMULATOR_HOST / FIREBASE_STORAGE_EMULATOR_HOST /
+FIREBASE_AUTH_EMULATOR_HOST move them for one run. A port already in use stops start-up with one line
+naming it and where it came from: falling back to another port would leave an app talking to whatever
+holds the configured one.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from memharbor import firebase_project, logs
+from memharbor.auth_emulator import INSTALL_HINT, AuthEmulatorMissing, DemoAccount, auth_emulator, create_account
 from memharbor.devtokens import emulator_id_token
 from memharbor.emulators import EmulatorSet, ManagedProcess, port_in_use
 from memharbor.firebase_project import FirebaseProject
@@ -51,23 +57,47 @@ log = logs.get_logger()
 DEMO_GROUP_ID = "demo-family"
 DEMO_CAREGIVER = "demo-caregiver"
 DEMO_ELDER = "demo-elder"
-DEMO_DOCUMENTS: dict[str, dict[str, Any]] = {
-    f"groups/{DEMO_GROUP_ID}": group_document([DEMO_CAREGIVER, DEMO_ELDER], name="Demo family"),
-    f"users/{DEMO_CAREGIVER}": {"platform": "ios", "voipToken": "demo-caregiver-voip", "displayName": "Alice (demo)"},
-    f"users/{DEMO_ELDER}": {"platform": "android", "fcmToken": "demo-elder-fcm", "displayName": "Grandma (demo)"},
+DEMO_ADMIN = "demo-admin"
+DEMO_PASSWORD = "demo-password"
+# Who can sign in to the Auth emulator (apps, the console): the two members and an admin for the console.
+DEMO_ACCOUNTS = (
+    DemoAccount(DEMO_CAREGIVER, "caregiver@demo.memharbor.test", DEMO_PASSWORD, "Alice (demo)"),
+    DemoAccount(DEMO_ELDER, "elder@demo.memharbor.test", DEMO_PASSWORD, "Grandma (demo)"),
+    DemoAccount(DEMO_ADMIN, "admin@demo.memharbor.test", DEMO_PASSWORD, "Support (demo)", admin=True),
+)
+# One device document each (contract v2), so the receiver rings as an app's device would.
+DEMO_DEVICES = {
+    DEMO_CAREGIVER: ("demo-caregiver-iphone", {"platform": "ios", "voipToken": "demo-caregiver-voip"}),
+    DEMO_ELDER: ("demo-elder-android", {"platform": "android", "fcmToken": "demo-elder-fcm"}),
 }
+
+
+def demo_documents(now: datetime) -> dict[str, dict[str, Any]]:
+    """The group, the users and their devices, by document path; devices are stamped `now` (fresh)."""
+    documents: dict[str, dict[str, Any]] = {
+        f"groups/{DEMO_GROUP_ID}": group_document([DEMO_CAREGIVER, DEMO_ELDER], name="Demo family"),
+        f"users/{DEMO_CAREGIVER}": {"platform": "ios", "displayName": "Alice (demo)"},
+        f"users/{DEMO_ELDER}": {"platform": "android", "displayName": "Grandma (demo)"},
+    }
+    for uid, (device_id, fields) in DEMO_DEVICES.items():
+        documents[f"users/{uid}/devices/{device_id}"] = {**fields, "appVersion": "demo", "updatedAt": now}
+    return documents
 
 
 def _rest_value(value: Any) -> dict[str, Any]:
     if isinstance(value, list):
         return {"arrayValue": {"values": [_rest_value(v) for v in value]}}
+    if isinstance(value, bool):
+        return {"booleanValue": value}
+    if isinstance(value, datetime):
+        return {"timestampValue": value.astimezone(UTC).isoformat().replace("+00:00", "Z")}
     return {"stringValue": str(value)}
 
 
 def seed_demo(emulators: EmulatorSet) -> None:
-    """Write the demo group and its two users to the Firestore emulator, as an admin would."""
+    """Write the demo group, its two users and their devices to the Firestore emulator, as an admin would."""
     base = f"http://{emulators.firestore.address}/v1/projects/{emulators.project_id}/databases/(default)/documents"
-    for path, fields in DEMO_DOCUMENTS.items():
+    for path, fields in demo_documents(datetime.now(UTC)).items():
         body = json.dumps({"fields": {k: _rest_value(v) for k, v in fields.items()}}).encode()
         # `Bearer owner` is the emulator's admin: it writes past the rules, as the app's group management does.
         headers = {"Authorization": "Bearer owner", "Content-Type": "application/json"}
@@ -79,7 +109,6 @@ def seed_demo(emulators: EmulatorSet) -> None:
 
 def dev_defaults(project: FirebaseProject) -> dict[str, str]:
     """The defaults under the environment and .env: DEV_DEFAULTS and the Auth emulator's address."""
-    # Only the Auth emulator's address matters (it is not started): ID tokens are then checked in emulator format.
     return {**DEV_DEFAULTS, "FIREBASE_AUTH_EMULATOR_HOST": project.auth.address}
 
 
@@ -133,6 +162,28 @@ def dev_ports(settings: StackSettings, project: FirebaseProject) -> list[DevPort
             ports.append(DevPort(what, emulator.host, emulator.port, key, str(project.path), variable))
         else:
             ports.append(DevPort(what, *_split(chosen), variable, "the environment or .env", variable))
+    auth = firebase.auth_emulator_host or project.auth.address
+    if auth == project.auth.address:
+        ports.append(
+            DevPort(
+                "Auth emulator",
+                project.auth.host,
+                project.auth.port,
+                "emulators.auth.port",
+                str(project.path),
+                "FIREBASE_AUTH_EMULATOR_HOST",
+            )
+        )
+    else:
+        ports.append(
+            DevPort(
+                "Auth emulator",
+                *_split(auth),
+                "FIREBASE_AUTH_EMULATOR_HOST",
+                "the environment or .env",
+                "FIREBASE_AUTH_EMULATOR_HOST",
+            )
+        )
     ports.append(DevPort("token_http", http.host, http.port, "MEMHARBOR_HTTP_PORT", "settings", "MEMHARBOR_HTTP_PORT"))
     return ports
 
@@ -160,12 +211,33 @@ def _service_env(settings: StackSettings, emulators: EmulatorSet, project: Fireb
             "MEMHARBOR_HTTP_PORT": str(http.port),
             "MEMHARBOR_AUTH": http.auth_mode,
             "MEMHARBOR_LOG_FORMAT": http.logging.format,
-            "FIREBASE_AUTH_EMULATOR_HOST": http.firebase.auth_emulator_host or project.auth.address,
+            "FIREBASE_AUTH_EMULATOR_HOST": _auth_address(settings, project),
             "MEMHARBOR_PUSH_SINK": str(_sink(settings)),
             "MEMHARBOR_RECORDER_SOURCE": settings.recorder.source,
             "RECORDINGS_DIR": str(settings.recorder.recordings_dir.resolve()),
         }
     )
+
+
+def _auth_address(settings: StackSettings, project: FirebaseProject) -> str:
+    return settings.http.firebase.auth_emulator_host or project.auth.address
+
+
+def start_auth(settings: StackSettings, project: FirebaseProject) -> ManagedProcess | None:
+    """Start the Auth emulator and create the demo accounts; None (with a warning) without firebase-tools."""
+    host, port = _split(_auth_address(settings, project))
+    project_id = settings.http.firebase.project_id
+    try:
+        process = auth_emulator(project_id, host, port)
+    except AuthEmulatorMissing as exc:
+        # The rest of the stack is useful without it (emulator-format tokens from `memharbor dev-token`).
+        log.warning("dev.auth_emulator_missing", detail=str(exc))
+        return None
+    # Node starts in seconds, but a cold firebase-tools on a busy machine needs longer.
+    process.start(timeout=90)
+    for account in DEMO_ACCOUNTS:
+        create_account(process.address, project_id, account)
+    return process
 
 
 def _sink(settings: StackSettings) -> Path:
@@ -192,8 +264,11 @@ def _invite_curl(settings: HttpSettings) -> str:
     return f"curl -s -X POST {url}{auth} -H 'Content-Type: application/json' -d '{body}'"
 
 
-def _banner(settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject) -> str:
+def _banner(
+    settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject, auth_process: ManagedProcess | None
+) -> str:
     http, recorder = settings.http, settings.recorder
+    auth = auth_process.address if auth_process is not None else "not started"
     rules = project.relative(project.firestore_rules)
     return "\n".join(
         [
@@ -201,7 +276,9 @@ def _banner(settings: StackSettings, emulators: EmulatorSet, project: FirebasePr
             "memharbor dev is up (Ctrl-C stops everything)",
             f"  Firestore emulator  {emulators.firestore.address}  (rules: {rules})",
             f"  Storage emulator    {emulators.storage.address}  (bucket {emulators.bucket})",
+            f"  Auth emulator       {auth}",
             f"  token_http          http://{http.host}:{http.port}  (auth: {http.auth_label})",
+            f"  console             http://{http.host}:{http.port}/console",
             f"  watcher             pushes recorded in {_sink(settings)}",
             f"  recorder            {recorder.source} audio, files in {recorder.recordings_dir.resolve()}",
             "",
@@ -211,8 +288,17 @@ def _banner(settings: StackSettings, emulators: EmulatorSet, project: FirebasePr
             f"Demo care group {DEMO_GROUP_ID}: {DEMO_CAREGIVER} may call {DEMO_ELDER}. Place a call as the caregiver:",
             f"  {_invite_curl(http)}",
             "",
+            *_account_lines(auth),
         ]
     )
+
+
+def _account_lines(auth: str) -> list[str]:
+    if auth == "not started":
+        return [f"No Auth emulator: apps cannot sign in. Install firebase-tools: {INSTALL_HINT}", ""]
+    lines = [f"Sign in (apps, the console) with email and password {DEMO_PASSWORD}:"]
+    lines += [f"  {a.email:<32} uid {a.uid}{'  (admin)' if a.admin else ''}" for a in DEMO_ACCOUNTS]
+    return [*lines, "ID token for curl: memharbor dev-token UID [--admin]", ""]
 
 
 class StopRequest:
@@ -280,8 +366,12 @@ def main(settings: StackSettings, project: FirebaseProject | None = None) -> int
     try:
         emulators.start()
         seed_demo(emulators)
+        auth = start_auth(settings, project)
+        if auth is not None:
+            # Stopped last, after the services (the list is stopped in reverse) and before the emulators.
+            services.append(auth)
         _start_services(settings, emulators, project, services)
-        print(_banner(settings, emulators, project), flush=True)
+        print(_banner(settings, emulators, project, auth), flush=True)
         return _wait(stop, services)
     finally:
         for service in reversed(services):

@@ -111,6 +111,8 @@ class ManagedProcess:
     ready_path: str | None = "/"
     env: dict[str, str] | None = None
     inherit_output: bool = False
+    # The child's working directory (None: ours); firebase-tools writes its debug log there.
+    cwd: str | None = None
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     _log: object = field(default=None, repr=False)
@@ -132,6 +134,7 @@ class ManagedProcess:
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         if self.ready_path is not None:

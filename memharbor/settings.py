@@ -152,6 +152,8 @@ class HttpSettings:
     rate_limit: str = "30/minute"
     # MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER: recording requests in progress one user may have asked for.
     max_live_recordings_per_user: int = 3
+    # RECORDINGS_DIR: the console plays a recording from here when it is not in Storage (a dev stack's recorder).
+    recordings_dir: Path = Path("recordings")
 
     @property
     def auth_label(self) -> str:
@@ -487,6 +489,7 @@ def http_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> Htt
         auth_mode=env.choice("MEMHARBOR_AUTH", ("firebase", "none"), "firebase"),  # type: ignore[arg-type]
         rate_limit=_rate_limit(env),
         max_live_recordings_per_user=env.integer("MEMHARBOR_MAX_LIVE_RECORDINGS_PER_USER", 3, 1, 1000),
+        recordings_dir=_recordings_dir(env),
     )
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from memharbor.logs import get_logger
 from memharbor.settings import HttpSettings
-from token_http import admin_routes, call_routes, recording_routes
+from token_http import admin_routes, call_routes, console_routes, recording_routes
 from token_http.access_log import in_request_context
 from token_http.body import MAX_BODY_BYTES
 from token_http.health import get_health
@@ -48,6 +48,7 @@ def create_app(
         *call_routes.routes(),
         *recording_routes.routes(),
         *admin_routes.routes(),
+        *console_routes.routes(),
     ]
     # Every route, and the catch-all answering 404 and 405, runs in the request context.
     app.add_routes(in_request_context(routes, metrics))

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from memharbor.clock import Clock
 from memharbor.repositories.calls import CallReader, CallRepository
+from memharbor.repositories.console import ConsoleReader, RecordingAudio
 from memharbor.repositories.recordings import RecordingRepository
 from memharbor.repositories.timeline import TimelineReader
 from memharbor.repositories.workers import HealthSource
@@ -37,6 +38,10 @@ class Deps:
     rate_limiter: RateLimiter | None = None
     # Per-call timelines for the admin routes; None answers them with 503.
     timeline: TimelineReader | None = None
+    # The console's admin views (recent calls, recordings); None answers them with 503.
+    console: ConsoleReader | None = None
+    # Recording files for the console's player; None answers the audio route with 503.
+    audio: RecordingAudio | None = None
 
 
 SETTINGS = web.AppKey("settings", HttpSettings)

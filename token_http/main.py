@@ -16,6 +16,7 @@ from memharbor import firebase, logs, metrics, runtime
 from memharbor.clock import SystemClock
 from memharbor.repositories.calls import FirestoreCallRepository
 from memharbor.repositories.client import LazyClient
+from memharbor.repositories.console import FirestoreConsole, StoredAudio
 from memharbor.repositories.recordings import FirestoreRecordingRepository
 from memharbor.repositories.timeline import FirestoreTimeline
 from memharbor.repositories.workers import FirestoreWorkers
@@ -62,6 +63,8 @@ def bootstrap(settings: HttpSettings, metrics_dir: Path | None = None) -> web.Ap
         recording_repository=FirestoreRecordingRepository(client),
         rate_limiter=MemoryRateLimiter(settings.rate_limit),
         timeline=FirestoreTimeline(client),
+        console=FirestoreConsole(client),
+        audio=StoredAudio(firebase.storage_bucket(settings), settings.recordings_dir),
     )
     return create_app(settings, deps, cleanup_ctx=[firestore_ctx], metrics=HttpMetrics(metrics_dir))
 

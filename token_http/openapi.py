@@ -843,6 +843,251 @@ ADMIN_PATHS: dict[str, dict[str, Any]] = {
 }
 PATHS.update(ADMIN_PATHS)
 
+# ---- the console's admin views (token_http/admin_routes.py, token_http/console_views.py) -------------
+
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+}
+CONSOLE_CALLS_RESPONSE = {
+    "type": "object",
+    "required": ["now", "calls"],
+    "properties": {
+        "now": _TS,
+        "calls": {
+            "type": "array",
+            "description": "the most recently updated calls, newest first",
+            "items": {
+                "type": "object",
+                "required": ["callId", "call", "server", "ringingSeconds"],
+                "properties": {
+                    "callId": {"type": "string"},
+                    "call": TIMELINE_CALL,
+                    "server": TIMELINE_SERVER,
+                    "ringingSeconds": {
+                        **_NULLABLE_NUM,
+                        "description": "until answered or ended; until now while pending",
+                    },
+                },
+            },
+        },
+    },
+}
+CONSOLE_PROBLEMS_RESPONSE = {
+    "type": "object",
+    "required": ["scannedCalls", "problems"],
+    "properties": {
+        "scannedCalls": {"type": "integer", "description": "how many of the most recently updated calls were read"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["callId", "kind", "detail", "at"],
+                "properties": {
+                    "callId": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["push_error", "push_failed", "violation"]},
+                    "detail": {"type": "string"},
+                    "at": _NULLABLE_TS,
+                },
+            },
+        },
+    },
+}
+_NULLABLE_INT = {"type": "integer", "nullable": True}
+CONSOLE_WORKERS_RESPONSE = {
+    "type": "object",
+    "required": ["now", "workers"],
+    "properties": {
+        "now": _TS,
+        "workers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "instanceId",
+                    "kind",
+                    "host",
+                    "pid",
+                    "startedAt",
+                    "beatAt",
+                    "expiresAt",
+                    "alive",
+                    "status",
+                ],
+                "properties": {
+                    **{name: _NULLABLE_STR for name in ("instanceId", "kind", "host")},
+                    "pid": _NULLABLE_INT,
+                    **{name: _NULLABLE_TS for name in ("startedAt", "beatAt", "expiresAt")},
+                    "alive": {"type": "boolean", "description": "its expiresAt is still ahead"},
+                    "status": {"type": "object", "description": "what the worker reports of itself"},
+                },
+            },
+        },
+    },
+}
+CONSOLE_RECORDING = {
+    "type": "object",
+    "required": [
+        "sid",
+        "callId",
+        "status",
+        "filename",
+        "storagePath",
+        "format",
+        "stopReason",
+        "error",
+        "createdAt",
+        "recordedAt",
+        "stoppedAt",
+        "duration",
+        "fileSize",
+        "spec",
+    ],
+    "properties": {
+        "sid": {"type": "string"},
+        **{
+            name: _NULLABLE_STR
+            for name in ("callId", "status", "filename", "storagePath", "format", "stopReason", "error")
+        },
+        **{name: _NULLABLE_TS for name in ("createdAt", "recordedAt", "stoppedAt")},
+        "duration": {**_NULLABLE_NUM, "description": "milliseconds"},
+        "fileSize": {**_NULLABLE_NUM, "description": "bytes"},
+        "spec": {
+            "type": "object",
+            "nullable": True,
+            "required": ["sampleRate", "channels", "bitDepth"],
+            "properties": {name: _NULLABLE_NUM for name in ("sampleRate", "channels", "bitDepth")},
+        },
+    },
+}
+CONSOLE_RECORDINGS_RESPONSE = {
+    "type": "object",
+    "required": ["recordings"],
+    "properties": {"recordings": {"type": "array", "items": CONSOLE_RECORDING}},
+}
+
+
+_DEMO_ACCOUNT = {
+    "type": "object",
+    "required": ["uid", "email", "name"],
+    "properties": {"uid": {"type": "string"}, "email": {"type": "string"}, "name": {"type": "string"}},
+}
+CONSOLE_CONFIG = {
+    "type": "object",
+    "required": ["projectId", "authEmulator", "firestoreEmulator", "demo"],
+    "properties": {
+        "projectId": {"type": "string"},
+        "authEmulator": {**_NULLABLE_STR, "description": "the Auth emulator's base URL; null outside emulator mode"},
+        "firestoreEmulator": {**_NULLABLE_STR, "description": "the Firestore emulator's base URL (demo panel)"},
+        "demo": {
+            "type": "object",
+            "nullable": True,
+            "description": "the accounts `memharbor dev` creates; null outside emulator mode",
+            "required": ["groupId", "password", "caller", "receiver", "admin", "receiverDevice"],
+            "properties": {
+                "groupId": {"type": "string"},
+                "password": {"type": "string"},
+                "caller": _DEMO_ACCOUNT,
+                "receiver": _DEMO_ACCOUNT,
+                "admin": _DEMO_ACCOUNT,
+                "receiverDevice": {"type": "string"},
+            },
+        },
+    },
+}
+
+
+def _admin_get(summary: str, response: dict[str, Any], parameters: list[Any], *codes: int) -> Any:
+    return {
+        "get": {
+            "summary": f"{summary} ({_ADMINS_ONLY})",
+            "security": [{"firebase": []}],
+            "parameters": parameters,
+            "responses": {"200": _json("done", response), **_errors(*codes)},
+        }
+    }
+
+
+CONSOLE_PATHS: dict[str, dict[str, Any]] = {
+    "/api/admin/calls": _admin_get(
+        "The most recently updated calls: status, seconds ringing, pushes per device",
+        CONSOLE_CALLS_RESPONSE,
+        [_LIMIT],
+        400,
+        401,
+        403,
+        503,
+    ),
+    "/api/admin/problems": _admin_get(
+        "Push errors, failed pushes and violations among the 100 most recently updated calls",
+        CONSOLE_PROBLEMS_RESPONSE,
+        [_LIMIT],
+        400,
+        401,
+        403,
+        503,
+    ),
+    "/api/admin/workers": _admin_get(
+        "Every worker's heartbeat and whether it is alive", CONSOLE_WORKERS_RESPONSE, [], 401, 403, 503
+    ),
+    "/api/admin/recordings": _admin_get(
+        "The newest recording sessions in any status, with their file's format",
+        CONSOLE_RECORDINGS_RESPONSE,
+        [_LIMIT],
+        400,
+        401,
+        403,
+        503,
+    ),
+    "/api/admin/recordings/{sid}/audio": {
+        "get": {
+            "summary": f"A stopped recording's WAV file, from Storage or the recorder's directory ({_ADMINS_ONLY})",
+            "security": [{"firebase": []}],
+            "parameters": [{"name": "sid", "in": "path", "required": True, "schema": _SID}],
+            "responses": {
+                "200": {
+                    "description": "the file",
+                    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    },
+    "/console": {
+        "get": {
+            "summary": "The web console (token_http/console/): sign in as an admin; a demo panel in dev",
+            "responses": {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }
+    },
+    "/console/{name}": {
+        "get": {
+            "summary": "The console's script and style sheet",
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": ["app.js", "style.css", "config.json"]},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "the file; config.json: where to sign in, the demo panel's emulators and accounts",
+                    "content": {
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}},
+                        "application/json": {"schema": CONSOLE_CONFIG},
+                    },
+                },
+                **_errors(404),
+            },
+        }
+    },
+}
+PATHS.update(CONSOLE_PATHS)
+
 
 def document() -> dict[str, Any]:
     """The whole OpenAPI 3.0 document."""

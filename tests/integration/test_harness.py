@@ -311,6 +311,7 @@ class TestDevCommand:
                     # Free ports, not firebase.json's: another session may run the stack at the same time.
                     FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
                     FIREBASE_STORAGE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+                    FIREBASE_AUTH_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -140,8 +140,9 @@ class TestDevPorts:
         settings = _dev_settings(
             FIRESTORE_EMULATOR_HOST="127.0.0.1:18080", STORAGE_EMULATOR_HOST="http://127.0.0.1:19199"
         )
-        firestore, storage, http = dev.dev_ports(settings, firebase_project.load())
+        firestore, storage, auth, http = dev.dev_ports(settings, firebase_project.load())
         assert (firestore.host, firestore.port, firestore.setting) == ("127.0.0.1", 18080, "FIRESTORE_EMULATOR_HOST")
+        assert (auth.port, auth.setting) == (RAW["emulators"]["auth"]["port"], "emulators.auth.port")
         assert (storage.host, storage.port, storage.setting) == ("127.0.0.1", 19199, "FIREBASE_STORAGE_EMULATOR_HOST")
         assert http.port == settings.http.port
 
@@ -158,21 +159,22 @@ class TestDevPorts:
     def test_busy_http_port_is_refused_before_anything_starts(self, listening: int) -> None:
         """token_http's port taken is reported as MEMHARBOR_HTTP_PORT, not discovered by a dying child."""
         project = _free_project()
-        settings = _dev_settings(MEMHARBOR_HTTP_PORT=str(listening))
+        settings = _dev_settings(MEMHARBOR_HTTP_PORT=str(listening), FIREBASE_AUTH_EMULATOR_HOST=project.auth.address)
         with pytest.raises(dev.PortInUse) as caught:
             dev.check_ports(dev.dev_ports(settings, project))
         assert caught.value.name == "MEMHARBOR_HTTP_PORT" and f"port {listening}" in str(caught.value)
 
     def test_free_ports_pass(self) -> None:
         """With every port free, the check lets dev start."""
-        settings = _dev_settings(MEMHARBOR_HTTP_PORT=str(free_port()))
-        ports = dev.dev_ports(settings, _free_project())
+        project = _free_project()
+        settings = _dev_settings(MEMHARBOR_HTTP_PORT=str(free_port()), FIREBASE_AUTH_EMULATOR_HOST=project.auth.address)
+        ports = dev.dev_ports(settings, project)
         dev.check_ports(ports)
         assert all(not port_in_use(port.host, port.port) for port in ports)
 
 
 def _free_project() -> FirebaseProject:
-    """The repository's project with both started emulators moved to free ports."""
+    """The repository's project with every started emulator moved to free ports."""
     project = firebase_project.load()
     return FirebaseProject(
         path=project.path,
@@ -181,7 +183,7 @@ def _free_project() -> FirebaseProject:
         storage_rules=project.storage_rules,
         firestore=firebase_project.EmulatorAddress("127.0.0.1", free_port()),
         storage=firebase_project.EmulatorAddress("127.0.0.1", free_port()),
-        auth=project.auth,
+        auth=firebase_project.EmulatorAddress("127.0.0.1", free_port()),
     )
 
 
