@@ -268,6 +268,7 @@ def _banner(
     settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject, auth_process: ManagedProcess | None
 ) -> str:
     http, recorder = settings.http, settings.recorder
+    metrics = metrics_ports(settings)
     auth = auth_process.address if auth_process is not None else "not started"
     rules = project.relative(project.firestore_rules)
     return "\n".join(
@@ -279,8 +280,9 @@ def _banner(
             f"  Auth emulator       {auth}",
             f"  token_http          http://{http.host}:{http.port}  (auth: {http.auth_label})",
             f"  console             http://{http.host}:{http.port}/console",
-            f"  watcher             pushes recorded in {_sink(settings)}",
-            f"  recorder            {recorder.source} audio, files in {recorder.recordings_dir.resolve()}",
+            f"  watcher             pushes recorded in {_sink(settings)}{_metrics_note(metrics, 'watcher')}",
+            f"  recorder            {recorder.source} audio, files in {recorder.recordings_dir.resolve()}"
+            f"{_metrics_note(metrics, 'recorder')}",
             "",
             "Get a token (dev admin ID token, emulator format):",
             f"  {_curl(http)}",
@@ -291,6 +293,11 @@ def _banner(
             *_account_lines(auth),
         ]
     )
+
+
+def _metrics_note(metrics: dict[str, dict[str, str]], worker: str) -> str:
+    port = metrics.get(worker, {}).get("MEMHARBOR_METRICS_PORT")
+    return f"; metrics, /livez, /readyz on http://127.0.0.1:{port}" if port else ""
 
 
 def _account_lines(auth: str) -> list[str]:
@@ -315,11 +322,21 @@ class StopRequest:
         self.requested = True
 
 
+def metrics_ports(settings: StackSettings) -> dict[str, dict[str, str]]:
+    """With MEMHARBOR_METRICS_PORT set, the watcher listens on it and the recorder on the next port:
+    two workers of one host cannot share one port."""
+    port = settings.watcher.worker.metrics_port
+    if not port:
+        return {}
+    return {"watcher": {"MEMHARBOR_METRICS_PORT": str(port)}, "recorder": {"MEMHARBOR_METRICS_PORT": str(port + 1)}}
+
+
 def _start_services(
     settings: StackSettings, emulators: EmulatorSet, project: FirebaseProject, services: list[ManagedProcess]
 ) -> None:
     """Start token_http (and wait until it serves), then the watcher and the recorder, appending each."""
     env = _service_env(settings, emulators, project)
+    worker_env = metrics_ports(settings)
     for name, command, port, ready_path in (
         ("token_http", "http", settings.http.port, "/api/openapi.json"),
         ("watcher", "watcher", 0, None),
@@ -327,7 +344,8 @@ def _start_services(
     ):
         host = settings.http.host if command == "http" else "127.0.0.1"
         argv = [sys.executable, "-m", "memharbor", command]
-        service = ManagedProcess(name, argv, host, port, ready_path=ready_path, env=env, inherit_output=True)
+        own_env = {**env, **worker_env.get(command, {})}
+        service = ManagedProcess(name, argv, host, port, ready_path=ready_path, env=own_env, inherit_output=True)
         services.append(service)
         service.start(timeout=30)
 

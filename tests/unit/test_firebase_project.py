@@ -135,6 +135,12 @@ class TestDevPorts:
         assert settings.http.firebase.auth_emulator_host == f"127.0.0.1:{emulators_json['auth']['port']}"
         assert ports["Firestore emulator"].setting == "emulators.firestore.port"
 
+    def test_metrics_port_is_split_between_the_workers(self) -> None:
+        """With MEMHARBOR_METRICS_PORT, the watcher gets it and the recorder the next port; without it, neither."""
+        ports = dev.metrics_ports(_dev_settings(MEMHARBOR_METRICS_PORT="9100"))
+        assert ports == {"watcher": {"MEMHARBOR_METRICS_PORT": "9100"}, "recorder": {"MEMHARBOR_METRICS_PORT": "9101"}}
+        assert dev.metrics_ports(_dev_settings()) == {}
+
     def test_environment_moves_an_emulator(self) -> None:
         """FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST move the emulators for one run."""
         settings = _dev_settings(
