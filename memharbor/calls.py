@@ -106,6 +106,8 @@ ID_RULE = r"^[A-Za-z0-9_-]{1,128}$"
 GROUP_ID_RULE = r"^[A-Za-z0-9_-]{1,36}$"
 RESERVED_ID_RULE = r"^__.*__$"
 ID_PATTERN = re.compile(r"^(?!__.*__$)" + ID_RULE[1:])
+# ID_PATTERN in words, for error messages ("callId must be ...").
+ID_WORDS = "must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 GROUP_ID_PATTERN = re.compile(r"^(?!__.*__$)" + GROUP_ID_RULE[1:])
 MAX_NAME_CHARS = 200
 MAX_SUMMARY_CHARS = 20000
@@ -202,7 +204,7 @@ def field_errors(doc: Mapping[str, Any]) -> list[str]:
     errors = []
     for name in ("callId", "callerId", "receiverId"):
         if not isinstance(doc.get(name), str) or not ID_PATTERN.fullmatch(doc[name]):
-            errors.append(f"{name} must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__")
+            errors.append(f"{name} {ID_WORDS}")
     if not isinstance(doc.get("groupId"), str) or not GROUP_ID_PATTERN.fullmatch(doc["groupId"]):
         errors.append("groupId must be 1-36 characters of A-Z a-z 0-9 _ -, not __reserved__")
     if doc.get("callerId") is not None and doc.get("callerId") == doc.get("receiverId"):

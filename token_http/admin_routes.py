@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from memharbor import calls
 from memharbor.repositories.console import ConsoleReader, RecordingAudio
 from memharbor.repositories.timeline import TimelineReader
 from memharbor.timeline import iso, to_json
 from token_http import console_views
-from token_http.errors import ApiError, bad_request, json_response
+from token_http.errors import ApiError, bad_request, checked_id, json_response
 from token_http.keys import DEPS
 
 # Rows a console list shows by default and at most (`?limit=`).
@@ -63,9 +62,7 @@ def _now(request: web.Request) -> datetime:
 async def get_timeline(request: web.Request) -> web.Response:
     """A call's timeline; admins only (a timeline names every device and worker that touched the call)."""
     await _admin(request, "call timelines")
-    call_id = request.match_info["call_id"]
-    if not calls.ID_PATTERN.fullmatch(call_id):
-        raise bad_request("call_id", "call_id must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__")
+    call_id = checked_id(request.match_info["call_id"], "call_id")
     timeline = await _reader(request).read(call_id)
     if timeline is None:
         raise ApiError(404, f"unknown call {call_id}", field="call_id")
@@ -114,9 +111,7 @@ def _audio(request: web.Request) -> RecordingAudio:
 async def get_recording_audio(request: web.Request) -> web.Response:
     """A stopped session's WAV file (from Storage, else the recorder's local directory)."""
     await _admin(request, "recordings")
-    sid = request.match_info["sid"]
-    if not calls.ID_PATTERN.fullmatch(sid):
-        raise bad_request("sid", "sid must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__")
+    sid = checked_id(request.match_info["sid"], "sid")
     session = await _console(request).recording(sid)
     if session is None:
         raise ApiError(404, f"unknown recording session {sid}", field="sid")

@@ -26,7 +26,7 @@ from memharbor.errors import DomainError, Unavailable
 from memharbor.repositories.calls import CallRepository, new_call_document, new_call_id
 from token_http import ratelimit
 from token_http.body import json_object, optional_str, required_str
-from token_http.errors import ApiError, bad_request, from_domain, json_response
+from token_http.errors import ApiError, bad_request, checked_id, from_domain, json_response
 from token_http.keys import DEPS
 
 # How long invite waits for the watcher to record the push result, and how often it looks.
@@ -48,7 +48,6 @@ _REQUEST_FIELD = {
     "receiverNameSnapshot": "receiver_name_snapshot",
     "giverNameSnapshot": "giver_name_snapshot",
 }
-_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,16 +67,7 @@ async def _principal(request: web.Request) -> Principal:
 
 
 def _id(body: Mapping[str, Any], field: str) -> str:
-    value = required_str(dict(body), field, max_bytes=1024)
-    if not calls.ID_PATTERN.fullmatch(value):
-        raise bad_request(field, f"{field} {_ID_RULE}")
-    return value
-
-
-def _call_id(value: str) -> str:
-    if not calls.ID_PATTERN.fullmatch(value):
-        raise bad_request("call_id", f"call_id {_ID_RULE}")
-    return value
+    return checked_id(required_str(dict(body), field, max_bytes=1024), field)
 
 
 def _name(body: dict[str, Any], field: str) -> str | None:
@@ -416,7 +406,7 @@ async def post_sweep(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     """The call as the seed reported it; participants (and admins) only."""
     principal = await _principal(request)
-    call_id = _call_id(request.match_info["call_id"])
+    call_id = checked_id(request.match_info["call_id"], "call_id")
     call = await _service(request).get(call_id)
     if call is None:
         raise ApiError(404, f"unknown call {call_id}", field="call_id")

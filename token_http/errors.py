@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from memharbor import calls
 from memharbor.errors import Conflict, DomainError, Forbidden, IllegalTransition, InvalidInput, NotFound, Unavailable
 from memharbor.logs import REQUEST_ID, get_logger
 from memharbor.recording_requests import LiveCapReached
@@ -41,6 +42,13 @@ class ApiError(Exception):
             payload["field"] = self.field
         payload.update(self.extra)
         return payload
+
+
+def checked_id(value: str, field: str) -> str:
+    """`value` when it is a valid document id (memharbor.calls.ID_PATTERN); else a 400 naming `field`."""
+    if not calls.ID_PATTERN.fullmatch(value):
+        raise bad_request(field, f"{field} {calls.ID_WORDS}")
+    return value
 
 
 def bad_request(field: str, message: str) -> ApiError:

@@ -39,7 +39,7 @@ from memharbor.repositories.recordings import RecordingRepository, Session, crea
 from token_http import ratelimit
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso
-from token_http.errors import ApiError, bad_request, json_response
+from token_http.errors import ApiError, bad_request, checked_id, json_response
 from token_http.keys import DEPS, SETTINGS
 
 # start waits this long for the recorder to begin, looking this often (the seed waited for its recorder too).
@@ -50,8 +50,6 @@ STOP_WAIT_S = 60.0
 STOP_POLL_S = 0.1
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 200
-
-_SID_RULE = "sid must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,9 +250,7 @@ async def _targets(
     """The sessions a stop names: the one with `sid`, or those in progress on `channel` (newest first)."""
     sid = optional_str(body, "sid", max_bytes=1024)
     if sid is not None:
-        if not calls.ID_PATTERN.fullmatch(sid):
-            raise bad_request("sid", _SID_RULE)
-        doc = await service.get(sid)
+        doc = await service.get(checked_id(sid, "sid"))
         if doc is None:
             raise ApiError(404, f"unknown recording session {sid}", field="sid")
         if not await _visible(calls_of, principal, [(sid, doc)]):

@@ -44,7 +44,7 @@ class Writes(Protocol):
 def _checked(call_id: str) -> str:
     # The id becomes a document path: a slash would address some other document.
     if not calls.ID_PATTERN.fullmatch(call_id):
-        raise InvalidInput("call_id must be 1-128 characters of A-Z a-z 0-9 _ -, not __reserved__", field="call_id")
+        raise InvalidInput(f"call_id {calls.ID_WORDS}", field="call_id")
     return call_id
 
 
