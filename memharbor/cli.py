@@ -124,24 +124,19 @@ def _uid(value: str) -> str:
     return value
 
 
-def _hours(value: str) -> float:
-    try:
-        hours = float(value)
-    except ValueError:
-        hours = 0.0
-    if not 0 < hours <= 24 * 30:
-        raise argparse.ArgumentTypeError("expected hours, more than 0 and at most 720")
-    return hours
+def _up_to(upper: float, unit: str) -> Callable[[str], float]:
+    """An argparse type: a number of `unit` above 0 and at most `upper`."""
 
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not 0 < number <= upper:
+            raise argparse.ArgumentTypeError(f"expected {unit}, more than 0 and at most {upper:g}")
+        return number
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 600:
-        raise argparse.ArgumentTypeError("expected seconds, more than 0 and at most 600")
-    return seconds
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("uid", metavar="UID", type=_uid, help="the user, e.g. demo-caregiver")
     token.add_argument("--admin", action="store_true", help="add the admin claim (admin routes, any channel)")
-    token.add_argument("--hours", type=_hours, default=24.0, metavar="HOURS", help="lifetime (default 24)")
+    token.add_argument(
+        "--hours", type=_up_to(24 * 30, "hours"), default=24.0, metavar="HOURS", help="lifetime (default 24)"
+    )
     sub.add_parser("http", help="run token_http: Agora tokens, health, the seed's REST routes")
     sub.add_parser("watcher", help="run the call watcher (Firestore listeners, pushes, timeouts)")
     sub.add_parser("recorder", help="run the recording worker")
@@ -170,7 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("call_id", metavar="CALL_ID", type=_call_id, help="the call's id (calls/{CALL_ID})")
     inspect.add_argument("--json", action="store_true", help="print JSON (the admin REST route's body)")
     inspect.add_argument(
-        "--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="give up on Firestore after this long"
+        "--timeout",
+        type=_up_to(600, "seconds"),
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on Firestore after this long",
     )
     return parser
 
