@@ -89,6 +89,7 @@ class Claimed:
     claim: Claim
     call: dict[str, Any]
     audience: Audience | None = None
+    server_version: Any = None  # the server document's version right after our claim (RUN only)
 
 
 _FINAL_MEMORY = 10_000
@@ -210,7 +211,8 @@ class CallReactor:
         call = claimed.call
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
-            await self._finish(call_id, status, await self._effects(call_id, call, claimed.audience))
+            effects = await self._effects(call_id, call, claimed.audience)
+            await self._finish(call_id, status, effects, claimed.server_version)
             if claimed.audience is not None and claimed.audience.prune:
                 await self._prune(claimed.audience)
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
@@ -297,12 +299,14 @@ class CallReactor:
                 call_fields, server_fields, known = _run_writes(call_id, decision, self._config.instance_id)
                 deadline = _ts((call or {}).get("ringDeadline"))
                 late_s = (now - deadline).total_seconds() if deadline is not None else 0.0
-                await self._store.commit(read, call_fields, server_fields, self._claim_events(decision, late_s))
+                version = await self._store.commit(
+                    read, call_fields, server_fields, self._claim_events(decision, late_s)
+                )
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
                     self._metrics.timed_out(late_s)
                 audience = await self._audience(call_id, pushing, read, prefetched, now)
-                return Claimed(claim, {**(call or {}), **known}, audience)
+                return Claimed(claim, {**(call or {}), **known}, audience, version)
         return Claimed(claim, call or {})
 
     def _event(self, kind: EventKind, **detail: Scalar | None) -> Event:
@@ -364,16 +368,28 @@ class CallReactor:
             return None
         return read.groups[group_id] if group_id in read.groups else await self._store.group(group_id)
 
-    async def _finish(self, call_id: str, status: str, effects: _Effects) -> None:
+    async def _finish(self, call_id: str, status: str, effects: _Effects, claimed_at: Any) -> None:
         """Record the effects' results on the call (per-device push records, timeline events) and mark them
-        done, in one write."""
+        done, in one write; close the claim (`effectOpen`) unless a later status's claim is open meanwhile.
+
+        The sweep finds lapsed claims by `effectOpen`: clearing it under a later status's claim (the call
+        moved on while these effects ran) would hide that claim from the sweep, should its holder die.
+        """
         done = {
             f"effects.`{status}`.state": "done",
             f"effects.`{status}`.doneAt": SERVER_TIME,
-            "effectOpen": False,
             **{_record_path(status, key): record for key, record in effects.records.items()},
         }
-        await self._store.update(call_id, effects.call, done, effects.events)
+        version, closing = claimed_at, {"effectOpen": False}
+        for _ in range(_CLAIM_ATTEMPTS):
+            try:
+                # Guarded: nobody wrote the server document since `version`, so no other claim is open.
+                await self._store.update(call_id, effects.call, done | closing, effects.events, version)
+                return
+            except Conflict:
+                read = await self._store.read(call_id)
+                version, closing = read.versions[1], _closing(read, status)
+        await self._store.update(call_id, effects.call, done | closing, effects.events)
 
     async def _effects(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
         """Carry out the status's effects: what they leave for the finishing write."""
@@ -431,7 +447,10 @@ class CallReactor:
             log.info("push.skipped", call_id=call_id, kind=kind, reason="no_device_token")
             if kind == "incoming_call":
                 skipped.append(self._event(EventKind.PUSH_SKIPPED, reason="no_device_token"))
-        wanted = functools.partial(self._still_ringing, call_id) if kind == "incoming_call" else None
+        if kind == "incoming_call":
+            wanted = functools.partial(self._still_ringing, call_id)
+        else:
+            wanted = functools.partial(self._keep_claim, call_id, status)
         announce = kind == "incoming_call" and "pushSent" not in call
         landing = _Landing(self._store, call_id, status, len(todo), announce)
 
@@ -488,8 +507,16 @@ class CallReactor:
         """
         if await self._store.status(call_id) != Status.PENDING:
             return False
+        return await self._keep_claim(call_id, Status.PENDING)
+
+    async def _keep_claim(self, call_id: str, status: str) -> bool:
+        """Asked between retries of a stop-ringing notice (always wanted): extend this status's lease.
+
+        Without it, a notice still retrying when the lease lapses is taken over by another replica, and
+        both deliver it (found by the soak with APNs holding answers).
+        """
         lease = datetime.fromtimestamp(self._clock.time(), UTC) + timedelta(seconds=self._config.lease_s)
-        await self._store.update(call_id, {}, {"effects.`pending`.leaseUntil": lease})
+        await self._store.update(call_id, {}, {f"effects.`{status}`.leaseUntil": lease})
         return True
 
     async def _accepted(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
@@ -628,6 +655,15 @@ def _violation_writes(call_id: str, decision: decisions.Invalid | decisions.Reve
         if not server_exists:
             server["status"] = decision.violation.attempted
     return update, server
+
+
+def _closing(read: CallRead, status: str) -> dict[str, Any]:
+    """`effectOpen: False`, unless the call moved on from `status` and its new status's claim is open."""
+    current = (read.call or {}).get("status")
+    effects = (read.server or {}).get("effects")
+    effect = effects.get(current) if isinstance(effects, Mapping) and current != status else None
+    held = isinstance(effect, Mapping) and effect.get("state") == "claimed"
+    return {} if held else {"effectOpen": False}
 
 
 def _review_writes(decision: decisions.Review) -> _Writes:

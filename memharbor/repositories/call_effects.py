@@ -75,15 +75,22 @@ class CallEffectsStore(Protocol):
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> None:
+    ) -> Any:
         """Update the call and write the server document (created if it was missing) unless either
-        changed since `read`: then Conflict (NotFound if the call was deleted). `events` join the timeline."""
+        changed since `read`: then Conflict (NotFound if the call was deleted). `events` join the timeline.
+        Returns the server document's version (update time) after the write, None when it was not written."""
         ...
 
     async def update(
-        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+        self,
+        call_id: str,
+        call: Mapping[str, Any],
+        server: Mapping[str, Any],
+        events: Sequence[Event] = (),
+        server_version: Any = None,
     ) -> None:
-        """Update the call and its existing server document in one write, whatever changed since; `events`
+        """Update the call and its existing server document in one write, whatever changed since (with
+        `server_version`: only if the server document is still at that version, else Conflict); `events`
         join the call's timeline in the same write."""
         ...
 
@@ -133,10 +140,10 @@ class FirestoreCallEffects:
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> None:
+    ) -> Any:
         call_version, server_version = read.versions
 
-        async def write(client: firestore.AsyncClient) -> None:
+        async def write(client: firestore.AsyncClient) -> Any:
             batch = client.batch()
             if call:
                 guard = client.write_option(last_update_time=call_version)
@@ -149,20 +156,27 @@ class FirestoreCallEffects:
                 batch.create(server_ref, nest(server))
             if events:
                 add_events(batch, client, read.call_id, events)
-            if call or server or events:
-                await batch.commit()
+            results = await batch.commit() if call or server or events else []
+            # The batch's results follow its writes: the call's first (when written), then the server's.
+            return results[1 if call else 0].update_time if server else None
 
-        await self._guard.run(write)
+        return await self._guard.run(write)
 
     async def update(
-        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+        self,
+        call_id: str,
+        call: Mapping[str, Any],
+        server: Mapping[str, Any],
+        events: Sequence[Event] = (),
+        server_version: Any = None,
     ) -> None:
         async def write(client: firestore.AsyncClient) -> None:
             batch = client.batch()
             if call:
                 batch.update(client.collection(CALLS).document(call_id), dict(call))
             if server:
-                batch.update(client.collection(CALL_SERVER).document(call_id), dict(server))
+                guard = client.write_option(last_update_time=server_version) if server_version is not None else None
+                batch.update(client.collection(CALL_SERVER).document(call_id), dict(server), option=guard)
             if events:
                 add_events(batch, client, call_id, events)
             if call or server or events:

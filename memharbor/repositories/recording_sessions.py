@@ -168,6 +168,10 @@ def _final_update(doc: dict[str, Any], report: SegmentReport, entry: dict[str, A
         update["recordedAt"] = report.recorded_at
     if report.interrupted:
         update["interrupted"] = True
+    elif not doc.get("takeovers") and not doc.get("segments"):
+        # A sweep marks a session interrupted when its holder's lease lapses (a crash, or only a stall or
+        # partition); this holder recorded it whole and delivers it as the only segment: nothing was lost.
+        update["interrupted"] = firestore.DELETE_FIELD
     if report.tracks:
         update["tracks"] = report.tracks
     return update

@@ -62,7 +62,7 @@ class FakeCallEffects:
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> None:
+    ) -> Any:
         call_path, server_path = f"{CALLS}/{read.call_id}", f"{CALL_SERVER}/{read.call_id}"
         if call and call_path not in self.docs:
             raise NotFound(call_path)
@@ -79,13 +79,21 @@ class FakeCallEffects:
         elif server:
             self.apply(server_path, server)
         self._add(read.call_id, events)
+        return self.times[server_path] if server else None
 
     async def update(
-        self, call_id: str, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
+        self,
+        call_id: str,
+        call: Mapping[str, Any],
+        server: Mapping[str, Any],
+        events: Sequence[Event] = (),
+        server_version: Any = None,
     ) -> None:
         for path, fields in ((f"{CALLS}/{call_id}", call), (f"{CALL_SERVER}/{call_id}", server)):
             if fields and path not in self.docs:
                 raise NotFound(path)
+        if server and server_version is not None and self.times.get(f"{CALL_SERVER}/{call_id}") != server_version:
+            raise Conflict(f"{CALL_SERVER}/{call_id}")
         if call:
             self.apply(f"{CALLS}/{call_id}", call)
         if server:

@@ -63,6 +63,10 @@ class TcpProxy:
         """Close the listener and every open connection: the upstream looks unreachable."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves a listener that a thread is blocked accepting on open (Linux): it would
+            # take one more connection through the cut, and a restart could not bind the port again.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             sockets, self._sockets = self._sockets, set()

@@ -855,6 +855,36 @@ class TestFanOut:
         assert sorted(t.device for t in notifier.targets) == ["pad", "phone", "tab"]
         assert devices.reads == ["bob", "bob"]
 
+    async def test_a_retried_stop_notice_keeps_its_claim(self) -> None:
+        """Between retries of a stop-ringing notice the watcher extends that status's lease and keeps trying."""
+        store = seeded_store(user={})
+        store.put("calls/steady", known_call(Status.CANCELLED, callId="steady"))
+        store.put(f"{CALL_SERVER}/steady", steady_server("pending", {"state": "done"}))
+        asked: list[bool] = []
+
+        class RetryingNotifier(FakeNotifier):
+            async def send(
+                self,
+                target: PushTarget,
+                kind: Any,
+                payload: Mapping[str, str],
+                expires_at: float,
+                still_wanted: Any = None,
+            ) -> PushResult:
+                asked.append(await still_wanted())  # what the retry loop asks after a transient failure
+                return await super().send(target, kind, payload, expires_at)
+
+        later = store.now + timedelta(seconds=30)
+        clock = FixedClock(later)
+        assert (
+            await make_reactor(store, RetryingNotifier(), three_devices(store.now), clock=clock).handle("steady", "bob")
+            is Claim.RUN
+        )
+        assert asked == [True, True, True]  # the three devices' notices
+        effect = store.docs[f"{CALL_SERVER}/steady"]["effects"]["cancelled"]
+        assert effect["leaseUntil"] == later + timedelta(seconds=CONFIG.lease_s)
+        assert effect["state"] == "done"
+
     async def test_stale_and_excess_devices_pruned_and_not_rung(self) -> None:
         """A device idle past the TTL is deleted after the ring and never rung."""
         store = seeded_store(user={})
@@ -878,6 +908,61 @@ class TestFanOut:
         await reactor.handle("steady", "bob")
         assert devices.reads == ["bob"]
         assert store.docs["calls/steady"]["durationSec"] == 10
+
+
+class MovedOnNotifier(FakeNotifier):
+    """Delivers every push, but while the first is in flight the caller cancels and another replica claims
+    `cancelled` (found by the soak: bench/soak.py)."""
+
+    def __init__(self, store: FakeCallEffects) -> None:
+        super().__init__()
+        self.store = store
+
+    async def send(
+        self, target: PushTarget, kind: Any, payload: Mapping[str, str], expires_at: float, still_wanted: Any = None
+    ) -> PushResult:
+        if not self.sent:
+            self.store.apply("calls/steady", {"status": Status.CANCELLED.value, "endedAt": self.store.now})
+            lease = self.store.now + timedelta(seconds=15)
+            claim = {"state": "claimed", "by": OTHER, "leaseUntil": lease}
+            self.store.apply(f"{CALL_SERVER}/steady", {"effectOpen": True, "effects.`cancelled`": claim})
+        return await super().send(target, kind, payload, expires_at, still_wanted)
+
+
+class TestFinishingWrite:
+    """The write that marks a status's effects done closes the claim only when no later claim is open."""
+
+    async def test_a_later_status_claimed_meanwhile_stays_open(self) -> None:
+        """The ring finishes after another replica claimed `cancelled`: effectOpen stays true, so the sweep
+        still finds that claim should its holder die (closing it lost the stop-ringing notices)."""
+        store = seeded_store()
+        assert await make_reactor(store, MovedOnNotifier(store)).handle("steady", "bob") is Claim.RUN
+        server = store.docs[f"{CALL_SERVER}/steady"]
+        assert server["effects"]["pending"]["state"] == "done"
+        assert server["effects"]["cancelled"]["state"] == "claimed"
+        assert server["effectOpen"] is True
+
+    async def test_nothing_written_meanwhile_closes_in_one_guarded_write(self) -> None:
+        """Without a concurrent writer the finishing write closes the claim without reading again."""
+        store = seeded_store()
+        assert await make_reactor(store).handle("steady", "bob", group_hint="group1") is Claim.RUN
+        assert store.docs[f"{CALL_SERVER}/steady"]["effectOpen"] is False
+        assert len(store.round_trips) == 1
+
+    async def test_a_concurrent_write_without_a_claim_still_closes(self) -> None:
+        """A write to the server document that opens no claim (here the caller cancelled, nobody claimed
+        yet) costs one more read, and the claim is closed."""
+        store = seeded_store()
+
+        class Cancelled(FakeNotifier):
+            async def send(self, target: PushTarget, kind: Any, payload: Mapping[str, str], *args: Any) -> PushResult:
+                store.apply("calls/steady", {"status": Status.CANCELLED.value})
+                store.apply(f"{CALL_SERVER}/steady", {"note": "touched"})
+                return await super().send(target, kind, payload, *args)
+
+        assert await make_reactor(store, Cancelled()).handle("steady", "bob") is Claim.RUN
+        assert store.docs[f"{CALL_SERVER}/steady"]["effectOpen"] is False
+        assert store.docs[f"{CALL_SERVER}/steady"]["effects"]["pending"]["state"] == "done"
 
 
 class TestClaimRace:

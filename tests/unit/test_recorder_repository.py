@@ -1,14 +1,16 @@
-"""The recorder's recordings repository runs its Firestore operations through the shared Guard."""
+"""The recorder's recordings repository: its Firestore operations run through the shared Guard; its results."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from google.api_core import exceptions as gexc
+from google.cloud import firestore
 
 from memharbor.errors import Unavailable
-from memharbor.repositories.recording_sessions import FirestoreRecordingSessions
+from memharbor.repositories.recording_sessions import FirestoreRecordingSessions, SegmentReport, _final_update
 from tests.support.fake_firestore import FakeFirestore
 
 
@@ -35,3 +37,29 @@ class TestRecordingSessionsGuard:
         """The sweep's read returns (sid, document) pairs."""
         db = FakeFirestore(docs={"recordings/s1": {"status": "requested", "channel": "c"}})
         assert await sessions(db).in_progress() == [("s1", {"status": "requested", "channel": "c"})]
+
+
+def report(interrupted: bool = False) -> SegmentReport:
+    """A finished segment of worker `me`."""
+    at = datetime(2026, 12, 2, 4, 36, tzinfo=UTC)
+    return SegmentReport("f.wav", None, None, 5790, 185_324, at, "me", "requested", interrupted)
+
+
+class TestFinalResult:
+    """The result a holder writes decides `interrupted` from what was recorded (found by bench/soak.py)."""
+
+    def test_a_lapsed_lease_with_the_whole_recording_delivered_is_not_interrupted(self) -> None:
+        """A stall let the lease lapse and a sweep marked the session interrupted; its holder then delivered
+        the whole recording as the only segment: the flag is removed."""
+        doc = {"status": "failed", "workerId": "me", "interrupted": True}
+        update = _final_update(doc, report(), report().as_entry())
+        assert update["interrupted"] is firestore.DELETE_FIELD
+
+    def test_a_crash_recovered_stays_interrupted(self) -> None:
+        """A segment recovered after a crash lost its tail: the result says so."""
+        assert _final_update({"status": "recording"}, report(True), report(True).as_entry())["interrupted"] is True
+
+    def test_after_a_takeover_it_stays_interrupted(self) -> None:
+        """A taken-over session lost the audio between its holders: the flag set at the takeover stays."""
+        doc = {"status": "recording", "interrupted": True, "takeovers": 1}
+        assert "interrupted" not in _final_update(doc, report(), report().as_entry())
