@@ -7,6 +7,7 @@ Firestore round trip, so a scrape or a probe cannot slow the worker or be slowed
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -76,3 +77,18 @@ class MetricsServer:
     async def close(self) -> None:
         """Stop listening."""
         await self._runner.cleanup()
+
+
+async def serve_worker_metrics(
+    owned: contextlib.AsyncExitStack, registry: CollectorRegistry, port: int, live: Probe, ready: Probe
+) -> None:
+    """Serve a worker's /metrics, /livez and /readyz on `port` (none when 0) until `owned` closes.
+
+    Closed when the stack unwinds, after what was pushed later (the worker's drain): /readyz answers
+    "draining" until then.
+    """
+    if not port:
+        return
+    server = MetricsServer(registry, live=live, ready=ready, host=WORKER_HOST, port=port)
+    await server.start()
+    owned.push_async_callback(server.close)

@@ -14,7 +14,7 @@ from pathlib import Path
 from memharbor import firebase, logs, runtime
 from memharbor.agora import Role, build_rtc_token
 from memharbor.heartbeat import Heartbeat
-from memharbor.metrics_server import WORKER_HOST, MetricsServer
+from memharbor.metrics_server import serve_worker_metrics
 from memharbor.repositories.client import close_async_client
 from memharbor.repositories.recording_sessions import FirestoreRecordingSessions
 from memharbor.repositories.timeline import FirestoreTimeline
@@ -122,17 +122,13 @@ async def bootstrap(settings: RecorderSettings) -> AsyncIterator[Recorder]:
             timeline=FirestoreTimeline(lambda: db),
         )
         metrics.registry.register(RecorderStateCollector(recorder))
-        if settings.worker.metrics_port:
-            server = MetricsServer(
-                metrics.registry,
-                live=recorder.liveness_problems,
-                ready=recorder.readiness_problems,
-                host=WORKER_HOST,
-                port=settings.worker.metrics_port,
-            )
-            await server.start()
-            # Closed after the recorder has drained: /readyz answers "draining" meanwhile.
-            owned.push_async_callback(server.close)
+        await serve_worker_metrics(
+            owned,
+            metrics.registry,
+            settings.worker.metrics_port,
+            recorder.liveness_problems,
+            recorder.readiness_problems,
+        )
         yield recorder
 
 

@@ -16,7 +16,7 @@ from memharbor.repositories.console import ConsoleReader, RecordingAudio
 from memharbor.repositories.timeline import TimelineReader
 from memharbor.timeline import iso, to_json
 from token_http import console_views
-from token_http.errors import ApiError, bad_request, checked_id, json_response
+from token_http.errors import ApiError, bad_request, checked_id, configured, json_response
 from token_http.keys import DEPS
 
 # Rows a console list shows by default and at most (`?limit=`).
@@ -27,17 +27,11 @@ PROBLEM_SCAN = 100
 
 
 def _reader(request: web.Request) -> TimelineReader:
-    reader = request.app[DEPS].timeline
-    if reader is None:
-        raise ApiError(503, "the call timeline is not configured")
-    return reader
+    return configured(request.app[DEPS].timeline, "the call timeline")
 
 
 def _console(request: web.Request) -> ConsoleReader:
-    reader = request.app[DEPS].console
-    if reader is None:
-        raise ApiError(503, "the console's reads are not configured")
-    return reader
+    return configured(request.app[DEPS].console, "the console's reading of calls")
 
 
 async def _admin(request: web.Request, what: str) -> None:
@@ -102,10 +96,7 @@ async def get_recordings(request: web.Request) -> web.Response:
 
 
 def _audio(request: web.Request) -> RecordingAudio:
-    audio = request.app[DEPS].audio
-    if audio is None:
-        raise ApiError(503, "recording files are not configured")
-    return audio
+    return configured(request.app[DEPS].audio, "reading recording files")
 
 
 async def get_recording_audio(request: web.Request) -> web.Response:

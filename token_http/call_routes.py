@@ -26,7 +26,7 @@ from memharbor.errors import DomainError, Unavailable
 from memharbor.repositories.calls import CallRepository, new_call_document, new_call_id
 from token_http import ratelimit
 from token_http.body import json_object, optional_str, required_str
-from token_http.errors import ApiError, bad_request, checked_id, from_domain, json_response
+from token_http.errors import ApiError, bad_request, checked_id, configured, from_domain, json_response
 from token_http.keys import DEPS
 
 # How long invite waits for the watcher to record the push result, and how often it looks.
@@ -56,10 +56,7 @@ _REQUEST_FIELD = {
 
 
 def _service(request: web.Request) -> CallRepository:
-    service = request.app[DEPS].call_repository
-    if service is None:
-        raise ApiError(503, "the call service is not configured")
-    return service
+    return configured(request.app[DEPS].call_repository, "the call service")
 
 
 async def _principal(request: web.Request) -> Principal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -15,6 +15,7 @@ from memharbor.logs import REQUEST_ID, get_logger
 from memharbor.recording_requests import LiveCapReached
 
 log = get_logger()
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -42,6 +43,13 @@ class ApiError(Exception):
             payload["field"] = self.field
         payload.update(self.extra)
         return payload
+
+
+def configured(dependency: T | None, what: str) -> T:
+    """`dependency` when this deployment wires it; else a 503 saying `what` is not configured."""
+    if dependency is None:
+        raise ApiError(503, f"{what} is not configured")
+    return dependency
 
 
 def checked_id(value: str, field: str) -> str:

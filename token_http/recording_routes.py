@@ -39,7 +39,7 @@ from memharbor.repositories.recordings import RecordingRepository, Session, crea
 from token_http import ratelimit
 from token_http.body import json_object, optional_str
 from token_http.call_routes import iso
-from token_http.errors import ApiError, bad_request, checked_id, json_response
+from token_http.errors import ApiError, bad_request, checked_id, configured, json_response
 from token_http.keys import DEPS, SETTINGS
 
 # start waits this long for the recorder to begin, looking this often (the seed waited for its recorder too).
@@ -58,10 +58,7 @@ MAX_LIST_LIMIT = 200
 
 
 def _service(request: web.Request) -> RecordingRepository:
-    service = request.app[DEPS].recording_repository
-    if service is None:
-        raise ApiError(503, "the recording service is not configured")
-    return service
+    return configured(request.app[DEPS].recording_repository, "the recording service")
 
 
 async def _principal(request: web.Request) -> Principal:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from memharbor import firebase, logs, runtime
 from memharbor.clock import SystemClock
 from memharbor.heartbeat import Heartbeat
-from memharbor.metrics_server import WORKER_HOST, MetricsServer
+from memharbor.metrics_server import serve_worker_metrics
 from memharbor.repositories.call_effects import CallEffectsStore, FirestoreCallEffects
 from memharbor.repositories.call_feed import FeedSnapshot, FirestoreCallFeed, FirestoreCallSweeps, FirestoreCatchUp
 from memharbor.repositories.client import close_async_client
@@ -168,17 +168,13 @@ def _reactor(
 async def _serve_metrics(owned: contextlib.AsyncExitStack, settings: WatcherSettings, watcher: Watcher) -> None:
     """Serve /metrics, /livez and /readyz on MEMHARBOR_METRICS_PORT (if set) until the block exits."""
     watcher.metrics.registry.register(WatcherStateCollector(watcher))
-    if settings.worker.metrics_port:
-        server = MetricsServer(
-            watcher.metrics.registry,
-            live=watcher.liveness_problems,
-            ready=watcher.readiness_problems,
-            host=WORKER_HOST,
-            port=settings.worker.metrics_port,
-        )
-        await server.start()
-        # Closed after the watcher has drained (the stack unwinds last in, first out): /readyz says "draining".
-        owned.push_async_callback(server.close)
+    await serve_worker_metrics(
+        owned,
+        watcher.metrics.registry,
+        settings.worker.metrics_port,
+        watcher.liveness_problems,
+        watcher.readiness_problems,
+    )
 
 
 async def _run(settings: WatcherSettings) -> None:
