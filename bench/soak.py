@@ -64,7 +64,7 @@ from memharbor.emulators import EmulatorError, EmulatorSet, free_port  # noqa: E
 from memharbor.groups import group_document  # noqa: E402
 from memharbor.repositories.calls import new_call_id  # noqa: E402
 from tests.support import apns_server, fcm_server  # noqa: E402
-from tests.support.firestore_rest import FirestoreRest  # noqa: E402
+from tests.support.firestore_rest import FirestoreRest, Result  # noqa: E402
 from tests.support.http_process import Api, start_http  # noqa: E402
 from tests.support.push_fixtures import BUNDLE  # noqa: E402
 from tests.support.push_keys import make_apns_key, make_service_account, make_tls  # noqa: E402
@@ -468,7 +468,19 @@ class Traffic:
         self.cast = cast
         self.people = people
         self._local = threading.local()
+        self._lag_lock = threading.Lock()
         self.errors: Counter[str] = Counter()
+        # The longest seen, per kind of app write, from the server time stamped into `updatedAt` to the
+        # commit: the emulator stamps on receipt and may commit much later (production stamps the commit).
+        self.commit_lags: dict[str, float] = {}
+        self.review_lags: dict[str, float] = {}  # call id -> its review write's commit lag
+
+    def _note_lag(self, kind: str, result: Result) -> float | None:
+        lag = result.commit_lag
+        if lag is not None:
+            with self._lag_lock:
+                self.commit_lags[kind] = max(lag, self.commit_lags.get(kind, 0.0))
+        return lag
 
     def _rest(self) -> FirestoreRest:
         # One keep-alive connection per thread: FirestoreRest's connection is not shared safely.
@@ -497,6 +509,7 @@ class Traffic:
         def attempt() -> tuple[bool, bool, str]:
             stamps = self.STATUS_STAMPS[status]
             result = self._rest().as_user(uid).update(f"calls/{call_id}", {"status": status, **(extra or {})}, stamps)
+            self._note_lag(status, result)
             return result.ok, result.denied, f"app {status} HTTP {result.status}"
 
         return self._retry(attempt)
@@ -523,6 +536,7 @@ class Traffic:
         fields = {"callId": call_id, "groupId": group, "callerId": caller, "receiverId": receiver}
         fields |= {"status": "pending", "callerName": caller, **({"record": True} if plan.record else {})}
         result = self._rest().as_user(caller).create(f"calls/{call_id}", fields, ("createdAt", "updatedAt"))
+        self._note_lag("pending", result)
         if not result.ok:
             self.errors[f"create HTTP {result.status}"] += 1
             return None
@@ -555,6 +569,9 @@ class Traffic:
         def attempt() -> tuple[bool, bool, str]:
             fields = {"humanSummary": f"soak call {plan.index}"}
             result = self._rest().as_user(caller).update(f"calls/{plan.call_id}", fields, ("updatedAt",))
+            lag = self._note_lag("review", result)
+            if lag is not None and plan.call_id is not None:
+                self.review_lags[plan.call_id] = lag
             return result.ok, result.denied, f"review HTTP {result.status}"
 
         plan.reviewed = self._retry(attempt) == "ok"
@@ -874,6 +891,7 @@ def render(summary: dict[str, Any]) -> str:
         ),
         ("pushes accepted by APNs/FCM", str(summary["pushes_accepted"])),
         ("CPU seconds", ", ".join(f"{k} {v:g}" for k, v in summary["cpu_s"].items())),
+        ("longest commit lag of app writes (s)", ", ".join(f"{k} {v}" for k, v in summary["commit_lag_s"].items())),
         ("traffic write errors", ", ".join(f"{k} x{v}" for k, v in summary["write_errors"].items()) or "none"),
         *((f"fault: {k}", str(v)) for k, v in summary["faults"].items()),
         *(
@@ -938,6 +956,8 @@ def execute(options: Options, tmp: Path) -> dict[str, Any]:
         "wall_s": time.monotonic() - wall_start,
         "paths": dict(Counter(p.path for p in plans if p.call_id)),
         "write_errors": dict(traffic.errors),
+        "commit_lag_s": {kind: round(lag, 3) for kind, lag in sorted(traffic.commit_lags.items())},
+        "review_lag_s": {cid: round(lag, 3) for cid, lag in traffic.review_lags.items()},
         "cpu_s": cpu_by_role(sampler.cpu_s),
         "files": str(tmp),
     }

@@ -186,6 +186,8 @@ class WatcherSettings:
     sweep_interval_s: float
     # MEMHARBOR_LISTEN_WINDOW: how many of the most recently updated calls the watcher's feed holds.
     listen_window: int
+    # MEMHARBOR_SETTLE_S: each sweep reads once more the calls stamped up to this long ago (late commits).
+    settle_s: float = 10.0
     # MEMHARBOR_RECORD_CALLS: request a recording of every accepted call, not only record: true ones.
     record_calls: bool = False
     # MEMHARBOR_DEVICE_TTL_DAYS: a device document not refreshed for this long is deleted, never rung.
@@ -508,6 +510,7 @@ def watcher_settings(values: Mapping[str, str], stderr_is_tty: bool = False) -> 
         ring_timeout_s=env.number("MEMHARBOR_RING_TIMEOUT_S", 60.0, 0.5, 600.0),
         sweep_interval_s=env.number("MEMHARBOR_SWEEP_INTERVAL_S", 15.0, 0.5, 3600.0),
         listen_window=env.integer("MEMHARBOR_LISTEN_WINDOW", 5, 2, 1000),
+        settle_s=env.number("MEMHARBOR_SETTLE_S", 10.0, 0.1, 3600.0),
         record_calls=env.flag("MEMHARBOR_RECORD_CALLS", False),
         device_ttl_days=env.number("MEMHARBOR_DEVICE_TTL_DAYS", 60.0, 1.0, 3650.0),
         max_devices_per_user=env.integer("MEMHARBOR_MAX_DEVICES_PER_USER", 10, 1, 100),

@@ -109,7 +109,7 @@ async def bootstrap(settings: WatcherSettings) -> AsyncIterator[Composition]:
             reactor,
             calls,
             clock,
-            WatcherConfig(sweep_interval_s=settings.sweep_interval_s),
+            WatcherConfig(sweep_interval_s=settings.sweep_interval_s, settle_s=settings.settle_s),
             listen=listen,
             catch_up=FirestoreCatchUp(lambda: db),
             prune_devices=prune_devices,

@@ -126,6 +126,7 @@ class WatcherStateCollector:
             ("memharbor_watcher_stalls", "Change feeds found silent though an app changed a call", "stalls"),
             ("memharbor_watcher_catch_ups", "Catch-up reads of calls that may have passed the feed", "catchUps"),
             ("memharbor_watcher_caught_up_calls", "Calls read by catch-ups", "caughtUpCalls"),
+            ("memharbor_watcher_late_changes", "Changes only the settled re-read found (late commits)", "lateChanges"),
         )
         for name, help_text, key in counters:
             yield CounterMetricFamily(name, help_text, value=int(status.get(key, 0)))

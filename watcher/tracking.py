@@ -83,10 +83,14 @@ class CallTracker:
         """A counter of arrivals, to pass to `keep_only` later."""
         return self._arrivals
 
-    def keep_only(self, call_ids: set[str], arrived_by: int) -> None:
+    def keep_only(self, call_ids: set[str], arrived_by: int, stamped_since: datetime | None = None) -> None:
         """Forget calls outside `call_ids` (those no longer active) that have not arrived since the
-        counter read `arrived_by` (a call that arrived meanwhile may be newer than the list)."""
+        counter read `arrived_by` (a call that arrived meanwhile may be newer than the list), nor carry
+        an `updatedAt` at or after `stamped_since` (the settled re-read has yet to pass them)."""
         for call_id in [c for c, n in self._arrival.items() if n <= arrived_by and c not in call_ids]:
+            stamp = self._updated_at.get(call_id)
+            if stamped_since is not None and stamp is not None and stamp >= stamped_since:
+                continue
             del self._arrival[call_id]
             self._update_time.pop(call_id, None)
             self._updated_at.pop(call_id, None)

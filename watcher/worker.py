@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from memharbor.calls import FINAL
 from memharbor.clock import Clock
 from memharbor.logs import get_logger
-from memharbor.repositories.call_feed import CallEvent, CallSweeps, CatchUp, Feed, FeedSnapshot
+from memharbor.repositories.call_feed import CallEvent, CallSweeps, CatchUp, Feed, FeedSnapshot, Gap
 from watcher.listener import FeedMark
 from watcher.metrics import WatcherMetrics
 from watcher.reactor import ClaimRace
@@ -39,6 +39,11 @@ class WatcherConfig:
     catch_up_retry_s: float = 1.0
     # How often stale device documents of all users are deleted (a push prunes its receiver's at once).
     device_prune_interval_s: float = 3600.0
+    # Each sweep reads once more the calls stamped up to this long ago (the settled re-read): the
+    # emulator stamps `updatedAt` on receipt and may commit much later, below the feed's mark.
+    settle_s: float = 10.0
+    # How far back the first settled re-read reaches: changes made while no watcher ran.
+    reread_lookback_s: float = 120.0
 
 
 class Reactor(Protocol):
@@ -102,6 +107,8 @@ class Watcher:
         self.stalls = 0
         self.catch_ups = 0
         self.caught_up_calls = 0
+        self._settled: datetime | None = None  # the settled re-read has read every call stamped before this
+        self.late_changes = 0  # changes only the settled re-read found
 
     # -- events ---------------------------------------------------------------------------------
     def on_snapshot(self, snapshot: FeedSnapshot) -> None:
@@ -111,19 +118,23 @@ class Watcher:
         if self.mark.observe(snapshot):
             self._catch_up_soon()
 
-    def on_events(self, events: list[CallEvent]) -> None:
-        """Take a batch of call events from the feed or the catch-up (on the loop's thread)."""
+    def on_events(self, events: list[CallEvent]) -> int:
+        """Take a batch of call events from the feed or the catch-up (on the loop's thread); returns
+        how many were versions that had not arrived before."""
+        fresh = 0
         for event in events:
             if event.change == "REMOVED":
                 continue  # the call left the window, newer ones pushed it out: not a change
             if not self.calls.arrived(event):
                 continue  # this version arrived before (a catch-up overlapping the window, a re-listing)
+            fresh += 1
             echo = self._is_echo(event)
             if not echo or self.calls.running(event.call_id):
                 self.calls.hint(event)  # read by the handler; dropped when it finishes
             if not echo:
                 self.metrics.change(event.change)
                 self.submit(event.call_id)
+        return fresh
 
     def _is_echo(self, event: CallEvent) -> bool:
         # An echo of our own write, or a change that leaves nothing to do: no claim needed.
@@ -210,13 +221,14 @@ class Watcher:
         # Odd stamps first: the reactor may repair a call it judges, and its report must come before that.
         malformed = await self._malformed_stamps(now)
         missed, active_ids = await self._reconcile(now)
-        self.calls.keep_only(active_ids | malformed, arrived_by)
+        late = await self._reread_settled(now)
+        self.calls.keep_only(active_ids | malformed, arrived_by, self._settled)
         self.reactor.prune(active_ids)
         if missed and self.clock.monotonic() - self._last_restart > self.config.restart_min_interval_s:
             self.stalls += 1
             self._last_restart = self.clock.monotonic()
             await self.listener.restart(f"stalled: {missed} change(s) not delivered")
-        return {"overdue": due, "missed": missed, "malformed": len(malformed)}
+        return {"overdue": due, "missed": missed, "malformed": len(malformed), "late": late}
 
     async def _reconcile(self, now: datetime) -> tuple[int, set[str]]:
         missed = 0
@@ -237,6 +249,32 @@ class Watcher:
             if call_id not in active_ids:
                 self.submit(call_id)  # left the active set while the stream was not looking
         return missed, active_ids
+
+    async def _reread_settled(self, now: datetime) -> int:
+        """Read once more every call stamped since the last settled re-read, up to `settle_s` ago; returns
+        how many changes it found that nothing else had delivered.
+
+        The emulator stamps `updatedAt` when a write arrives and may commit it seconds later (behind a
+        transaction's lock, or under load): the write then lands below the feed's mark and outside its
+        window, where neither the feed nor a catch-up looks again. The sweep's other queries find such
+        a change on an active call; this finds one on a final call (a review, an admin's edit).
+        Production stamps the commit time, so there it finds nothing and costs a read per changed call.
+        """
+        until = now - timedelta(seconds=self.config.settle_s)
+        since = self._settled or until - timedelta(seconds=self.config.reread_lookback_s)
+        if until <= since:
+            return 0
+        late = 0
+        try:
+            async for events in self.catch_up.pages(Gap(since, until, until)):
+                late += self.on_events(events)
+        except Exception as exc:
+            # The mark stays put: the next sweep reads the same range.
+            log.warning("feed.reread_failed", error=type(exc).__name__)
+            return late
+        self._settled = until
+        self.late_changes += late
+        return late
 
     async def _malformed_stamps(self, now: datetime) -> set[str]:
         """Calls whose `updatedAt` is not a timestamp or lies in the future, whatever their status.
@@ -312,6 +350,7 @@ class Watcher:
             "timers": self.calls.timers(),
             "catchUps": self.catch_ups,
             "caughtUpCalls": self.caught_up_calls,
+            "lateChanges": self.late_changes,
         }
 
     async def run(self, stop: asyncio.Event) -> None:

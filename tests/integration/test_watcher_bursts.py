@@ -25,6 +25,7 @@ from memharbor.emulators import EmulatorSet
 from memharbor.repositories.call_feed import change_feed_query
 from memharbor.repositories.calls import new_call_document
 from memharbor.repositories.listening import SupervisedListener
+from tests.support.firestore_rest import FirestoreRest, Result
 from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -278,3 +279,62 @@ class TestResentDocumentsWatch:
         finally:
             feed.unsubscribe()
             library.unsubscribe()
+
+
+class TestLateCommits:
+    """A change committed long after the emulator stamped it, below the feed's mark and out of its window."""
+
+    def test_a_late_review_is_counted_by_the_settled_reread(
+        self, clean_emulators: EmulatorSet, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """A review held behind a transaction while newer calls fill the window is counted once it commits."""
+        env = {**FEED_ONLY, "MEMHARBOR_SWEEP_INTERVAL_S": "1", "MEMHARBOR_SETTLE_S": "2"}
+        watcher = WatcherProcess(clean_emulators, tmp_path / "pushes.jsonl", tmp_path, **env)
+        rest = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
+        try:
+            start_feed_only(db, watcher)
+            call_id = ended_call(db)
+            transaction = rest.as_owner().lock(f"calls/{call_id}")
+            review: dict[str, Result] = {}
+
+            def write_review() -> None:
+                fields = {"humanSummary": "late"}
+                review["result"] = rest.as_user("alice").update(f"calls/{call_id}", fields, ["updatedAt"])
+
+            writer = threading.Thread(target=write_review)
+            writer.start()
+            time.sleep(0.5)  # the review has arrived and been stamped; it waits for the lock
+            newer = [call_doc(i) for i in range(6)]
+            for new_id, doc in newer:
+                db.collection("calls").document(new_id).set(doc)
+            wait_all_rang(db, watcher, [new_id for new_id, _ in newer])  # the feed's mark moved past the review
+            rest.as_owner().rollback(transaction)
+            writer.join(timeout=30)
+            result = review["result"]
+            assert result.ok and (result.commit_lag or 0) > 1.0, (result.status, result.commit_lag)
+
+            def counted() -> dict[str, Any] | None:
+                doc = db.collection("calls").document(call_id).get().to_dict() or {}
+                return doc if doc.get("reviewCount") == 1 else None
+
+            doc = wait_for(counted, timeout=15, what="the late review counted")
+            assert doc["lastReviewAt"] == doc["updatedAt"] > doc["endedAt"]
+            assert any(line.get("late", 0) >= 1 for line in log_events(watcher, "sweep.done"))
+        finally:
+            rest.close()
+            watcher.stop()
+
+
+def ended_call(db: firestore.Client) -> str:
+    """A call alice placed to bob, answered and ended by admin writes, once the watcher handled its end."""
+    call_id, doc = call_doc(0)
+    ref = db.collection("calls").document(call_id)
+    ref.set(doc)
+    pushed_call(db, call_id)
+    now = firestore.SERVER_TIMESTAMP
+    ref.update({"status": "accepted", "answeredAt": now, "updatedAt": now})
+    wait_for(lambda: (ref.get().to_dict() or {}).get("status") == "accepted", what="accepted")
+    time.sleep(0.3)
+    ref.update({"status": "ended", "endedAt": now, "updatedAt": now})
+    wait_for(lambda: (ref.get().to_dict() or {}).get("durationSec") is not None, what="the end handled")
+    return call_id

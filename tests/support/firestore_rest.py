@@ -168,6 +168,19 @@ class Result:
         return None
 
     @property
+    def commit_lag(self) -> float | None:
+        """Seconds from the request time a commit stamped (its first server-time transform) to the
+        commit's update time; None for any other answer. The emulator stamps on receipt, production at commit."""
+        if not self.ok or not isinstance(self.json, Mapping):
+            return None
+        results = self.json.get("writeResults") or [{}]
+        stamps = results[0].get("transformResults") or [{}]
+        stamped, committed = stamps[0].get("timestampValue"), results[0].get("updateTime")
+        if not isinstance(stamped, str) or not isinstance(committed, str):
+            return None
+        return (parse_timestamp(committed) - parse_timestamp(stamped)).total_seconds()
+
+    @property
     def data(self) -> dict[str, Any]:
         """The decoded fields of a document answer (from get; a commit answer is not a document)."""
         if not self.ok or not isinstance(self.json, Mapping):
@@ -349,6 +362,24 @@ class FirestoreRest:
     def get(self, path: str) -> Result:
         """Read one document."""
         return self.request("GET", self.name(path))
+
+    def lock(self, path: str) -> str:
+        """Begin a transaction and read `path` in it: the emulator holds other writes to the document
+        (stamped on arrival, committed later) until `rollback`. Returns the transaction's id."""
+        begun = self.request("POST", f"{self.root}:beginTransaction", {})
+        if not begun.ok:
+            raise AssertionError(f"beginTransaction: HTTP {begun.status}: {begun.text[:300]}")
+        transaction = str(begun.json["transaction"])
+        # The emulator never answers a GET with a transaction parameter; a batchGet in one works.
+        body = {"documents": [self.name(path)], "transaction": transaction}
+        read = self.request("POST", f"{self.root}:batchGet", body)
+        if not read.ok:
+            raise AssertionError(f"read in a transaction: HTTP {read.status}: {read.text[:300]}")
+        return transaction
+
+    def rollback(self, transaction: str) -> Result:
+        """End a transaction without writing, releasing what it holds."""
+        return self.request("POST", f"{self.root}:rollback", {"transaction": transaction})
 
     def list(self, collection: str, page_size: int = 100) -> Result:
         """List a collection (an unconstrained query, as far as the rules are concerned)."""

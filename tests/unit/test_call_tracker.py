@@ -44,6 +44,15 @@ class TestArrivals:
         assert calls.arrived(event("c1"))
         assert not calls.arrived(event("c2"))
 
+    def test_keep_only_spares_calls_the_settled_reread_has_yet_to_pass(self) -> None:
+        """A final call stamped at or after the settled mark stays known, so the re-read sees it as known."""
+        calls = CallTracker()
+        calls.arrived(event("passed", updated_at=T0 - timedelta(seconds=1)))
+        calls.arrived(event("ahead", updated_at=T0))
+        calls.keep_only(set(), calls.arrivals(), stamped_since=T0)
+        assert calls.arrived(event("passed", updated_at=T0 - timedelta(seconds=1)))
+        assert not calls.arrived(event("ahead", updated_at=T0))
+
     def test_keep_only_spares_calls_that_arrived_after_the_list_was_read(self) -> None:
         """A call new since the sweep read the active calls is not on the list, yet must be kept."""
         calls = CallTracker()

@@ -183,15 +183,17 @@ class TestWatcherSettings:
         assert settings.apns is None and settings.fcm is None
 
     def test_watcher_variables_are_read(self, tmp_path: Path) -> None:
-        """MEMHARBOR_RING_TIMEOUT_S, _PUSH_SINK, _LISTEN_WINDOW and _RECORD_CALLS configure the watcher."""
+        """MEMHARBOR_RING_TIMEOUT_S, _PUSH_SINK, _LISTEN_WINDOW, _SETTLE_S and _RECORD_CALLS configure the watcher."""
         settings = watcher_settings(
             _with(
                 MEMHARBOR_RING_TIMEOUT_S="2.5",
                 MEMHARBOR_PUSH_SINK=str(tmp_path / "p.jsonl"),
                 MEMHARBOR_LISTEN_WINDOW="50",
+                MEMHARBOR_SETTLE_S="2",
                 MEMHARBOR_RECORD_CALLS="on",
             )
         )
+        assert settings.settle_s == 2.0
         assert settings.ring_timeout_s == 2.5
         assert settings.push_sink == tmp_path / "p.jsonl"
         assert settings.listen_window == 50

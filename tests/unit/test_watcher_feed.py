@@ -259,7 +259,7 @@ class TestSweep:
         reactor = FakeReactor(done={"known": "accepted"})
         watcher = make_watcher(reactor, sweeps=sweeps)
         watcher.on_events([event("known", "MODIFIED", "accepted", T0)])  # arrived; its effects are done
-        assert await watcher.sweep_once() == {"overdue": 0, "missed": 0, "malformed": 0}
+        assert await watcher.sweep_once() == {"overdue": 0, "missed": 0, "malformed": 0, "late": 0}
         await asyncio.gather(*watcher.calls.in_flight())
         assert sorted(c for c, _ in reactor.handled) == ["claimed", "left", "unseen"]
 
@@ -288,3 +288,57 @@ class TestSweep:
         reports = [e for e in logs if e["event"] == "call.updated_at_malformed"]
         assert [(e["kind"], e["value_type"]) for e in reports] == [("above_timestamps", "str")] * 2
         assert reactor.handled == [("odd", False)] * 2
+
+
+class TestSettledReread:
+    """Each sweep reads once more the calls stamped since the last one, up to `settle_s` ago."""
+
+    async def test_a_late_commit_below_the_mark_is_handled(self) -> None:
+        """A review committed long after its stamp, which no snapshot showed, reaches the reactor."""
+        review = event("c1", "CAUGHT_UP", "ended", ago(30))
+        catch_up = FakeCatchUp([review])
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, catch_up)
+        assert (await watcher.sweep_once())["late"] == 1
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert reactor.handled == [("c1", False)] and watcher.status()["lateChanges"] == 1
+
+    async def test_each_stamp_range_is_read_once(self) -> None:
+        """The first re-read reaches back `reread_lookback_s`; the next starts where it ended."""
+        catch_up = FakeCatchUp()
+        watcher = make_watcher(FakeReactor(), catch_up)
+        await watcher.sweep_once()
+        clock = watcher.clock
+        assert isinstance(clock, FakeClock)
+        clock.advance(15)
+        await watcher.sweep_once()
+        settled = T0 - timedelta(seconds=watcher.config.settle_s)
+        lookback = timedelta(seconds=watcher.config.reread_lookback_s)
+        later = settled + timedelta(seconds=15)
+        assert catch_up.gaps == [Gap(settled - lookback, settled, settled), Gap(settled, later, later)]
+
+    async def test_a_change_the_feed_delivered_is_not_handled_again(self) -> None:
+        """A final call's version that arrived through the feed stays known until the re-read passes it."""
+        ended = event("c1", "MODIFIED", "ended", ago(5))
+        catch_up = FakeCatchUp([ended])
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, catch_up)
+        watcher.on_events([ended])
+        await asyncio.gather(*watcher.calls.in_flight())
+        await watcher.sweep_once()  # reads up to 10 s ago: the call is final but not yet passed
+        clock = watcher.clock
+        assert isinstance(clock, FakeClock)
+        clock.advance(15)
+        assert (await watcher.sweep_once())["late"] == 0
+        assert reactor.handled == [("c1", False)]
+
+    async def test_a_failed_reread_reads_the_same_range_again(self) -> None:
+        """A dropped connection leaves the settled mark where it was."""
+        catch_up = FakeCatchUp([event("c1", "CAUGHT_UP", "ended", ago(30))], fail_first=True)
+        reactor = FakeReactor()
+        watcher = make_watcher(reactor, catch_up)
+        with capture_logs() as logs:
+            assert (await watcher.sweep_once())["late"] == 0
+        assert [e["event"] for e in logs if e["event"].startswith("feed.")] == ["feed.reread_failed"]
+        assert (await watcher.sweep_once())["late"] == 1
+        assert catch_up.gaps[0] == catch_up.gaps[1]
