@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from memharbor.repositories.console import ConsoleReader, RecordingAudio
+from memharbor.repositories.console import ConsoleReader
 from memharbor.repositories.timeline import TimelineReader
 from memharbor.timeline import iso, to_json
-from token_http import console_views
+from token_http import console_views, recording_routes
 from token_http.errors import ApiError, bad_request, checked_id, configured, json_response
 from token_http.keys import DEPS
 
@@ -95,10 +95,6 @@ async def get_recordings(request: web.Request) -> web.Response:
     return json_response({"recordings": [console_views.recording_row(sid, doc) for sid, doc in sessions]})
 
 
-def _audio(request: web.Request) -> RecordingAudio:
-    return configured(request.app[DEPS].audio, "reading recording files")
-
-
 async def get_recording_audio(request: web.Request) -> web.Response:
     """A stopped session's WAV file (from Storage, else the recorder's local directory)."""
     await _admin(request, "recordings")
@@ -106,12 +102,7 @@ async def get_recording_audio(request: web.Request) -> web.Response:
     session = await _console(request).recording(sid)
     if session is None:
         raise ApiError(404, f"unknown recording session {sid}", field="sid")
-    if session.get("status") != "stopped":
-        raise ApiError(404, f"recording session {sid} has no stored file yet", field="sid")
-    data = await _audio(request).read(session)
-    if data is None:
-        raise ApiError(404, f"the file of recording session {sid} is not stored here", field="sid")
-    return web.Response(body=data, content_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+    return await recording_routes.audio_response(request, sid, session)
 
 
 def routes() -> list[web.RouteDef]:

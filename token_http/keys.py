@@ -40,7 +40,7 @@ class Deps:
     timeline: TimelineReader | None = None
     # The console's admin views (recent calls, recordings); None answers them with 503.
     console: ConsoleReader | None = None
-    # Recording files for the console's player; None answers the audio route with 503.
+    # Recording files for the participants' and the console's audio routes; None answers them with 503.
     audio: RecordingAudio | None = None
 
 

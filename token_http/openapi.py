@@ -618,6 +618,24 @@ def _recording_get(summary: str, response: dict[str, Any], parameters: list[Any]
     }
 
 
+def _audio_get(summary: str) -> Any:
+    """A stopped session's WAV file by sid (the participants' and the admins' audio routes)."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"firebase": []}],
+            "parameters": [{"name": "sid", "in": "path", "required": True, "schema": _SID}],
+            "responses": {
+                "200": {
+                    "description": "the file",
+                    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **_errors(400, 401, 403, 404, 503),
+            },
+        }
+    }
+
+
 RECORDING_PATHS: dict[str, dict[str, Any]] = {
     "/api/recording/start": _recording_post(
         "Request a recording of a channel and wait up to 10 s for the recorder to begin "
@@ -666,6 +684,10 @@ RECORDING_PATHS: dict[str, dict[str, Any]] = {
         400,
         401,
         503,
+    ),
+    "/api/recording/{sid}/audio": _audio_get(
+        "A stopped recording's WAV file, from Storage or the recorder's directory (participants of its call, "
+        "user1/user2, admins); 404 until it is stored, 403 for anyone else"
     ),
 }
 PATHS.update(RECORDING_PATHS)
@@ -1041,20 +1063,9 @@ CONSOLE_PATHS: dict[str, dict[str, Any]] = {
         403,
         503,
     ),
-    "/api/admin/recordings/{sid}/audio": {
-        "get": {
-            "summary": f"A stopped recording's WAV file, from Storage or the recorder's directory ({_ADMINS_ONLY})",
-            "security": [{"firebase": []}],
-            "parameters": [{"name": "sid", "in": "path", "required": True, "schema": _SID}],
-            "responses": {
-                "200": {
-                    "description": "the file",
-                    "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}},
-                },
-                **_errors(400, 401, 403, 404, 503),
-            },
-        }
-    },
+    "/api/admin/recordings/{sid}/audio": _audio_get(
+        f"A stopped recording's WAV file, from Storage or the recorder's directory ({_ADMINS_ONLY})"
+    ),
     "/console": {
         "get": {
             "summary": "The web console (token_http/console/): sign in as an admin; a demo panel in dev",

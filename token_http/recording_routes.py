@@ -3,6 +3,7 @@
 start creates a `recordings/{sid}` request, as an app would, and waits for the recorder to begin;
 stop sets `stopRequested: true` and waits for the recorder to finish and upload. Request fields and
 the start/stop response shapes are the seed's (with a `.wav` filename: there is no WebM stage).
+`GET /api/recording/{sid}/audio` serves a stopped session's file, since apps have no access to Storage.
 
 Who may: participants of the call whose channelName is the channel; for a legacy channel
 `{groupId}_{user1}_{user2}` that belongs to no call, user1 and user2; admins any channel; with
@@ -241,18 +242,25 @@ async def _visible(calls_of: CallReader, principal: Principal, sessions: list[Se
     return [(sid, doc) for sid, doc in sessions if may_access(principal, doc, known.get(str(doc.get("callId"))))]
 
 
+async def _session_of(
+    service: RecordingRepository, calls_of: CallReader, principal: Principal, sid: str
+) -> dict[str, Any]:
+    """The session `sid` when the principal may see it; 404 when there is none, 403 when it is not theirs."""
+    doc = await service.get(sid)
+    if doc is None:
+        raise ApiError(404, f"unknown recording session {sid}", field="sid")
+    if not await _visible(calls_of, principal, [(sid, doc)]):
+        raise ApiError(403, "this recording is not of a call of yours", field="sid")
+    return doc
+
+
 async def _targets(
     service: RecordingRepository, calls_of: CallReader, principal: Principal, body: dict[str, Any]
 ) -> list[Session]:
     """The sessions a stop names: the one with `sid`, or those in progress on `channel` (newest first)."""
     sid = optional_str(body, "sid", max_bytes=1024)
     if sid is not None:
-        doc = await service.get(checked_id(sid, "sid"))
-        if doc is None:
-            raise ApiError(404, f"unknown recording session {sid}", field="sid")
-        if not await _visible(calls_of, principal, [(sid, doc)]):
-            raise ApiError(403, "this recording is not of a call of yours", field="sid")
-        return [(sid, doc)]
+        return [(sid, await _session_of(service, calls_of, principal, checked_id(sid, "sid")))]
     if body.get("channel") is None or body.get("channel") == "":
         raise bad_request("sid", "sid or channel is required")
     channel = _channel(body.get("channel"))
@@ -383,6 +391,34 @@ async def get_list(request: web.Request) -> web.Response:
     )
 
 
+# ---------------------------------------------------------------------------------------------------
+# GET /api/recording/{sid}/audio (and the admin console's audio route)
+# ---------------------------------------------------------------------------------------------------
+
+
+async def audio_response(request: web.Request, sid: str, session: dict[str, Any]) -> web.Response:
+    """The WAV file of session `sid` (from Storage, else the recorder's directory); 404 until it is stored.
+
+    Callers decide who may read the session first: this only looks at its status and file.
+    """
+    if status_of(session) is not RecordingStatus.STOPPED:
+        raise ApiError(404, f"recording session {sid} has no stored file yet", field="sid")
+    data = await configured(request.app[DEPS].audio, "reading recording files").read(session)
+    if data is None:
+        raise ApiError(404, f"the file of recording session {sid} is not stored here", field="sid")
+    # private: only the call's participants may hear it, so no shared cache may keep it; a stopped file stays as is.
+    return web.Response(body=data, content_type="audio/wav", headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def get_audio(request: web.Request) -> web.Response:
+    """A stopped recording's WAV file, for the participants of its call (and admins)."""
+    principal = await _principal(request)
+    sid = checked_id(request.match_info["sid"], "sid")
+    # Access is checked before the status, so a stranger cannot learn whether someone's recording is done.
+    session = await _session_of(_service(request), request.app[DEPS].calls, principal, sid)
+    return await audio_response(request, sid, session)
+
+
 def routes() -> list[web.RouteDef]:
     """The recording routes, for the application's router."""
     return [
@@ -390,4 +426,5 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/recording/stop", post_stop),
         web.get("/api/recording/status", get_status),
         web.get("/api/recording/list", get_list),
+        web.get("/api/recording/{sid}/audio", get_audio),
     ]

@@ -4,13 +4,18 @@ and a stand-in recorder thread that plays the recorder's side of the `recordings
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 
 from memharbor import calls
 from memharbor.emulators import EmulatorSet
@@ -201,6 +206,52 @@ class TestLegacyChannel:
         assert start(api, "lobby", ALICE)[0] == 403
         status, data = start(api, "lobby", OPS, admin=True)
         assert status == 200 and db.get(f"recordings/{data['sid']}").data["requestedBy"] == OPS
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+
+def download(api: Api, sid: str, uid: str) -> tuple[int, str, bytes]:
+    """(status, content type, raw body) of GET /api/recording/{sid}/audio as `uid` (Api.request reads JSON only)."""
+    url = f"{api.base}/api/recording/{sid}/audio"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api.token(uid)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return int(response.status), response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.headers.get_content_type(), exc.read()
+
+
+class TestAudio:
+    """GET /api/recording/{sid}/audio serves a stopped session's file from the Storage emulator."""
+
+    def test_participant_downloads_and_stranger_is_403(
+        self, api: Api, db: FirestoreRest, clean_emulators: EmulatorSet
+    ) -> None:
+        """The receiver gets the uploaded bytes as audio/wav; a stranger gets 403 and none of them."""
+        seed_call(db)
+        wav = b"RIFF\x24\x01\x00\x00WAVE" + bytes(range(256))
+        path = "recordings/audio-route-test.wav"
+        gcs = storage.Client(project=clean_emulators.project_id, credentials=AnonymousCredentials())
+        gcs.bucket(clean_emulators.bucket).blob(path).upload_from_string(wav, content_type="audio/wav")
+        session = {
+            "channel": CHANNEL,
+            "callId": "call-1",
+            "status": "stopped",
+            "requestedBy": ALICE,
+            "groupId": "grp1",
+            "user1": ALICE,
+            "user2": BOB,
+            "filename": "audio-route-test.wav",
+            "storagePath": path,
+            "createdAt": datetime.now(UTC),
+        }
+        sid = call_session_id("call-1")
+        assert db.create(f"recordings/{sid}", session).ok
+        assert download(api, sid, BOB) == (200, "audio/wav", wav)
+        status, content_type, body = download(api, sid, MALLORY)
+        assert (status, content_type) == (403, "application/json") and wav not in body
+        assert json.loads(body)["field"] == "sid"
 
 
 # ---------------------------------------------------------------------------------------------- status and list

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +40,7 @@ from tests.support.api_worlds import (
     RecordingWorld,
     make_settings,
 )
+from tests.support.fake_console import FakeAudio
 from tests.support.json_client import Client, get, post
 from tests.support.openapi_shapes import ResponseShapes
 from tests.support.raw_http import raw_get
@@ -573,6 +576,83 @@ class TestListAndStatusQueryParameters:
         status, data = await raw_get(client, b"/api/recording/list?limit=" + raw, AS_ALICE)
         assert status == 400 and data["field"] == "limit"
         assert world.service.stored_calls == []
+
+
+# ---------------------------------------------------------------------------------------------- audio
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
+
+
+@pytest.fixture
+def audio() -> FakeAudio:
+    return FakeAudio()
+
+
+@pytest.fixture
+async def audio_client(world: World, audio: FakeAudio) -> AsyncIterator[Client]:
+    """The app on the world with a recording-file reader wired (the shared `client` has none)."""
+    deps = dataclasses.replace(world.deps(), audio=audio)
+    async with TestClient(TestServer(create_app(make_settings(), deps))) as test_client:
+        yield test_client
+
+
+class TestAudio:
+    """GET /api/recording/{sid}/audio serves a stopped session's WAV file to the participants of its call."""
+
+    def seed(self, world: World, audio: FakeAudio, status: str = "stopped") -> None:
+        world.service.add_call()
+        world.service.add_session(
+            "s1", status, groupId="g1", user1=ALICE, user2=BOB, filename="s1.wav", storagePath="recordings/s1.wav"
+        )
+        audio.files["s1.wav"] = WAV
+
+    @pytest.mark.parametrize("who", [AS_ALICE, AS_BOB], ids=["caller", "receiver"])
+    async def test_participant_gets_the_file(
+        self, audio_client: Client, world: World, audio: FakeAudio, who: dict[str, str]
+    ) -> None:
+        """The caller and the receiver get the bytes as audio/wav, cacheable only privately."""
+        self.seed(world, audio)
+        response = await audio_client.get("/api/recording/s1/audio", headers=who)
+        assert response.status == 200 and response.content_type == "audio/wav"
+        assert response.headers["Cache-Control"] == "private, max-age=3600"
+        assert await response.read() == WAV
+
+    @pytest.mark.parametrize("status", ["stopped", "recording"])
+    async def test_group_member_outside_the_call_is_403(
+        self, audio_client: Client, world: World, audio: FakeAudio, status: str
+    ) -> None:
+        """Carol, not in the call, gets 403 and no bytes, whether or not the recording is finished."""
+        self.seed(world, audio, status)
+        response = await audio_client.get("/api/recording/s1/audio", headers=AS_CAROL)
+        body = await response.read()
+        assert response.status == 403 and response.content_type == "application/json"
+        assert (await response.json())["field"] == "sid" and WAV not in body
+
+    async def test_unknown_sid_is_404(self, audio_client: Client, world: World, audio: FakeAudio) -> None:
+        """A sid with no session is a 404 naming sid."""
+        self.seed(world, audio)
+        status, data = await get(audio_client, "/api/recording/nope/audio", AS_ALICE)
+        assert (status, data["field"]) == (404, "sid") and "unknown recording session nope" in data["error"]
+
+    async def test_session_still_recording_is_404(self, audio_client: Client, world: World, audio: FakeAudio) -> None:
+        """A participant asking for a session that is still recording gets 404: there is no file yet."""
+        self.seed(world, audio, "recording")
+        status, data = await get(audio_client, "/api/recording/s1/audio", AS_ALICE)
+        assert (status, data["field"]) == (404, "sid") and "no stored file yet" in data["error"]
+
+    @pytest.mark.parametrize("sid", ["__s1__", "s" * 129, "a%0A"])
+    async def test_invalid_sid_is_400(self, audio_client: Client, world: World, audio: FakeAudio, sid: str) -> None:
+        """A sid that is no valid document id is a 400 naming sid, and no session is read."""
+        self.seed(world, audio)
+        status, data = await get(audio_client, f"/api/recording/{sid}/audio", AS_ALICE)
+        assert (status, data["field"]) == (400, "sid")
+        assert world.service.reads == {}
+
+    async def test_no_audio_reader_is_503(self, client: Client, world: World, audio: FakeAudio) -> None:
+        """An app built without a recording-file reader answers a participant's stopped session with 503."""
+        self.seed(world, audio)
+        status, data = await get(client, "/api/recording/s1/audio", AS_ALICE)
+        assert status == 503 and "reading recording files is not configured" in data["error"]
 
 
 # Raw bodies: a lone \uD800-\uDFFF escape is valid JSON text but no UTF-8 string (json.dumps would not write one).
