@@ -70,15 +70,15 @@ bench-recorder: bench-venv
 	$(PY) bench/recorder_bench.py --sessions 200 --seconds 30
 
 # The chaos soak (bench/soak.py): 5 calls/s for 10 minutes under a seeded fault schedule, e.g.
-# `make soak SOAK_ARGS="--rate 2 --duration 1800"` (bench/soak.py --help). `make soak-test` runs its
-# 2-minute check (bench/test_soak.py); it is not in `make test` while a bug it finds is open (README, Soak).
+# `make soak SOAK_ARGS="--rate 2 --duration 1800"` (bench/soak.py --help). `make soak-test` runs only its
+# 2-minute check (tests/e2e/test_soak.py), which `make test` runs too.
 SOAK_ARGS ?=
 .PHONY: soak soak-test
 soak: venv
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 soak-test: venv
-	$(PY) -m pytest -q bench/test_soak.py
+	$(PY) -m pytest -q tests/e2e/test_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ import pytest
 
 from bench.soak import FAULT_KINDS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DURATION_S = 120
 RATE = 2  # calls/s: what this 2-core machine sustains with the whole cast and the load generator on it
 SEED = 7
