@@ -169,25 +169,30 @@ class CallReactor:
         self._rung: dict[str, Audience] = {}
 
         # Calls this instance saw through to a final status other than `ended` (bounded): their later
-        # events are echoes. An ended call is in neither map, so each review write reaches `handle`.
+        # events are echoes. An ended call is not among them: participants may still review it.
         self._final: OrderedDict[str, None] = OrderedDict()
+        # Ended calls handled here, with the `updatedAt` they had (bounded): a review stamps a newer one,
+        # so an event at the same stamp is the echo of our own write (`durationSec`, a review's count).
+        self._ended_at: OrderedDict[str, datetime] = OrderedDict()
 
     def known_done(self, call_id: str, status: Any) -> bool:
         """True when the call is still in the status whose effects are known done."""
         return self._done.get(call_id) == str(status)
 
-    def known_final(self, call_id: str) -> bool:
-        """True when this instance handled the call's final status (never `ended`: reviews follow it)."""
-        return call_id in self._final
+    def known_final(self, call_id: str, updated_at: datetime | None = None) -> bool:
+        """True when this instance handled the call's final status and no app wrote since: for an ended
+        call, when `updated_at` is the stamp it had then (each review write stamps a newer one)."""
+        if call_id in self._final:
+            return True
+        handled = self._ended_at.get(call_id)
+        return handled is not None and updated_at is not None and updated_at == handled
 
     def forget(self, call_id: str) -> None:
         """Drop what is cached about a call that reached a final status."""
         self._done.pop(call_id, None)
         self._receivers.pop(call_id, None)
         self._rung.pop(call_id, None)
-        self._final[call_id] = None
-        while len(self._final) > _FINAL_MEMORY:
-            self._final.popitem(last=False)
+        _keep_bounded(self._final, call_id, None)
 
     def prune(self, active_ids: set[str]) -> None:
         """Forget active-status knowledge of calls that are no longer active (their events were lost)."""
@@ -234,10 +239,12 @@ class CallReactor:
 
     def _remember(self, call_id: str, call: Mapping[str, Any], status: str) -> None:
         if status == Status.ENDED:
-            # Participants may still review an ended call: none of its later changes is an echo.
             self._done.pop(call_id, None)
             self._receivers.pop(call_id, None)
             self._rung.pop(call_id, None)
+            stamp = call.get("updatedAt")
+            if isinstance(stamp, datetime):
+                _keep_bounded(self._ended_at, call_id, stamp)
         elif status in calls.FINAL:
             self.forget(call_id)
         else:
@@ -634,6 +641,14 @@ def _record_path(status: str, device: str) -> str:
 
 async def _nothing() -> None:
     return None
+
+
+def _keep_bounded(memory: OrderedDict[str, Any], call_id: str, value: Any) -> None:
+    """Remember `value` for the call, forgetting the oldest calls past _FINAL_MEMORY."""
+    memory[call_id] = value
+    memory.move_to_end(call_id)
+    while len(memory) > _FINAL_MEMORY:
+        memory.popitem(last=False)
 
 
 # What a decision writes: fields for the call, and for its server document (created if it is missing).

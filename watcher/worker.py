@@ -59,8 +59,8 @@ class Reactor(Protocol):
         """True when the call is still in the status whose effects are known done."""
         ...
 
-    def known_final(self, call_id: str) -> bool:
-        """True when this instance handled the call's final status."""
+    def known_final(self, call_id: str, updated_at: datetime | None = None) -> bool:
+        """True when this instance handled the call's final status and no app wrote since."""
         ...
 
     def prune(self, active_ids: set[str]) -> None:
@@ -138,8 +138,10 @@ class Watcher:
 
     def _is_echo(self, event: CallEvent) -> bool:
         # An echo of our own write, or a change that leaves nothing to do: no claim needed.
-        if event.change == "REMOVED" or (event.status in FINAL and self.reactor.known_final(event.call_id)):
-            return True  # a final call this instance saw through (later writes are reviews)
+        if event.change == "REMOVED":
+            return True
+        if event.status in FINAL and self.reactor.known_final(event.call_id, event.updated_at):
+            return True  # a final call this instance saw through, unchanged by any app since
         return self.reactor.known_done(event.call_id, event.status)
 
     def submit(self, call_id: str) -> None:

@@ -657,6 +657,18 @@ class TestReactorShell:
         assert store.docs["calls/steady"]["durationSec"] == 10
         assert not reactor.known_done("steady", "ended") and not reactor.known_final("steady")
 
+    async def test_ended_call_unchanged_since_is_known_final(self) -> None:
+        """The echo of our own write (same `updatedAt`) is known; a review's newer stamp is not."""
+        store = seeded_store()
+        call = known_call(Status.ENDED, callId="steady")
+        store.put("calls/steady", call)
+        store.put(f"{CALL_SERVER}/steady", steady_server("accepted", {"state": "done"}))
+        reactor = make_reactor(store)
+        assert await reactor.handle("steady") is Claim.RUN
+        assert reactor.known_final("steady", call["updatedAt"])
+        assert not reactor.known_final("steady", call["updatedAt"] + timedelta(seconds=1))
+        assert not reactor.known_final("steady", None)
+
 
 class ScriptedNotifier(FakeNotifier):
     """A Notifier that reports the given tokens dead and every other push delivered."""

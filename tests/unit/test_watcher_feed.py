@@ -20,18 +20,25 @@ T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 
 class FakeReactor:
-    """Knows which statuses' effects are done and which calls it saw to a final status."""
+    """Knows which statuses' effects are done, which calls it saw to a final status, and the stamp of
+    each ended call it handled."""
 
-    def __init__(self, done: dict[str, str] | None = None, final: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        done: dict[str, str] | None = None,
+        final: set[str] | None = None,
+        ended: dict[str, datetime] | None = None,
+    ) -> None:
         self.done = done or {}
         self.final = final or set()
+        self.ended = ended or {}
         self.handled: list[tuple[str, bool]] = []
 
     def known_done(self, call_id: str, status: Any) -> bool:
         return self.done.get(call_id) == status
 
-    def known_final(self, call_id: str) -> bool:
-        return call_id in self.final
+    def known_final(self, call_id: str, updated_at: datetime | None = None) -> bool:
+        return call_id in self.final or (updated_at is not None and self.ended.get(call_id) == updated_at)
 
     async def handle(
         self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
@@ -104,6 +111,17 @@ class TestOnEvents:
         later = T0 + timedelta(seconds=1)
         watcher.on_events([event("c1", "MODIFIED", "missed", T0), event("c1", "MODIFIED", "ended", later)])
         assert watcher.calls.in_flight() == [] and reactor.handled == []
+
+    async def test_ended_call_runs_again_only_for_a_newer_stamp(self) -> None:
+        """Our own write to an ended call (same `updatedAt`) runs nothing; a review (newer stamp) runs."""
+        reactor = FakeReactor(ended={"c1": T0})
+        watcher = make_watcher(reactor)
+        watcher.on_events([CallEvent("c1", "MODIFIED", "ended", T0 + timedelta(seconds=1), updated_at=T0)])
+        assert watcher.calls.in_flight() == []
+        review = T0 + timedelta(seconds=2)
+        watcher.on_events([CallEvent("c1", "MODIFIED", "ended", review, updated_at=review)])
+        await asyncio.gather(*watcher.calls.in_flight())
+        assert reactor.handled == [("c1", False)]
 
     async def test_final_status_of_another_call_is_handled(self) -> None:
         """A call that ended without this instance seeing it through is handled (e.g. the app ended it)."""
