@@ -42,8 +42,9 @@ class WatcherConfig:
     # Each sweep reads once more the calls stamped up to this long ago (the settled re-read): the
     # emulator stamps `updatedAt` on receipt and may commit much later, below the feed's mark.
     settle_s: float = 10.0
-    # How far back the first settled re-read reaches: changes made while no watcher ran.
-    reread_lookback_s: float = 120.0
+    # How far back the first settled re-read reaches: changes made while no watcher ran (a restart). Each
+    # call changed in it that this new process does not know costs a read, so not much further.
+    reread_lookback_s: float = 30.0
 
 
 class Reactor(Protocol):
