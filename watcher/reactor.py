@@ -35,6 +35,7 @@ from watcher.metrics import WatcherMetrics
 from watcher.push import (
     Kind,
     Notifier,
+    PushResult,
     PushTarget,
     call_ended_payload,
     incoming_call_payload,
@@ -485,7 +486,13 @@ class CallReactor:
     ) -> tuple[dict[str, Any], Event]:
         """Push to one device: its record for callServer, and its timeline event (with the push's latency)."""
         started = self._clock.monotonic()
-        result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
+        if expires.timestamp() <= self._clock.time():
+            # Checked again at each device: a freeze or a slow fan-out since the ring's own check would
+            # ring a phone for a call already missed (APNs delivers a past expiry once, at once).
+            reason = "ring_deadline_passed" if kind == "incoming_call" else "expired"
+            result = PushResult(False, target.platform, reason)
+        else:
+            result = await self._notifier.send(target, kind, payload, expires.timestamp(), wanted)
         record = push_record(result, target.platform, datetime.fromtimestamp(self._clock.time(), UTC))
         took_s = self._clock.monotonic() - started
         self._metrics.push(kind, target.platform, str(record["result"]), took_s)

@@ -757,6 +757,22 @@ class TestTimelineEvents:
         assert store.events["broken"][0].detail["reason"] == store.docs["calls/broken"]["violation"]["reason"]
 
 
+class DeadlinePassingNotifier(ScriptedNotifier):
+    """Delivers each push; the first one takes until `later` (past the ring deadline) on the clock."""
+
+    def __init__(self, clock: FixedClock, later: datetime) -> None:
+        super().__init__()
+        self.clock = clock
+        self.later = later
+
+    async def send(
+        self, target: PushTarget, kind: Any, payload: Mapping[str, str], expires_at: float, still_wanted: Any = None
+    ) -> PushResult:
+        self.clock.now = self.later
+        await asyncio.sleep(0)  # the other devices' pushes start while this one is out
+        return await super().send(target, kind, payload, expires_at, still_wanted)
+
+
 class TestFanOut:
     """Every device of the receiver rings; answers stop the others; records are kept per device."""
 
@@ -778,6 +794,17 @@ class TestFanOut:
         call = store.docs["calls/steady"]
         assert (call["pushSent"], call["pushPlatform"], call["pushError"]) == (True, "ios", None)
         assert devices.reads == ["bob"]
+
+    async def test_no_device_rings_once_the_deadline_passed_during_the_fan_out(self) -> None:
+        """A device reached only after the ring deadline passed (a frozen or slow watcher) is not pushed."""
+        store = seeded_store(user={})
+        clock = FixedClock(store.now)
+        notifier = DeadlinePassingNotifier(clock, store.now + timedelta(seconds=CONFIG.ring_timeout_s + 1))
+        await make_reactor(store, notifier, three_devices(store.now), clock=clock).handle("steady", "bob")
+        records = store.docs[f"{CALL_SERVER}/steady"]["pushes"]["pending"]
+        assert len(notifier.targets) == 1
+        assert sorted(str(r["error"]) for r in records.values()) == ["None", "ring_deadline_passed", "ring_deadline_passed"]
+        assert store.docs["calls/steady"]["pushSent"] is True
 
     async def test_dead_device_among_live_ones(self) -> None:
         """One iPhone's token is dead: it alone is recorded dead and loses the token; the call is still sent."""
