@@ -192,6 +192,16 @@ def _crashed_before_record(ev: Evidence, got: list[PushSeen]) -> bool:
     return first is not None and _overlaps(ev, first, first + UNRECORDED_S, CRASH_FAULTS)
 
 
+def _accepted_too_late(ev: Evidence, cid: str, call: Mapping[str, Any]) -> bool:
+    """No watcher handled `accepted` while the call lasted (never, or only after it ended), and a watcher
+    fault overlapped the call: the recording request, an effect of `accepted`, could not be made in time."""
+    effect = ev.server.get(cid, {}).get("effects", {}).get("accepted", {})
+    done, ended = _unix(effect.get("doneAt")), _unix(call.get("endedAt"))
+    if ended is None or (done is not None and done <= ended):
+        return False
+    return _impaired(ev, _unix(call.get("createdAt")) or 0.0, ended)
+
+
 def _status_unhandled(ev: Evidence, cid: str, call: Mapping[str, Any], status: str) -> bool:
     """The watchers never finished the effects of `status` on this call while a watcher fault overlapped
     its life (a failed handler is not retried once the call moved on; a status nobody saw has none)."""
@@ -364,7 +374,7 @@ def check_recordings_stored(ev: Evidence) -> list[Violation]:
             # A claim in flight when the call ends counts: allow the recorder its reaction time.
             reach = (answered, ended + RECORDING_TOLERANCE_S)
             unclaimed = rec is not None and rec.get("status") == "failed" and _overlaps(ev, *reach, LEASE_FAULTS)
-            excused = unclaimed or (rec is None and _status_unhandled(ev, cid, call, "accepted"))
+            excused = unclaimed or (rec is None and _accepted_too_late(ev, cid, call))
             found.append(Violation("recording stopped with WAV in Storage", cid, problem, excused))
     return found
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.soak_audit import Evidence, FaultWindow, PushSeen, check_reviews, check_stop_ringing
+from bench.soak_audit import (
+    Evidence,
+    FaultWindow,
+    PushSeen,
+    check_recordings_stored,
+    check_reviews,
+    check_stop_ringing,
+)
 from memharbor.devices import Device
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -82,3 +89,36 @@ class TestReviews:
         ev.reviews = {"c1": 1}
         [finding] = check_reviews(ev)
         assert finding.invariant == "review counted" and "reviewCount None" in finding.detail
+
+
+def recorded(accepted_done_s: float | None) -> Evidence:
+    """An ended call with record: true, answered at +2 s and ended at +8 s, that got no recording."""
+    call = {"status": "ended", "answeredAt": T0 + timedelta(seconds=2), "endedAt": T0 + timedelta(seconds=8)}
+    ev = evidence([], [], **call)
+    ev.record_requested = {"c1"}
+    effect = {} if accepted_done_s is None else {"state": "done", "doneAt": T0 + timedelta(seconds=accepted_done_s)}
+    ev.server["c1"]["effects"]["accepted"] = effect
+    return ev
+
+
+class TestRecordingRequests:
+    """A recorded call without a recording is a violation unless no watcher could handle `accepted` in time."""
+
+    def test_accepted_handled_in_time_without_a_recording_is_a_violation(self) -> None:
+        """`accepted` was handled during the call: a missing recording is the server's fault."""
+        ev = recorded(accepted_done_s=3)
+        ev.faults = [FaultWindow("firestore_cut", "", CALLED_AT + 1, CALLED_AT + 6)]
+        [finding] = check_recordings_stored(ev)
+        assert finding.detail == "no recordings document" and not finding.excused
+
+    def test_accepted_handled_after_the_end_during_a_cut_is_excused(self) -> None:
+        """`accepted` reached a watcher only after the call ended, while a cut overlapped the call."""
+        ev = recorded(accepted_done_s=11)
+        ev.faults = [FaultWindow("firestore_cut", "", CALLED_AT + 1, CALLED_AT + 6)]
+        [finding] = check_recordings_stored(ev)
+        assert finding.excused
+
+    def test_accepted_handled_late_without_a_fault_is_a_violation(self) -> None:
+        """A watcher merely slow to see `accepted` (no fault) is not excused."""
+        [finding] = check_recordings_stored(recorded(accepted_done_s=11))
+        assert not finding.excused
