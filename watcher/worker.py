@@ -121,21 +121,21 @@ class Watcher:
 
     def on_events(self, events: list[CallEvent]) -> int:
         """Take a batch of call events from the feed or the catch-up (on the loop's thread); returns
-        how many were versions that had not arrived before."""
-        fresh = 0
+        how many changes it handed on (versions that had not arrived, other than echoes of our writes)."""
+        handed = 0
         for event in events:
             if event.change == "REMOVED":
                 continue  # the call left the window, newer ones pushed it out: not a change
             if not self.calls.arrived(event):
                 continue  # this version arrived before (a catch-up overlapping the window, a re-listing)
-            fresh += 1
             echo = self._is_echo(event)
             if not echo or self.calls.running(event.call_id):
                 self.calls.hint(event)  # read by the handler; dropped when it finishes
             if not echo:
+                handed += 1
                 self.metrics.change(event.change)
                 self.submit(event.call_id)
-        return fresh
+        return handed
 
     def _is_echo(self, event: CallEvent) -> bool:
         # An echo of our own write, or a change that leaves nothing to do: no claim needed.

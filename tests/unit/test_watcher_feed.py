@@ -350,6 +350,14 @@ class TestSettledReread:
         assert (await watcher.sweep_once())["late"] == 0
         assert reactor.handled == [("c1", False)]
 
+    async def test_an_echo_of_our_own_write_is_not_a_late_change(self) -> None:
+        """A version the feed never showed, of a call this watcher saw through, is neither run nor counted."""
+        catch_up = FakeCatchUp([event("c1", "CAUGHT_UP", "missed", ago(30))])
+        reactor = FakeReactor(final={"c1"})
+        watcher = make_watcher(reactor, catch_up)
+        assert (await watcher.sweep_once())["late"] == 0
+        assert reactor.handled == [] and watcher.status()["lateChanges"] == 0
+
     async def test_a_failed_reread_reads_the_same_range_again(self) -> None:
         """A dropped connection leaves the settled mark where it was."""
         catch_up = FakeCatchUp([event("c1", "CAUGHT_UP", "ended", ago(30))], fail_first=True)
