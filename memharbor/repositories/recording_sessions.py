@@ -177,6 +177,28 @@ def _final_update(doc: dict[str, Any], report: SegmentReport, entry: dict[str, A
     return update
 
 
+def completion(doc: dict[str, Any], owner_id: str, report: SegmentReport) -> tuple[str, dict[str, Any] | None]:
+    """What delivering `report` does to the session `doc`: "final" or "segment", and the update (None: none).
+
+    The holder's segment is the result; any other is a late segment of a session taken over, which lost
+    audio in between. A segment already in `segments` is a retry after a commit whose answer was lost
+    (a cut connection): it changes nothing, least of all marks the session interrupted.
+    """
+    entry = report.as_entry()
+    listed = doc.get("segments")
+    segments: list[Any] = listed if isinstance(listed, list) else []
+    delivered = any(
+        isinstance(seg, dict) and seg.get("filename") == entry["filename"] and seg.get("workerId") == entry["workerId"]
+        for seg in segments
+    )
+    stopped = doc.get("status") == RecordingStatus.STOPPED.value
+    if delivered:
+        return ("final" if stopped and doc.get("filename") == entry["filename"] else "segment"), None
+    if doc.get("workerId") != owner_id or stopped:
+        return "segment", {"segments": firestore.ArrayUnion([entry]), "interrupted": True}
+    return "final", _final_update(doc, report, entry)
+
+
 def _request_error(doc: dict[str, Any], call: dict[str, Any] | None) -> str | None:
     """Why a requested session cannot be recorded (its channel, or its call), or None."""
     channel = doc.get("channel")
@@ -341,15 +363,12 @@ class FirestoreRecordingSessions:
                     return "gone"
                 doc = snap.to_dict() or {}
                 call_exists = call_ref is not None and (await call_ref.get(transaction=tx)).exists
-                entry = report.as_entry()
-                owned = doc.get("workerId") == owner_id and doc.get("status") != RecordingStatus.STOPPED.value
-                if not owned:
-                    tx.update(ref, {"segments": firestore.ArrayUnion([entry]), "interrupted": True})
-                    return "segment"
-                tx.update(ref, _final_update(doc, report, entry))
-                if call_ref is not None and call_exists:
+                outcome, update = completion(doc, owner_id, report)
+                if update is not None:
+                    tx.update(ref, update)
+                if update is not None and outcome == "final" and call_ref is not None and call_exists:
                     tx.update(call_ref, {"recordingId": sid})
-                return "final"
+                return outcome
 
             outcome: str = await run(db.transaction())
             return outcome

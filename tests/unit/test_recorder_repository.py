@@ -10,7 +10,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from memharbor.errors import Unavailable
-from memharbor.repositories.recording_sessions import FirestoreRecordingSessions, SegmentReport, _final_update
+from memharbor.repositories.recording_sessions import (
+    FirestoreRecordingSessions,
+    SegmentReport,
+    _final_update,
+    completion,
+)
 from tests.support.fake_firestore import FakeFirestore
 
 
@@ -63,3 +68,29 @@ class TestFinalResult:
         """A taken-over session lost the audio between its holders: the flag set at the takeover stays."""
         doc = {"status": "recording", "interrupted": True, "takeovers": 1}
         assert "interrupted" not in _final_update(doc, report(), report().as_entry())
+
+
+class TestCompletion:
+    """Delivering a segment: the holder's is the result, another a late segment, a repeated one nothing."""
+
+    def test_the_holders_segment_is_the_result(self) -> None:
+        """The session's holder delivers: the final update, with its segment listed."""
+        outcome, update = completion({"status": "stopping", "workerId": "me"}, "me", report())
+        assert outcome == "final" and update is not None and update["status"] == "stopped"
+
+    def test_a_retried_final_delivery_changes_nothing(self) -> None:
+        """The first delivery committed but its answer was lost: the retry neither writes nor marks interrupted."""
+        first = report().as_entry()
+        doc = {"status": "stopped", "workerId": "me", "filename": "f.wav", "segments": [first]}
+        assert completion(doc, "me", report()) == ("final", None)
+
+    def test_a_late_segment_of_another_worker_marks_the_loss(self) -> None:
+        """A segment from a previous holder reaching a stopped session is added, and the session is interrupted."""
+        doc = {"status": "stopped", "workerId": "other", "filename": "g.wav", "segments": []}
+        outcome, update = completion(doc, "me", report())
+        assert outcome == "segment" and update is not None and update["interrupted"] is True
+
+    def test_a_retried_late_segment_changes_nothing(self) -> None:
+        """A late segment already listed (its first delivery's answer lost) is not written again."""
+        doc = {"status": "stopped", "workerId": "other", "filename": "g.wav", "segments": [report().as_entry()]}
+        assert completion(doc, "me", report()) == ("segment", None)
