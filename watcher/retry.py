@@ -83,6 +83,10 @@ async def deliver(
         await sleep(pause)
         if still_wanted is not None and not await _wanted(still_wanted):
             return Delivery(result, count, "not_wanted")
+        if clock() >= expires_at:
+            # The pause and the still-wanted lookup (slow under load) may end past the expiry: a ring
+            # then would be for a missed call.
+            return Delivery(result, count, "expired")
 
 
 async def _wanted(still_wanted: StillWanted) -> bool:

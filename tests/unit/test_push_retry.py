@@ -94,6 +94,21 @@ class TestDeliver:
         assert time.now < NOW + 2.0
         assert calls[0] >= 2
 
+    async def test_no_retry_once_the_still_wanted_lookup_ran_past_the_expiry(self) -> None:
+        """A slow still-wanted lookup that ends after expires_at makes no further attempt."""
+        time = FakeTime()
+
+        async def slow_still_wanted() -> bool:
+            time.now += 5.0  # a loaded Firestore answers late
+            return True
+
+        attempt, calls = scripted(TRANSIENT)
+        delivery = await deliver(
+            attempt, NOW + 3.0, RetryPolicy(), still_wanted=slow_still_wanted, clock=time.clock, sleep=time.sleep
+        )
+        assert delivery.gave_up == "expired" and delivery.last == TRANSIENT
+        assert calls[0] == 1
+
     async def test_retry_after_beyond_the_expiry_gives_up_at_once(self) -> None:
         """A Retry-After longer than the time left ends delivery without sleeping."""
         time = FakeTime()
