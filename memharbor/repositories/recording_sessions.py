@@ -257,7 +257,11 @@ class FirestoreRecordingSessions:
                 call = None
                 call_id = doc.get("callId")
                 if isinstance(call_id, str) and call_id:
-                    call_snap = await db.collection(CALLS).document(call_id).get(transaction=tx)
+                    # Read outside the transaction: a transactional read locks the call, and a recorder
+                    # killed or frozen mid-claim would hold that lock, refusing the apps' writes to the
+                    # call (its end) until the lock expired (seen in the soak). The watcher stops a
+                    # recording whose call ends after this read.
+                    call_snap = await db.collection(CALLS).document(call_id).get()
                     call = call_snap.to_dict() if call_snap.exists else None
                 return self._decide(tx, ref, doc, call)
 
@@ -362,7 +366,8 @@ class FirestoreRecordingSessions:
                 if not snap.exists:
                     return "gone"
                 doc = snap.to_dict() or {}
-                call_exists = call_ref is not None and (await call_ref.get(transaction=tx)).exists
+                # Not a transactional read, for the same reason as in `claim`: only the write locks the call.
+                call_exists = call_ref is not None and (await call_ref.get()).exists
                 outcome, update = completion(doc, owner_id, report)
                 if update is not None:
                     tx.update(ref, update)
