@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -16,6 +18,8 @@ from google.cloud import firestore, storage
 
 from memharbor import wav
 from memharbor.emulators import EmulatorSet
+from memharbor.repositories.recording_sessions import FirestoreRecordingSessions
+from tests.support.firestore_rest import FirestoreRest
 from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
 from tests.support.recording_sessions import TWO_TONES, request, session, stop, wait_status
@@ -231,3 +235,43 @@ class TestCrashes:
         old = next(s for s in doc["segments"] if s["filename"] == held["filename"])
         assert old["interrupted"] is True and old["storagePath"] == f"recordings/{held['filename']}"
         assert old["duration"] >= 900
+
+
+class PausedClaims(FirestoreRecordingSessions):
+    """The repository, pausing its first claim inside the transaction (after its reads) until `release`."""
+
+    def __init__(self, client: firestore.AsyncClient, inside: threading.Event, release: threading.Event) -> None:
+        super().__init__(lambda: client, "recorder-under-test", 20.0, 999999)
+        self.inside, self.release = inside, release
+
+    def _decide(self, *args: Any) -> Any:
+        if not self.inside.is_set():
+            self.inside.set()
+            # Blocks the event loop on purpose: the transaction stays open, as in a frozen recorder.
+            self.release.wait(timeout=10)
+        return super()._decide(*args)
+
+
+class TestCallLocks:
+    """A recorder inside a transaction never holds the call document against the apps' writes."""
+
+    def test_an_open_claim_does_not_block_the_call(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
+        """While a claim's transaction is open, the caller can still end the call at once."""
+        sid, _, call_id = request(db)
+        client = firestore.AsyncClient(project=clean_emulators.project_id)
+        inside, release = threading.Event(), threading.Event()
+        claims = PausedClaims(client, inside, release)
+        claiming = threading.Thread(target=lambda: asyncio.run(claims.claim(sid)))
+        claiming.start()
+        rest = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
+        try:
+            assert inside.wait(timeout=10), "the claim never reached its transaction"
+            started = time.monotonic()
+            ended = rest.as_owner().update(f"calls/{call_id}", {"status": "ended"}, ["endedAt", "updatedAt"])
+            took = time.monotonic() - started
+        finally:
+            release.set()
+            claiming.join(timeout=30)
+            rest.close()
+        assert ended.ok, ended
+        assert took < 2.0, f"the call's write waited {took:.1f}s for the claim's transaction"
