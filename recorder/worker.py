@@ -1,7 +1,7 @@
 """The recorder's lifecycle: listen, claim, record, deliver; renew leases, sweep, recover; drain on stop.
 
 Delivery of a finished segment: upload the mix (and tracks) to Storage, then write the result to the
-recording document in one transaction (and `recordingId` on the call), then drop the sidecar. Anything
+recording document in one guarded commit (and `recordingId` on the call), then drop the sidecar. Anything
 that fails on the way leaves the sidecar, so the segment is delivered by a later sweep or restart.
 """
 

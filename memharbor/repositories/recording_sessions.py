@@ -7,25 +7,28 @@ another worker takes a `recording` session over (a new file segment: the old hol
 its disk until its recovery uploads it), while a session that was asked to stop (or was `stopping`)
 is marked `failed` instead, to be upgraded to `stopped` if the old holder's file is ever recovered.
 
-Every write is a transaction that first checks who holds the session's lease (and a result also sets
-`calls/{callId}.recordingId`). The requests themselves are the REST shim's and the watcher's
+Every write first reads who holds the session's lease and is committed only if the session is unchanged
+since (a result also sets `calls/{callId}.recordingId`). The requests themselves are the REST shim's and the watcher's
 (memharbor/repositories/recordings.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor import agora
 from memharbor.calls import ACTIVE
+from memharbor.errors import Unavailable
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus, parse_legacy_channel
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
 from memharbor.repositories.paths import CALLS, RECORDINGS
@@ -224,9 +227,66 @@ def _failure(error: str) -> dict[str, Any]:
     }
 
 
+def claim_decision(
+    doc: dict[str, Any], call: dict[str, Any] | None, worker_id: str, bot_uid: int, now: datetime, lease_until: datetime
+) -> tuple[ClaimResult, dict[str, Any] | None]:
+    """What worker `worker_id` claiming the session `doc` (of `call`) finds at `now`, and the update it writes."""
+    status = doc.get("status")
+    if status not in _IN_PROGRESS:
+        return ClaimResult(Claim.DONE), None
+    lease = _ts(doc.get("leaseUntil"))
+    holder = doc.get("workerId")
+    if holder and holder != worker_id and lease is not None and lease > now:
+        return ClaimResult(Claim.BUSY), None
+    stop_asked = bool(doc.get(STOP_FIELD))
+    if status == RecordingStatus.REQUESTED:
+        error = _request_error(doc, call) or ("stopped before recording began" if stop_asked else None)
+        if error is not None:
+            return ClaimResult(Claim.FAILED, error=error), _failure(error)
+        claim = Claim.NEW
+        update: dict[str, Any] = {"uid": bot_uid, **_participants(doc, call)}
+    elif stop_asked or status == RecordingStatus.STOPPING:
+        error = f"recorder {holder} stopped answering while {status}; its file is uploaded if it is recovered"
+        return ClaimResult(Claim.FAILED, error=error), {**_failure(error), "workerId": holder, "interrupted": True}
+    else:
+        claim = Claim.TAKEOVER
+        update = {"interrupted": True, "takeovers": firestore.Increment(1), "previousWorkerId": holder}
+    call_id = doc.get("callId") if isinstance(doc.get("callId"), str) else None
+    result = ClaimResult(claim, channel=str(doc["channel"]), call_id=call_id)
+    return result, {**update, "workerId": worker_id, "leaseUntil": lease_until}
+
+
+T = TypeVar("T")
+
+# How many times a write that lost a race to another writer reads the session again and decides anew.
+WRITE_ATTEMPTS = 5
+_RETRY_BASE_S = 0.05
+
+
+@dataclass(frozen=True)
+class Change(Generic[T]):
+    """A decision about a session: the result to return, the session's update (None: no write) and, with it,
+    an update of the session's call (its id and fields), written in the same commit."""
+
+    result: T
+    session: dict[str, Any] | None = None
+    call: tuple[str, dict[str, Any]] | None = None
+
+
+# Decides, from the session read (None: there is none), what to write; reads more (the call) on the client.
+Decide = Callable[[FirestoreClient, dict[str, Any] | None], Awaitable[Change[T]]]
+
+
 class FirestoreRecordingSessions:
     """RecordingSessions over an asyncio Firestore client, for the worker `worker_id`; every operation is
-    guarded (time bound, Unavailable)."""
+    guarded (time bound, Unavailable).
+
+    No operation uses a transaction. A transaction's reads lock their documents until it commits, and a
+    recorder killed or frozen inside one (a lease renewal runs every third of the lease) would leave the
+    session locked until the database expires the lock: no other worker could take it over, no app or
+    watcher write to it. Each write is instead guarded by the update time of the session as read; a lost
+    race reads again and decides anew, a bounded number of times.
+    """
 
     def __init__(
         self,
@@ -244,141 +304,104 @@ class FirestoreRecordingSessions:
     def _lease(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
+    async def _change(self, sid: str, decide: Decide[T]) -> T:
+        """Read the session, decide, and write the decision if the session is still as read; else repeat."""
+
+        async def operation(db: Any) -> T:
+            ref = db.collection(RECORDINGS).document(sid)
+            for attempt in range(WRITE_ATTEMPTS):
+                snap = await ref.get()
+                change = await decide(db, snap.to_dict() if snap.exists else None)
+                if change.session is None:
+                    return change.result
+                batch = db.batch()
+                batch.update(ref, change.session, option=db.write_option(last_update_time=snap.update_time))
+                if change.call is not None:
+                    call_id, fields = change.call
+                    batch.update(db.collection(CALLS).document(call_id), fields)
+                try:
+                    await batch.commit()
+                except (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted):
+                    # Written (or the call deleted) since our read: jittered back-off, then decide again.
+                    await asyncio.sleep(random.uniform(0, _RETRY_BASE_S * 2**attempt))
+                    continue
+                return change.result
+            raise Unavailable(f"recordings/{sid} kept changing ({WRITE_ATTEMPTS} attempts)")
+
+        return await self._guard.run(operation)
+
     async def claim(self, sid: str) -> ClaimResult:
-        async def operation(db: FirestoreClient) -> ClaimResult:
-            ref = db.collection(RECORDINGS).document(sid)
+        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[ClaimResult]:
+            if doc is None:
+                return Change(ClaimResult(Claim.GONE))
+            call = None
+            call_id = doc.get("callId")
+            if isinstance(call_id, str) and call_id:
+                # The watcher stops a recording whose call ends after this read.
+                call_snap = await db.collection(CALLS).document(call_id).get()
+                call = call_snap.to_dict() if call_snap.exists else None
+            result, update = claim_decision(doc, call, self.worker_id, self.bot_uid, datetime.now(UTC), self._lease())
+            return Change(result, update)
 
-            @firestore.async_transactional  # type: ignore[misc]
-            async def run(tx: AsyncTransaction) -> ClaimResult:
-                snap = await ref.get(transaction=tx)
-                if not snap.exists:
-                    return ClaimResult(Claim.GONE)
-                doc = snap.to_dict() or {}
-                call = None
-                call_id = doc.get("callId")
-                if isinstance(call_id, str) and call_id:
-                    # Read outside the transaction: a transactional read locks the call, and a recorder
-                    # killed or frozen mid-claim would hold that lock, refusing the apps' writes to the
-                    # call (its end) until the lock expired (seen in the soak). The watcher stops a
-                    # recording whose call ends after this read.
-                    call_snap = await db.collection(CALLS).document(call_id).get()
-                    call = call_snap.to_dict() if call_snap.exists else None
-                return self._decide(tx, ref, doc, call)
+        return await self._change(sid, decide)
 
-            result: ClaimResult = await run(db.transaction())
-            return result
+    async def _if_held(
+        self, sid: str, update: Callable[[dict[str, Any]], dict[str, Any]], statuses: frozenset[str]
+    ) -> bool:
+        """Apply `update(doc)` when this worker holds the session in one of `statuses`."""
 
-        return await self._guard.run(operation)
+        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[bool]:
+            if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
+                return Change(False)
+            return Change(True, update(doc))
 
-    def _decide(self, tx: AsyncTransaction, ref: Any, doc: dict[str, Any], call: dict[str, Any] | None) -> ClaimResult:
-        status = doc.get("status")
-        if status not in _IN_PROGRESS:
-            return ClaimResult(Claim.DONE)
-        now = datetime.now(UTC)
-        lease = _ts(doc.get("leaseUntil"))
-        holder = doc.get("workerId")
-        if holder and holder != self.worker_id and lease is not None and lease > now:
-            return ClaimResult(Claim.BUSY)
-        stop_asked = bool(doc.get(STOP_FIELD))
-        if status == RecordingStatus.REQUESTED:
-            error = _request_error(doc, call) or ("stopped before recording began" if stop_asked else None)
-            if error is not None:
-                tx.update(ref, _failure(error))
-                return ClaimResult(Claim.FAILED, error=error)
-            claim = Claim.NEW
-            update: dict[str, Any] = {"uid": self.bot_uid, **_participants(doc, call)}
-        elif stop_asked or status == RecordingStatus.STOPPING:
-            error = f"recorder {holder} stopped answering while {status}; its file is uploaded if it is recovered"
-            tx.update(ref, {**_failure(error), "workerId": holder, "interrupted": True})
-            return ClaimResult(Claim.FAILED, error=error)
-        else:
-            claim = Claim.TAKEOVER
-            update = {"interrupted": True, "takeovers": firestore.Increment(1), "previousWorkerId": holder}
-        tx.update(ref, {**update, "workerId": self.worker_id, "leaseUntil": self._lease()})
-        call_id = doc.get("callId") if isinstance(doc.get("callId"), str) else None
-        return ClaimResult(claim, channel=str(doc["channel"]), call_id=call_id)
-
-    async def _if_held(self, sid: str, update: dict[str, Any], statuses: frozenset[str]) -> bool:
-        """Apply `update` when this worker holds the session in one of `statuses`."""
-
-        async def operation(db: FirestoreClient) -> bool:
-            ref = db.collection(RECORDINGS).document(sid)
-
-            @firestore.async_transactional  # type: ignore[misc]
-            async def run(tx: AsyncTransaction) -> bool:
-                snap = await ref.get(transaction=tx)
-                doc = snap.to_dict() if snap.exists else None
-                if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
-                    return False
-                tx.update(ref, update)
-                return True
-
-            held: bool = await run(db.transaction())
-            return held
-
-        return await self._guard.run(operation)
-
-    async def _read(self, sid: str) -> dict[str, Any]:
-        """The session document as it is now ({} when there is none)."""
-
-        async def operation(db: FirestoreClient) -> dict[str, Any]:
-            snap = await db.collection(RECORDINGS).document(sid).get()
-            return snap.to_dict() or {}
-
-        return await self._guard.run(operation)
+        return await self._change(sid, decide)
 
     async def mark_recording(self, sid: str, filename: str, started_at: datetime) -> bool:
-        doc = await self._read(sid)
-        update: dict[str, Any] = {
-            "status": RecordingStatus.RECORDING.value,
-            "filename": filename,
-            "format": "wav",
-            "spec": dict(SPEC),
-            "leaseUntil": self._lease(),
-        }
-        if _ts(doc.get("recordedAt")) is None:
-            update["recordedAt"] = started_at
+        def update(doc: dict[str, Any]) -> dict[str, Any]:
+            fields: dict[str, Any] = {
+                "status": RecordingStatus.RECORDING.value,
+                "filename": filename,
+                "format": "wav",
+                "spec": dict(SPEC),
+                "leaseUntil": self._lease(),
+            }
+            if _ts(doc.get("recordedAt")) is None:
+                fields["recordedAt"] = started_at
+            return fields
+
         statuses = frozenset({RecordingStatus.REQUESTED.value, RecordingStatus.RECORDING.value})
         return await self._if_held(sid, update, statuses)
 
     async def mark_stopping(self, sid: str, reason: str) -> bool:
-        update = {"status": RecordingStatus.STOPPING.value, "stopReason": reason, "leaseUntil": self._lease()}
+        def update(_: dict[str, Any]) -> dict[str, Any]:
+            return {"status": RecordingStatus.STOPPING.value, "stopReason": reason, "leaseUntil": self._lease()}
+
         return await self._if_held(sid, update, frozenset(_IN_PROGRESS))
 
     async def renew(self, sid: str) -> bool:
-        return await self._if_held(sid, {"leaseUntil": self._lease()}, frozenset(_IN_PROGRESS))
+        return await self._if_held(sid, lambda _: {"leaseUntil": self._lease()}, frozenset(_IN_PROGRESS))
 
     async def release(self, sid: str) -> bool:
         update = {"workerId": firestore.DELETE_FIELD, "leaseUntil": firestore.DELETE_FIELD}
-        return await self._if_held(sid, update, frozenset({RecordingStatus.REQUESTED.value}))
+        return await self._if_held(sid, lambda _: update, frozenset({RecordingStatus.REQUESTED.value}))
 
     async def fail(self, sid: str, error: str) -> bool:
-        return await self._if_held(sid, _failure(error), frozenset(_IN_PROGRESS))
+        return await self._if_held(sid, lambda _: _failure(error), frozenset(_IN_PROGRESS))
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        async def operation(db: FirestoreClient) -> str:
-            ref = db.collection(RECORDINGS).document(sid)
-            call_ref = db.collection(CALLS).document(call_id) if call_id else None
+        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[str]:
+            if doc is None:
+                return Change("gone")
+            outcome, update = completion(doc, owner_id, report)
+            link = None
+            # A result links its call, when the call still exists (one deleted after this read: a retry).
+            final = update is not None and outcome == "final"
+            if final and call_id and (await db.collection(CALLS).document(call_id).get()).exists:
+                link = (call_id, {"recordingId": sid})
+            return Change(outcome, update, link)
 
-            @firestore.async_transactional  # type: ignore[misc]
-            async def run(tx: AsyncTransaction) -> str:
-                snap = await ref.get(transaction=tx)
-                if not snap.exists:
-                    return "gone"
-                doc = snap.to_dict() or {}
-                # Not a transactional read, for the same reason as in `claim`: only the write locks the call.
-                call_exists = call_ref is not None and (await call_ref.get()).exists
-                outcome, update = completion(doc, owner_id, report)
-                if update is not None:
-                    tx.update(ref, update)
-                if update is not None and outcome == "final" and call_ref is not None and call_exists:
-                    tx.update(call_ref, {"recordingId": sid})
-                return outcome
-
-            outcome: str = await run(db.transaction())
-            return outcome
-
-        return await self._guard.run(operation)
+        return await self._change(sid, decide)
 
     async def in_progress(self, limit: int = 500) -> list[Session]:
         async def operation(db: FirestoreClient) -> list[Session]:

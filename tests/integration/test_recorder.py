@@ -7,7 +7,8 @@ import io
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from google.cloud import firestore, storage
 
 from memharbor import wav
 from memharbor.emulators import EmulatorSet
-from memharbor.repositories.recording_sessions import FirestoreRecordingSessions
+from memharbor.repositories.recording_sessions import Claim, FirestoreRecordingSessions
 from tests.support.firestore_rest import FirestoreRest
 from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
@@ -237,41 +238,103 @@ class TestCrashes:
         assert old["duration"] >= 900
 
 
-class PausedClaims(FirestoreRecordingSessions):
-    """The repository, pausing its first claim inside the transaction (after its reads) until `release`."""
+class PausingClient:
+    """The asyncio client, freezing its event loop at the first batch (an operation's reads done, its write not
+    sent), as a recorder frozen or killed there would be, until `release`."""
 
     def __init__(self, client: firestore.AsyncClient, inside: threading.Event, release: threading.Event) -> None:
-        super().__init__(lambda: client, "recorder-under-test", 20.0, 999999)
-        self.inside, self.release = inside, release
+        self.client, self.inside, self.release = client, inside, release
 
-    def _decide(self, *args: Any) -> Any:
+    def collection(self, name: str, /) -> Any:
+        return self.client.collection(name)
+
+    def get_all(self, references: Any, /) -> Any:
+        return self.client.get_all(references)
+
+    def transaction(self) -> Any:
+        return self.client.transaction()
+
+    def write_option(self, **kwargs: Any) -> Any:
+        return self.client.write_option(**kwargs)
+
+    def batch(self) -> Any:
         if not self.inside.is_set():
             self.inside.set()
-            # Blocks the event loop on purpose: the transaction stays open, as in a frozen recorder.
+            # Blocks the event loop on purpose: nothing of this operation moves until the test releases it.
             self.release.wait(timeout=10)
-        return super()._decide(*args)
+        return self.client.batch()
 
 
-class TestCallLocks:
-    """A recorder inside a transaction never holds the call document against the apps' writes."""
+class Frozen:
+    """A repository of worker `worker_id` whose first write is frozen after its reads, run on its own thread."""
 
-    def test_an_open_claim_does_not_block_the_call(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
-        """While a claim's transaction is open, the caller can still end the call at once."""
+    def __init__(self, emulators: EmulatorSet, worker_id: str) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        client = firestore.AsyncClient(project=emulators.project_id)
+        paused = PausingClient(client, self.inside, self.release)
+        self.sessions = FirestoreRecordingSessions(lambda: paused, worker_id, 20.0, 999999)
+        self.result: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, operation: Callable[[FirestoreRecordingSessions], Awaitable[Any]]) -> None:
+        """Run `operation` until it freezes (or ends)."""
+
+        def run() -> None:
+            self.result = asyncio.run(operation(self.sessions))
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        assert self.inside.wait(timeout=10), "the operation never reached its write"
+
+    def finish(self) -> Any:
+        """Let the operation go on; its result."""
+        self.release.set()
+        assert self.thread is not None
+        self.thread.join(timeout=30)
+        return self.result
+
+
+class TestNoLocks:
+    """A recorder frozen between an operation's reads and its write holds no document: others write at once."""
+
+    def test_a_frozen_claim_does_not_block_the_call(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
+        """While a claim is frozen after reading the session and its call, the caller can still end the call."""
         sid, _, call_id = request(db)
-        client = firestore.AsyncClient(project=clean_emulators.project_id)
-        inside, release = threading.Event(), threading.Event()
-        claims = PausedClaims(client, inside, release)
-        claiming = threading.Thread(target=lambda: asyncio.run(claims.claim(sid)))
-        claiming.start()
+        frozen = Frozen(clean_emulators, "recorder-under-test")
+        frozen.start(lambda sessions: sessions.claim(sid))
         rest = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
         try:
-            assert inside.wait(timeout=10), "the claim never reached its transaction"
             started = time.monotonic()
             ended = rest.as_owner().update(f"calls/{call_id}", {"status": "ended"}, ["endedAt", "updatedAt"])
             took = time.monotonic() - started
         finally:
-            release.set()
-            claiming.join(timeout=30)
+            frozen.finish()
             rest.close()
         assert ended.ok, ended
-        assert took < 2.0, f"the call's write waited {took:.1f}s for the claim's transaction"
+        assert took < 2.0, f"the call's write waited {took:.1f}s for the frozen claim"
+
+    def test_a_frozen_renewal_does_not_block_a_takeover(
+        self, clean_emulators: EmulatorSet, db: firestore.Client
+    ) -> None:
+        """A holder frozen inside its lease renewal past the lease is taken over at once; when it thaws, its
+        renewal finds the session lost and writes nothing (found as a CI flake: a recorder killed inside a
+        renewal transaction kept its session locked, and no takeover could happen until the lock expired)."""
+        sid, _, _ = request(db)
+        lapsed = datetime.now(UTC) - timedelta(seconds=1)
+        update = {"status": "recording", "workerId": "frozen", "leaseUntil": lapsed, "filename": "a.wav"}
+        db.collection("recordings").document(sid).update(update)
+        frozen = Frozen(clean_emulators, "frozen")
+        frozen.start(lambda sessions: sessions.renew(sid))
+        try:
+            rescuer = FirestoreRecordingSessions(
+                lambda: firestore.AsyncClient(project=clean_emulators.project_id), "rescuer", 20.0, 999999
+            )
+            started = time.monotonic()
+            taken = asyncio.run(rescuer.claim(sid))
+            took = time.monotonic() - started
+        finally:
+            renewed = frozen.finish()
+        assert taken.claim == Claim.TAKEOVER and took < 2.0, (taken, took)
+        assert renewed is False
+        doc = session(db, sid)
+        assert doc["workerId"] == "rescuer" and doc["previousWorkerId"] == "frozen" and doc["takeovers"] == 1

@@ -2,15 +2,20 @@
 
 Documents are plain dicts keyed by "collection/id"; queries ignore their filters (each test seeds only
 the documents it means to read). Every call can be made to fail with a given exception or to hang, to
-exercise the Guard's translation and time bound without an emulator.
+exercise the Guard's translation and time bound without an emulator. Batches honour an update-time
+precondition (each write bumps a document's version), and `interleave` runs another writer's change just
+before a commit, to lose a race on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
 
 
 @dataclass
@@ -19,6 +24,7 @@ class Snapshot:
 
     id: str
     data: dict[str, Any] | None
+    update_time: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -37,6 +43,19 @@ class FakeFirestore:
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     fail_with: Exception | None = None
     hang: bool = False
+    interleave: list[Callable[[FakeFirestore], None]] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+
+    def write(self, path: str, fields: dict[str, Any]) -> None:
+        """Another writer's (or a batch's) update of an existing document: DELETE_FIELD removes a field."""
+        doc = self.docs[path]
+        for key, value in fields.items():
+            if value is firestore.DELETE_FIELD:
+                doc.pop(key, None)
+            else:
+                doc[key] = value
+        self.versions[path] = self.versions.get(path, 0) + 1
 
     async def touch(self) -> None:
         """One round trip: fails or hangs as configured."""
@@ -53,6 +72,34 @@ class FakeFirestore:
 
     def transaction(self) -> Any:
         raise AssertionError("transactions are not used by the code under test")
+
+    def batch(self) -> _Batch:
+        return _Batch(self)
+
+    def write_option(self, last_update_time: int | None) -> int | None:
+        return last_update_time
+
+
+@dataclass
+class _Batch:
+    db: FakeFirestore
+    writes: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)
+
+    def update(self, ref: _Document, fields: dict[str, Any], option: int | None = None) -> None:
+        self.writes.append((ref.path, dict(fields), option))
+
+    async def commit(self) -> None:
+        await self.db.touch()
+        if self.db.interleave:
+            self.db.interleave.pop(0)(self.db)
+        for path, _, version in self.writes:
+            if path not in self.db.docs:
+                raise gexc.NotFound(path)
+            if version is not None and self.db.versions.get(path, 0) != version:
+                raise gexc.FailedPrecondition(f"{path} changed")
+        self.db.commits += 1
+        for path, fields, _ in self.writes:
+            self.db.write(path, fields)
 
 
 @dataclass
@@ -85,7 +132,10 @@ class _Document:
 
     async def get(self) -> Snapshot:
         await self.db.touch()
-        return Snapshot(self.path.rsplit("/", 1)[-1], self.db.docs.get(self.path))
+        doc = self.db.docs.get(self.path)
+        return Snapshot(
+            self.path.rsplit("/", 1)[-1], doc, self.db.versions.get(self.path, 0) if doc is not None else None
+        )
 
     async def set(self, doc: dict[str, Any]) -> None:
         await self.db.touch()
