@@ -7,8 +7,8 @@ commit fail (`Conflict`) and the watcher reads again, and no app write ever wait
 
 Field names in the maps written are field paths: `a.b` updates the key `b` of the map `a`, and a name
 holding dots or other special characters is quoted with backticks. `SERVER_TIME` and `DELETE` are the
-values that stamp the commit time and remove a field. Writes are built as raw protobufs
-(`memharbor.repositories.raw_writes`): the library's builders were most of a commit's CPU.
+values that stamp the commit time and remove a field. Reads and writes go through raw protobufs
+(`memharbor.repositories.raw_reads`, `raw_writes`): the library's proto-plus wrappers were most of their CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from google.cloud import firestore
 from memharbor.errors import Conflict, NotFound
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, Guard, Refusals
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
+from memharbor.repositories.raw_reads import get_documents
 from memharbor.repositories.raw_writes import RawBatch
 from memharbor.repositories.timeline import add_events
 from memharbor.timeline import Event
@@ -110,16 +111,16 @@ class FirestoreCallEffects:
                 refs.append(client.collection(USERS).document(user))
             if group is not None:
                 refs.append(client.collection(GROUPS).document(group))
-            snaps = {snap.reference.path: snap async for snap in client.get_all(refs)}
-            call_snap, server_snap = (snaps[ref.path] for ref in refs[:2])
-            related = [(ref, snaps[ref.path]) for ref in refs[2:]]
+            docs = await get_documents(client, refs)
+            call_doc, server_doc = (docs[ref.path] for ref in refs[:2])
+            related = [(ref, docs[ref.path].data) for ref in refs[2:]]
             return CallRead(
                 call_id,
-                _data(call_snap),
-                _data(server_snap),
-                users={r.id: _data(s) for r, s in related if r.parent.id == USERS},
-                groups={r.id: _data(s) for r, s in related if r.parent.id == GROUPS},
-                versions=(call_snap.update_time, server_snap.update_time if server_snap.exists else None),
+                call_doc.data,
+                server_doc.data,
+                users={r.id: data for r, data in related if r.parent.id == USERS},
+                groups={r.id: data for r, data in related if r.parent.id == GROUPS},
+                versions=(call_doc.update_time, server_doc.update_time),
             )
 
         return await self._guard.run(get)
