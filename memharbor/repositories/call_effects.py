@@ -7,8 +7,7 @@ commit fail (`Conflict`) and the watcher reads again, and no app write ever wait
 
 Field names in the maps written are field paths: `a.b` updates the key `b` of the map `a`, and a name
 holding dots or other special characters is quoted with backticks. `SERVER_TIME` and `DELETE` are the
-values that stamp the commit time and remove a field. Reads and writes go through raw protobufs
-(`memharbor.repositories.raw_reads`, `raw_writes`): the library's proto-plus wrappers were most of their CPU.
+values that stamp the commit time and remove a field.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from google.cloud import firestore
 from memharbor.errors import Conflict, NotFound
 from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, Guard, Refusals
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
-from memharbor.repositories.raw_reads import get_documents
-from memharbor.repositories.raw_writes import RawBatch
 from memharbor.repositories.timeline import add_events
 from memharbor.timeline import Event
 
@@ -111,16 +108,16 @@ class FirestoreCallEffects:
                 refs.append(client.collection(USERS).document(user))
             if group is not None:
                 refs.append(client.collection(GROUPS).document(group))
-            docs = await get_documents(client, refs)
-            call_doc, server_doc = (docs[ref.path] for ref in refs[:2])
-            related = [(ref, docs[ref.path].data) for ref in refs[2:]]
+            snaps = {snap.reference.path: snap async for snap in client.get_all(refs)}
+            call_snap, server_snap = (snaps[ref.path] for ref in refs[:2])
+            related = [(ref, snaps[ref.path]) for ref in refs[2:]]
             return CallRead(
                 call_id,
-                call_doc.data,
-                server_doc.data,
-                users={r.id: data for r, data in related if r.parent.id == USERS},
-                groups={r.id: data for r, data in related if r.parent.id == GROUPS},
-                versions=(call_doc.update_time, server_doc.update_time),
+                _data(call_snap),
+                _data(server_snap),
+                users={r.id: _data(s) for r, s in related if r.parent.id == USERS},
+                groups={r.id: _data(s) for r, s in related if r.parent.id == GROUPS},
+                versions=(call_snap.update_time, server_snap.update_time if server_snap.exists else None),
             )
 
         return await self._guard.run(get)
@@ -147,12 +144,14 @@ class FirestoreCallEffects:
         call_version, server_version = read.versions
 
         async def write(client: firestore.AsyncClient) -> Any:
-            batch = RawBatch(client)
+            batch = client.batch()
             if call:
-                batch.update(client.collection(CALLS).document(read.call_id), call, call_version)
+                guard = client.write_option(last_update_time=call_version)
+                batch.update(client.collection(CALLS).document(read.call_id), dict(call), option=guard)
             server_ref = client.collection(CALL_SERVER).document(read.call_id)
             if server and read.server is not None:
-                batch.update(server_ref, server, server_version)
+                guard = client.write_option(last_update_time=server_version)
+                batch.update(server_ref, dict(server), option=guard)
             elif server:
                 batch.create(server_ref, nest(server))
             if events:
@@ -172,11 +171,12 @@ class FirestoreCallEffects:
         server_version: Any = None,
     ) -> None:
         async def write(client: firestore.AsyncClient) -> None:
-            batch = RawBatch(client)
+            batch = client.batch()
             if call:
-                batch.update(client.collection(CALLS).document(call_id), call)
+                batch.update(client.collection(CALLS).document(call_id), dict(call))
             if server:
-                batch.update(client.collection(CALL_SERVER).document(call_id), server, server_version)
+                guard = client.write_option(last_update_time=server_version) if server_version is not None else None
+                batch.update(client.collection(CALL_SERVER).document(call_id), dict(server), option=guard)
             if events:
                 add_events(batch, client, call_id, events)
             if call or server or events:
