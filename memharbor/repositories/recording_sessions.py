@@ -7,9 +7,9 @@ another worker takes a `recording` session over (a new file segment: the old hol
 its disk until its recovery uploads it), while a session that was asked to stop (or was `stopping`)
 is marked `failed` instead, to be upgraded to `stopped` if the old holder's file is ever recovered.
 
-Every write first reads who holds the session's lease and is committed only if the session is unchanged
-since (a result also sets `calls/{callId}.recordingId`). The requests themselves are the REST shim's and the watcher's
-(memharbor/repositories/recordings.py).
+Every write first reads who holds the session's lease and is committed only if the session is still as
+read (a result also sets `calls/{callId}.recordingId`). The requests themselves are the REST shim's and
+the watcher's (memharbor/repositories/recordings.py).
 """
 
 from __future__ import annotations
@@ -273,8 +273,16 @@ class Change(Generic[T]):
     call: tuple[str, dict[str, Any]] | None = None
 
 
+class WritingClient(FirestoreClient, Protocol):
+    """The client as the sessions repository uses it: reads, and write batches with preconditions."""
+
+    def batch(self) -> Any: ...
+
+    def write_option(self, **kwargs: Any) -> Any: ...
+
+
 # Decides, from the session read (None: there is none), what to write; reads more (the call) on the client.
-Decide = Callable[[FirestoreClient, dict[str, Any] | None], Awaitable[Change[T]]]
+Decide = Callable[[WritingClient, dict[str, Any] | None], Awaitable[Change[T]]]
 
 
 class FirestoreRecordingSessions:
@@ -290,7 +298,7 @@ class FirestoreRecordingSessions:
 
     def __init__(
         self,
-        client: Callable[[], FirestoreClient],
+        client: Callable[[], WritingClient],
         worker_id: str,
         lease_s: float,
         bot_uid: int,
@@ -307,7 +315,7 @@ class FirestoreRecordingSessions:
     async def _change(self, sid: str, decide: Decide[T]) -> T:
         """Read the session, decide, and write the decision if the session is still as read; else repeat."""
 
-        async def operation(db: Any) -> T:
+        async def operation(db: WritingClient) -> T:
             ref = db.collection(RECORDINGS).document(sid)
             for attempt in range(WRITE_ATTEMPTS):
                 snap = await ref.get()
@@ -331,7 +339,7 @@ class FirestoreRecordingSessions:
         return await self._guard.run(operation)
 
     async def claim(self, sid: str) -> ClaimResult:
-        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[ClaimResult]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[ClaimResult]:
             if doc is None:
                 return Change(ClaimResult(Claim.GONE))
             call = None
@@ -350,7 +358,7 @@ class FirestoreRecordingSessions:
     ) -> bool:
         """Apply `update(doc)` when this worker holds the session in one of `statuses`."""
 
-        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[bool]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[bool]:
             if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
                 return Change(False)
             return Change(True, update(doc))
@@ -390,7 +398,7 @@ class FirestoreRecordingSessions:
         return await self._if_held(sid, lambda _: _failure(error), frozenset(_IN_PROGRESS))
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        async def decide(db: FirestoreClient, doc: dict[str, Any] | None) -> Change[str]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[str]:
             if doc is None:
                 return Change("gone")
             outcome, update = completion(doc, owner_id, report)
