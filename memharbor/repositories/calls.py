@@ -1,7 +1,9 @@
 """The calls aggregate (`calls/{callId}`): its port and its Firestore adapter.
 
 Creates apply the checks the security rules make for apps; transitions apply the state machine of
-`memharbor.calls` inside a transaction. Who may do what is decided by the caller of the port
+`memharbor.calls` to the call as read and commit only if it is unchanged since (`guarded.optimistic`:
+no transaction, so a shim killed mid-request never leaves the call locked against the apps). Who may do
+what is decided by the caller of the port
 (token_http/call_routes.py, token_http/token_route.py, token_http/recording_routes.py).
 """
 
@@ -14,13 +16,20 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor import calls, groups
 from memharbor.calls import Actor, Status
 from memharbor.errors import Conflict, Forbidden, InvalidInput, NotFound
-from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard, Refusals
+from memharbor.repositories.guarded import (
+    DEFAULT_TIMEOUT_S,
+    Decided,
+    FirestoreClient,
+    Guard,
+    Refusals,
+    WritingClient,
+    optimistic,
+)
 from memharbor.repositories.paths import CALLS, GROUPS
 
 # Pending calls time out within a minute or so, so there are never many; the sweep reads at most this.
@@ -79,7 +88,7 @@ class CallRepository(CallReader, Protocol):
         ...
 
     async def transition(self, call_id: str, target: Status, actor: Actor) -> dict[str, Any]:
-        """Move the call to `target` as `actor` in a transaction; returns the document as it was before.
+        """Move the call to `target` as `actor` if it is unchanged since read; returns the document as it was before.
 
         NotFound (unknown), IllegalTransition (from its status) or Forbidden (not this actor's move).
         """
@@ -93,7 +102,7 @@ class CallRepository(CallReader, Protocol):
 class FirestoreCallRepository:
     """CallRepository over an asyncio Firestore client; every operation is guarded (time bound, Unavailable)."""
 
-    def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, client: Callable[[], WritingClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         refusals: Refusals = {
             gexc.AlreadyExists: lambda: Conflict("a call with this id already exists", field="callId")
         }
@@ -122,26 +131,19 @@ class FirestoreCallRepository:
         return await self._guard.run(read)
 
     async def transition(self, call_id: str, target: Status, actor: Actor) -> dict[str, Any]:
-        async def move(client: FirestoreClient) -> dict[str, Any]:
-            ref = client.collection(CALLS).document(call_id)
+        async def decide(db: WritingClient, before: dict[str, Any] | None) -> Decided[dict[str, Any]]:
+            if before is None:
+                raise NotFound(f"unknown call {call_id}", field="call_id")
+            step = calls.check_transition(before, target.value, actor)
+            update = {
+                "status": target.value,
+                step.stamp: firestore.SERVER_TIMESTAMP,
+                "updatedAt": firestore.SERVER_TIMESTAMP,
+            }
+            return Decided(before, update)
 
-            @firestore.async_transactional  # type: ignore[misc]
-            async def run(transaction: AsyncTransaction) -> dict[str, Any]:
-                snap = await ref.get(transaction=transaction)
-                if not snap.exists:
-                    raise NotFound(f"unknown call {call_id}", field="call_id")
-                before: dict[str, Any] = snap.to_dict() or {}
-                step = calls.check_transition(before, target.value, actor)
-                update = {
-                    "status": target.value,
-                    step.stamp: firestore.SERVER_TIMESTAMP,
-                    "updatedAt": firestore.SERVER_TIMESTAMP,
-                }
-                transaction.update(ref, update)
-                return before
-
-            result: dict[str, Any] = await run(client.transaction())
-            return result
+        async def move(db: WritingClient) -> dict[str, Any]:
+            return await optimistic(db, db.collection(CALLS).document(call_id), decide, f"calls/{call_id}")
 
         return await self._guard.run(move)
 

@@ -14,28 +14,33 @@ the watcher's (memharbor/repositories/recordings.py).
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor import agora
 from memharbor.calls import ACTIVE
-from memharbor.errors import Unavailable
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, RecordingStatus, parse_legacy_channel
-from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard
+from memharbor.repositories.guarded import (
+    DEFAULT_TIMEOUT_S,
+    Decide,
+    Decided,
+    FirestoreClient,
+    Guard,
+    WritingClient,
+    optimistic,
+)
 from memharbor.repositories.paths import CALLS, RECORDINGS
 from memharbor.repositories.recordings import Session
 from memharbor.wav import SPEC
 
 _IN_PROGRESS = sorted(s.value for s in IN_PROGRESS)
+T = TypeVar("T")
 
 # The thread-based client, the only one that offers on_snapshot: the recorder's listener watches through it.
 SyncClient = firestore.Client
@@ -256,35 +261,6 @@ def claim_decision(
     return result, {**update, "workerId": worker_id, "leaseUntil": lease_until}
 
 
-T = TypeVar("T")
-
-# How many times a write that lost a race to another writer reads the session again and decides anew.
-WRITE_ATTEMPTS = 5
-_RETRY_BASE_S = 0.05
-
-
-@dataclass(frozen=True)
-class Change(Generic[T]):
-    """A decision about a session: the result to return, the session's update (None: no write) and, with it,
-    an update of the session's call (its id and fields), written in the same commit."""
-
-    result: T
-    session: dict[str, Any] | None = None
-    call: tuple[str, dict[str, Any]] | None = None
-
-
-class WritingClient(FirestoreClient, Protocol):
-    """The client as the sessions repository uses it: reads, and write batches with preconditions."""
-
-    def batch(self) -> Any: ...
-
-    def write_option(self, **kwargs: Any) -> Any: ...
-
-
-# Decides, from the session read (None: there is none), what to write; reads more (the call) on the client.
-Decide = Callable[[WritingClient, dict[str, Any] | None], Awaitable[Change[T]]]
-
-
 class FirestoreRecordingSessions:
     """RecordingSessions over an asyncio Firestore client, for the worker `worker_id`; every operation is
     guarded (time bound, Unavailable).
@@ -292,8 +268,8 @@ class FirestoreRecordingSessions:
     No operation uses a transaction. A transaction's reads lock their documents until it commits, and a
     recorder killed or frozen inside one (a lease renewal runs every third of the lease) would leave the
     session locked until the database expires the lock: no other worker could take it over, no app or
-    watcher write to it. Each write is instead guarded by the update time of the session as read; a lost
-    race reads again and decides anew, a bounded number of times.
+    watcher write to it. Each write is instead guarded by the update time of the session as read
+    (`guarded.optimistic`).
     """
 
     def __init__(
@@ -313,35 +289,17 @@ class FirestoreRecordingSessions:
         return datetime.now(UTC) + timedelta(seconds=self.lease_s)
 
     async def _change(self, sid: str, decide: Decide[T]) -> T:
-        """Read the session, decide, and write the decision if the session is still as read; else repeat."""
+        """Decide about the session as read and write the decision if it is unchanged (see `optimistic`)."""
 
         async def operation(db: WritingClient) -> T:
-            ref = db.collection(RECORDINGS).document(sid)
-            for attempt in range(WRITE_ATTEMPTS):
-                snap = await ref.get()
-                change = await decide(db, snap.to_dict() if snap.exists else None)
-                if change.session is None:
-                    return change.result
-                batch = db.batch()
-                batch.update(ref, change.session, option=db.write_option(last_update_time=snap.update_time))
-                if change.call is not None:
-                    call_id, fields = change.call
-                    batch.update(db.collection(CALLS).document(call_id), fields)
-                try:
-                    await batch.commit()
-                except (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted):
-                    # Written (or the call deleted) since our read: jittered back-off, then decide again.
-                    await asyncio.sleep(random.uniform(0, _RETRY_BASE_S * 2**attempt))
-                    continue
-                return change.result
-            raise Unavailable(f"recordings/{sid} kept changing ({WRITE_ATTEMPTS} attempts)")
+            return await optimistic(db, db.collection(RECORDINGS).document(sid), decide, f"recordings/{sid}")
 
         return await self._guard.run(operation)
 
     async def claim(self, sid: str) -> ClaimResult:
-        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[ClaimResult]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Decided[ClaimResult]:
             if doc is None:
-                return Change(ClaimResult(Claim.GONE))
+                return Decided(ClaimResult(Claim.GONE))
             call = None
             call_id = doc.get("callId")
             if isinstance(call_id, str) and call_id:
@@ -349,7 +307,7 @@ class FirestoreRecordingSessions:
                 call_snap = await db.collection(CALLS).document(call_id).get()
                 call = call_snap.to_dict() if call_snap.exists else None
             result, update = claim_decision(doc, call, self.worker_id, self.bot_uid, datetime.now(UTC), self._lease())
-            return Change(result, update)
+            return Decided(result, update)
 
         return await self._change(sid, decide)
 
@@ -358,10 +316,10 @@ class FirestoreRecordingSessions:
     ) -> bool:
         """Apply `update(doc)` when this worker holds the session in one of `statuses`."""
 
-        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[bool]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Decided[bool]:
             if doc is None or doc.get("workerId") != self.worker_id or doc.get("status") not in statuses:
-                return Change(False)
-            return Change(True, update(doc))
+                return Decided(False)
+            return Decided(True, update(doc))
 
         return await self._change(sid, decide)
 
@@ -398,16 +356,16 @@ class FirestoreRecordingSessions:
         return await self._if_held(sid, lambda _: _failure(error), frozenset(_IN_PROGRESS))
 
     async def complete(self, sid: str, owner_id: str, report: SegmentReport, call_id: str | None) -> str:
-        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Change[str]:
+        async def decide(db: WritingClient, doc: dict[str, Any] | None) -> Decided[str]:
             if doc is None:
-                return Change("gone")
+                return Decided("gone")
             outcome, update = completion(doc, owner_id, report)
-            link = None
             # A result links its call, when the call still exists (one deleted after this read: a retry).
+            call_ref = db.collection(CALLS).document(call_id) if call_id else None
             final = update is not None and outcome == "final"
-            if final and call_id and (await db.collection(CALLS).document(call_id).get()).exists:
-                link = (call_id, {"recordingId": sid})
-            return Change(outcome, update, link)
+            if final and call_ref is not None and (await call_ref.get()).exists:
+                return Decided(outcome, update, [(call_ref, {"recordingId": sid})])
+            return Decided(outcome, update)
 
         return await self._change(sid, decide)
 

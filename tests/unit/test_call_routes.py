@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from google.api_core import exceptions as gexc
+from google.cloud import firestore
 
 from memharbor import calls
-from memharbor.errors import Conflict, InvalidInput, Unavailable
+from memharbor.errors import Conflict, InvalidInput, NotFound, Unavailable
 from memharbor.repositories.calls import FirestoreCallRepository
 from tests.support.api_worlds import (
     ALICE,
@@ -27,6 +28,7 @@ from tests.support.api_worlds import (
     CallWorld,
     make_settings,
 )
+from tests.support.fake_firestore import FakeFirestore
 from tests.support.json_client import Client, post
 from tests.support.openapi_shapes import ResponseShapes
 from tests.support.raw_http import raw_get
@@ -882,3 +884,41 @@ class TestResponsesMatchOpenApi:
         shapes.check(sweep, "/api/call/timeout/sweep", "post")
         data = await (await client.get("/api/call/status/c1", headers=AS_ALICE)).json()
         shapes.check(data, "/api/call/status/{call_id}", "get")
+
+
+class TestFirestoreCallTransitions:
+    """A REST transition commits only over the call as read: a race is decided again, never overwritten."""
+
+    def store(self, status: str = "pending") -> FakeFirestore:
+        """A store holding call c1 from alice to bob in `status`."""
+        return FakeFirestore(docs={"calls/c1": {"status": status, "callerId": ALICE, "receiverId": BOB}})
+
+    async def test_the_move_is_written_with_its_stamps(self) -> None:
+        """A receiver's accept sets the status, stamps answeredAt and updatedAt, and returns the call as before."""
+        db = self.store()
+        before = await FirestoreCallRepository(lambda: db).transition("c1", calls.Status.ACCEPTED, calls.Actor.RECEIVER)
+        assert before["status"] == "pending" and db.docs["calls/c1"]["status"] == "accepted"
+        assert db.docs["calls/c1"]["answeredAt"] is firestore.SERVER_TIMESTAMP and db.commits == 1
+
+    async def test_a_cancel_between_read_and_write_refuses_the_accept(self) -> None:
+        """The caller cancelled after the shim read the call: the accept, decided again, is illegal and the
+        cancel stands."""
+        db = self.store()
+        db.interleave.append(lambda d: d.write("calls/c1", {"status": "cancelled"}))
+        with pytest.raises(calls.IllegalTransition):
+            await FirestoreCallRepository(lambda: db).transition("c1", calls.Status.ACCEPTED, calls.Actor.RECEIVER)
+        assert db.docs["calls/c1"]["status"] == "cancelled" and db.commits == 0
+
+    async def test_an_unrelated_write_between_read_and_write_is_kept(self) -> None:
+        """A write that leaves the move legal (a review field) is kept, and the move lands on top of it."""
+        db = self.store("accepted")
+        db.interleave.append(lambda d: d.write("calls/c1", {"note": "kept"}))
+        await FirestoreCallRepository(lambda: db).transition("c1", calls.Status.ENDED, calls.Actor.CALLER)
+        assert db.docs["calls/c1"]["status"] == "ended" and db.docs["calls/c1"]["note"] == "kept"
+
+    async def test_unknown_call_is_not_found(self) -> None:
+        """A transition of a call that does not exist is NotFound naming call_id, and writes nothing."""
+        db = FakeFirestore()
+        with pytest.raises(NotFound) as caught:
+            await FirestoreCallRepository(lambda: db).transition("c1", calls.Status.ENDED, calls.Actor.CALLER)
+        assert caught.value.field == "call_id" and db.docs == {}

@@ -11,8 +11,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from memharbor.errors import Unavailable
+from memharbor.repositories.guarded import WRITE_ATTEMPTS
 from memharbor.repositories.recording_sessions import (
-    WRITE_ATTEMPTS,
     Claim,
     ClaimResult,
     FirestoreRecordingSessions,
