@@ -24,9 +24,9 @@ from memharbor import calls, devices, groups
 from memharbor.calls import Status
 from memharbor.clock import Clock
 from memharbor.devices import Device
-from memharbor.errors import Conflict
+from memharbor.errors import Conflict, NotFound
 from memharbor.logs import get_logger
-from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallEffectsStore, CallRead
+from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallEffectsStore, CallRead, Written, after
 from memharbor.repositories.devices import DeviceStore
 from memharbor.timeline import Event, EventKind, Scalar
 from watcher import decisions
@@ -90,7 +90,9 @@ class Claimed:
     claim: Claim
     call: dict[str, Any]
     audience: Audience | None = None
-    server_version: Any = None  # the server document's version right after our claim (RUN only)
+    written: Written = field(default_factory=Written)  # the versions our claim's write left (RUN only)
+    # The call and its server document as our claim left them (RUN only; None when that cannot be told).
+    state: CallRead | None = None
 
 
 _FINAL_MEMORY = 10_000
@@ -168,6 +170,9 @@ class CallReactor:
         # The devices each call rang from here: its stop-ringing notices go to them (a device registered
         # after the ring never rang), and the statuses after `pending` need no device or user read.
         self._rung: dict[str, Audience] = {}
+        # Each call rung here, as our own writes left it (versions included): its ring timer decides from
+        # this and commits guarded by those versions, reading only when someone wrote since (a Conflict).
+        self._written: dict[str, CallRead] = {}
 
         # Calls this instance saw through to a final status other than `ended` (bounded): their later
         # events are echoes. An ended call is not among them: participants may still review it.
@@ -193,6 +198,7 @@ class CallReactor:
         self._done.pop(call_id, None)
         self._receivers.pop(call_id, None)
         self._rung.pop(call_id, None)
+        self._written.pop(call_id, None)
         _keep_bounded(self._final, call_id, None)
 
     def prune(self, active_ids: set[str]) -> None:
@@ -201,6 +207,7 @@ class CallReactor:
             del self._done[call_id]
             self._receivers.pop(call_id, None)
             self._rung.pop(call_id, None)
+            self._written.pop(call_id, None)
 
     async def handle(
         self, call_id: str, receiver_hint: str | None = None, time_out: bool = False, group_hint: str | None = None
@@ -218,7 +225,7 @@ class CallReactor:
         status = str(call.get("status")) if call else ""
         if claimed.claim is Claim.RUN:
             effects = await self._effects(call_id, call, claimed.audience)
-            await self._finish(call_id, status, effects, claimed.server_version)
+            await self._finish(call_id, status, effects, claimed)
             if claimed.audience is not None and claimed.audience.prune:
                 await self._prune(claimed.audience)
         if claimed.claim in (Claim.RUN, Claim.DONE, Claim.REVIEWED):
@@ -243,6 +250,7 @@ class CallReactor:
             self._done.pop(call_id, None)
             self._receivers.pop(call_id, None)
             self._rung.pop(call_id, None)
+            self._written.pop(call_id, None)
             stamp = call.get("updatedAt")
             if isinstance(stamp, datetime):
                 _keep_bounded(self._ended_at, call_id, stamp)
@@ -265,25 +273,42 @@ class CallReactor:
         """Claim with optimistic concurrency: read, decide, write under preconditions, retry on a race.
 
         A Firestore transaction would do the same in four round trips with locks held in between; this
-        takes two (three when the receiver was not known in advance) and never blocks an app's write.
+        takes two (three when the receiver was not known in advance) and never blocks an app's write. A
+        ring timer's run of a call rung here takes one: it decides from what our own writes left (the
+        documents are unchanged if its guarded commit succeeds) and reads only after a Conflict.
         """
+        # Whatever this run does, what our writes left is stale after it: use it once, for a timeout.
+        own = self._written.pop(call_id, None) if time_out else None
+        self._written.pop(call_id, None)
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
-                return await self._claim_once(call_id, hints, time_out)
+                return await self._claim_once(call_id, hints, time_out, own)
+            except NotFound:
+                if own is None:
+                    raise
+                # Deleted since we wrote it: a read says so (and decides Gone).
             except Conflict:
                 # Someone wrote between our read and our write: read again.
-                await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+                if own is None:
+                    await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+            own = None
         raise ClaimRace(f"call {call_id} kept changing during {_CLAIM_ATTEMPTS} claim attempts")
 
-    async def _claim_once(self, call_id: str, hints: _Hints, time_out: bool = False) -> Claimed:
-        """One read, one decision, at most one write (guarded by the documents' update times as read)."""
+    async def _claim_once(
+        self, call_id: str, hints: _Hints, time_out: bool = False, own: CallRead | None = None
+    ) -> Claimed:
+        """One read (none when `own`, the documents as our writes left them, is given), one decision, at
+        most one write (guarded by the documents' update times as read or as written)."""
         receiver = hints.receiver_id if hints.receiver_id and calls.ID_PATTERN.fullmatch(hints.receiver_id) else None
         group_id = hints.group_id if hints.group_id and calls.GROUP_ID_PATTERN.fullmatch(hints.group_id) else None
-        # The devices are a query, not a document: read concurrently with the documents, in one round trip.
-        read, device_docs = await asyncio.gather(
-            self._store.read(call_id, receiver, group_id),
-            self._devices.read(receiver) if receiver and hints.devices else _nothing(),
-        )
+        if own is not None:
+            read, device_docs = own, None
+        else:
+            # The devices are a query, not a document: read concurrently with the documents, in one round trip.
+            read, device_docs = await asyncio.gather(
+                self._store.read(call_id, receiver, group_id),
+                self._devices.read(receiver) if receiver and hints.devices else _nothing(),
+            )
         prefetched = (receiver, device_docs) if device_docs is not None else None
         call, server = read.call, read.server
         # Membership is judged once, when the watcher first sees the call (no server document yet).
@@ -307,14 +332,15 @@ class CallReactor:
                 call_fields, server_fields, known = _run_writes(call_id, decision, self._config.instance_id)
                 deadline = _ts((call or {}).get("ringDeadline"))
                 late_s = (now - deadline).total_seconds() if deadline is not None else 0.0
-                version = await self._store.commit(
+                written = await self._store.commit(
                     read, call_fields, server_fields, self._claim_events(decision, late_s)
                 )
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
                     self._metrics.timed_out(late_s)
                 audience = await self._audience(call_id, pushing, read, prefetched, now)
-                return Claimed(claim, {**(call or {}), **known}, audience, version)
+                state = after(read, call_fields, server_fields, written)
+                return Claimed(claim, {**(call or {}), **known}, audience, written, state)
         return Claimed(claim, call or {})
 
     def _event(self, kind: EventKind, **detail: Scalar | None) -> Event:
@@ -376,27 +402,36 @@ class CallReactor:
             return None
         return read.groups[group_id] if group_id in read.groups else await self._store.group(group_id)
 
-    async def _finish(self, call_id: str, status: str, effects: _Effects, claimed_at: Any) -> None:
+    async def _finish(self, call_id: str, status: str, effects: _Effects, claimed: Claimed) -> None:
         """Record the effects' results on the call (per-device push records, timeline events) and mark them
         done, in one write; close the claim (`effectOpen`) unless a later status's claim is open meanwhile.
 
         The sweep finds lapsed claims by `effectOpen`: clearing it under a later status's claim (the call
         moved on while these effects ran) would hide that claim from the sweep, should its holder die.
+        After a ring, the call is guarded too, so that what the write left is known (`_written`).
         """
         done = {
             f"effects.`{status}`.state": "done",
             f"effects.`{status}`.doneAt": SERVER_TIME,
             **{_record_path(status, key): record for key, record in effects.records.items()},
         }
-        version, closing = claimed_at, {"effectOpen": False}
+        state = claimed.state if status == Status.PENDING else None
+        version, closing = claimed.written.server, {"effectOpen": False}
+        call_version = state.versions[0] if state is not None and effects.call else None
         for _ in range(_CLAIM_ATTEMPTS):
             try:
                 # Guarded: nobody wrote the server document since `version`, so no other claim is open.
-                await self._store.update(call_id, effects.call, done | closing, effects.events, version)
-                return
+                written = await self._store.update(
+                    call_id, effects.call, done | closing, effects.events, version, call_version
+                )
             except Conflict:
                 read = await self._store.read(call_id)
-                version, closing = read.versions[1], _closing(read, status)
+                version, closing, state, call_version = read.versions[1], _closing(read, status), None, None
+                continue
+            left = after(state, effects.call, done | closing, written) if state is not None else None
+            if left is not None:
+                self._written[call_id] = left
+            return
         await self._store.update(call_id, effects.call, done | closing, effects.events)
 
     async def _effects(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:

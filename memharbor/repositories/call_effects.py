@@ -13,7 +13,8 @@ values that stamp the commit time and remove a field.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
@@ -54,6 +55,16 @@ class CallRead:
     versions: tuple[Any, Any] = (None, None)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What one write left: each document's version after it (None when it was not written) and the
+    value `SERVER_TIME` took in it (None when no field took it)."""
+
+    call: Any = None
+    server: Any = None
+    server_time: datetime | None = None
+
+
 class CallEffectsStore(Protocol):
     """Reads and writes of a call and its server document, for the watcher."""
 
@@ -75,10 +86,9 @@ class CallEffectsStore(Protocol):
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> Any:
+    ) -> Written:
         """Update the call and write the server document (created if it was missing) unless either
-        changed since `read`: then Conflict (NotFound if the call was deleted). `events` join the timeline.
-        Returns the server document's version (update time) after the write, None when it was not written."""
+        changed since `read`: then Conflict (NotFound if the call was deleted). `events` join the timeline."""
         ...
 
     async def update(
@@ -88,10 +98,11 @@ class CallEffectsStore(Protocol):
         server: Mapping[str, Any],
         events: Sequence[Event] = (),
         server_version: Any = None,
-    ) -> None:
+        call_version: Any = None,
+    ) -> Written:
         """Update the call and its existing server document in one write, whatever changed since (with
-        `server_version`: only if the server document is still at that version, else Conflict); `events`
-        join the call's timeline in the same write."""
+        `server_version` or `call_version`: only if that document is still at that version, else
+        Conflict); `events` join the call's timeline in the same write."""
         ...
 
 
@@ -140,10 +151,10 @@ class FirestoreCallEffects:
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> Any:
+    ) -> Written:
         call_version, server_version = read.versions
 
-        async def write(client: firestore.AsyncClient) -> Any:
+        async def write(client: firestore.AsyncClient) -> Written:
             batch = client.batch()
             if call:
                 guard = client.write_option(last_update_time=call_version)
@@ -157,8 +168,7 @@ class FirestoreCallEffects:
             if events:
                 add_events(batch, client, read.call_id, events)
             results = await batch.commit() if call or server or events else []
-            # The batch's results follow its writes: the call's first (when written), then the server's.
-            return results[1 if call else 0].update_time if server else None
+            return _written(results, bool(call), bool(server))
 
         return await self._guard.run(write)
 
@@ -169,20 +179,126 @@ class FirestoreCallEffects:
         server: Mapping[str, Any],
         events: Sequence[Event] = (),
         server_version: Any = None,
-    ) -> None:
-        async def write(client: firestore.AsyncClient) -> None:
+        call_version: Any = None,
+    ) -> Written:
+        async def write(client: firestore.AsyncClient) -> Written:
             batch = client.batch()
             if call:
-                batch.update(client.collection(CALLS).document(call_id), dict(call))
+                guard = client.write_option(last_update_time=call_version) if call_version is not None else None
+                batch.update(client.collection(CALLS).document(call_id), dict(call), option=guard)
             if server:
                 guard = client.write_option(last_update_time=server_version) if server_version is not None else None
                 batch.update(client.collection(CALL_SERVER).document(call_id), dict(server), option=guard)
             if events:
                 add_events(batch, client, call_id, events)
-            if call or server or events:
-                await batch.commit()
+            results = await batch.commit() if call or server or events else []
+            return _written(results, bool(call), bool(server))
 
-        await self._guard.run(write)
+        return await self._guard.run(write)
+
+
+def _written(results: Sequence[Any], call: bool, server: bool) -> Written:
+    """Read a batch's write results: they follow its writes, the call's first (when written), then the
+    server document's. Every `SERVER_TIME` of one commit takes the same value (the request's time, in
+    milliseconds: not the commit time), so the first transform result is the value of all of them."""
+    stamps = (value.timestamp_value for result in results for value in result.transform_results)
+    server_time = next((stamp for stamp in stamps if stamp is not None), None)
+    return Written(
+        results[0].update_time if call else None,
+        results[1 if call else 0].update_time if server else None,
+        server_time,
+    )
+
+
+def after(read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], written: Written) -> CallRead | None:
+    """The call and its server document as a write of `call` and `server` over `read` left them, at the
+    versions the write returned (the server document created when `read` had none); None when that
+    cannot be told: a document missing, a field path it cannot follow, a server time not returned.
+
+    Lets a writer decide its next step from what it wrote, guarded by these versions, without reading.
+    """
+    if read.call is None and call:
+        return None
+    try:
+        call_doc = applied(read.call, call, written.server_time) if call else read.call
+        if not server:
+            server_doc = read.server
+        elif read.server is None:
+            server_doc = applied({}, nest(server), written.server_time, paths=False)
+        else:
+            server_doc = applied(read.server, server, written.server_time)
+    except _Untold:
+        return None
+    versions = (written.call if call else read.versions[0], written.server if server else read.versions[1])
+    return replace(read, call=call_doc, server=server_doc, users={}, groups={}, versions=versions)
+
+
+class _Untold(Exception):
+    """What a write left cannot be told from the write alone."""
+
+
+def applied(
+    doc: Mapping[str, Any] | None, fields: Mapping[str, Any], server_time: datetime | None, paths: bool = True
+) -> dict[str, Any]:
+    """A copy of `doc` with `fields` written as Firestore writes them: keys are field paths (plain names
+    when not `paths`), `SERVER_TIME` becomes `server_time` and `DELETE` removes the field."""
+    result = _copied(dict(doc or {}))
+    for key, value in fields.items():
+        *parents, leaf = field_parts(key) if paths else [key]
+        target = result
+        for part in parents:
+            inner = target.get(part)
+            if not isinstance(inner, dict):
+                # Writing `a.b` makes `a` a map, whatever it held.
+                inner = target[part] = {}
+            target = inner
+        if value is DELETE:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = _resolved(value, server_time)
+    return result
+
+
+def field_parts(path: str) -> list[str]:
+    """The names of a field path: `a.`b.c`` is ["a", "b.c"]. Escapes within backticks are not followed."""
+    if "\\" in path:
+        raise _Untold(path)
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in path:
+        if char == "`":
+            quoted = not quoted
+        elif char == "." and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _resolved(value: Any, server_time: datetime | None) -> Any:
+    if value is SERVER_TIME:
+        if server_time is None:
+            raise _Untold("SERVER_TIME")
+        return server_time
+    if value is DELETE:
+        raise _Untold("DELETE inside a value")
+    if isinstance(value, Mapping):
+        return {key: _resolved(inner, server_time) for key, inner in value.items()}
+    if isinstance(value, list | tuple):
+        return [_resolved(inner, server_time) for inner in value]
+    return value
+
+
+def _copied(value: Any) -> Any:
+    # Maps and arrays are copied so the result shares nothing mutable with the read it came from.
+    if isinstance(value, dict):
+        return {key: _copied(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_copied(inner) for inner in value]
+    return value
 
 
 def nest(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from memharbor.errors import Conflict, NotFound
-from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallRead, nest
+from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallRead, Written, nest
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
 from memharbor.timeline import Event, event_fields
 
@@ -62,7 +62,7 @@ class FakeCallEffects:
 
     async def commit(
         self, read: CallRead, call: Mapping[str, Any], server: Mapping[str, Any], events: Sequence[Event] = ()
-    ) -> Any:
+    ) -> Written:
         call_path, server_path = f"{CALLS}/{read.call_id}", f"{CALL_SERVER}/{read.call_id}"
         if call and call_path not in self.docs:
             raise NotFound(call_path)
@@ -79,7 +79,7 @@ class FakeCallEffects:
         elif server:
             self.apply(server_path, server)
         self._add(read.call_id, events)
-        return self.times[server_path] if server else None
+        return self._written(read.call_id, bool(call), bool(server))
 
     async def update(
         self,
@@ -88,17 +88,26 @@ class FakeCallEffects:
         server: Mapping[str, Any],
         events: Sequence[Event] = (),
         server_version: Any = None,
-    ) -> None:
+        call_version: Any = None,
+    ) -> Written:
         for path, fields in ((f"{CALLS}/{call_id}", call), (f"{CALL_SERVER}/{call_id}", server)):
             if fields and path not in self.docs:
                 raise NotFound(path)
         if server and server_version is not None and self.times.get(f"{CALL_SERVER}/{call_id}") != server_version:
             raise Conflict(f"{CALL_SERVER}/{call_id}")
+        if call and call_version is not None and self.times.get(f"{CALLS}/{call_id}") != call_version:
+            raise Conflict(f"{CALLS}/{call_id}")
         if call:
             self.apply(f"{CALLS}/{call_id}", call)
         if server:
             self.apply(f"{CALL_SERVER}/{call_id}", server)
         self._add(call_id, events)
+        return self._written(call_id, bool(call), bool(server))
+
+    def _written(self, call_id: str, call: bool, server: bool) -> Written:
+        call_time = self.times[f"{CALLS}/{call_id}"] if call else None
+        server_time = self.times[f"{CALL_SERVER}/{call_id}"] if server else None
+        return Written(call_time, server_time, self.now)
 
     def kinds(self, call_id: str) -> list[str]:
         """The kinds of the call's timeline events, in the order written."""

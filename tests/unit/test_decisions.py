@@ -564,27 +564,21 @@ class TestReactorShell:
         assert server["effects"]["pending"]["state"] == "done"
         assert server["identity"] == {**IDENTITY, "callId": "steady"}
 
-    async def test_timer_run_reads_in_one_round_trip(self) -> None:
-        """The ring timer's run of a call rung here reads the call and its server document only, in one round trip."""
+    async def test_timer_run_of_a_call_rung_here_reads_nothing(self) -> None:
+        """The ring timer's run of a call rung here decides from what its own writes left: no read at all."""
         store = seeded_store()
         clock = FixedClock(store.now)
-        timers = CallTracker()
-        reactor = CallReactor(
-            store,
-            FakeDevices(),
-            FakeNotifier(),
-            clock,
-            CONFIG,
-            schedule_timeout=timers.schedule_timeout,
-            cancel_timeout=timers.cancel_timeout,
-        )
+        notifier = FakeNotifier()
+        reactor = make_reactor(store, notifier, clock=clock)
         await reactor.handle("steady", "bob", group_hint="group1")
         assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady", "users/bob", "groups/group1"]]
         store.now = clock.now = LATER  # past the ring deadline
         store.round_trips.clear()
         assert await reactor.handle("steady", time_out=True) is Claim.RUN
         assert store.docs["calls/steady"]["status"] == Status.MISSED
-        assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady"]]
+        assert store.docs[f"{CALL_SERVER}/steady"]["effects"]["missed"]["state"] == "done"
+        assert [kind for _, kind, _ in notifier.sent] == ["incoming_call", "call_ended"]
+        assert store.round_trips == []
 
     async def test_timer_run_of_a_call_rung_elsewhere_reads_the_receiver_with_the_call(self) -> None:
         """A call another replica rang (its devices unknown here) has its receiver read in the same round trip."""
@@ -1003,6 +997,95 @@ class TestFinishingWrite:
         assert await make_reactor(store, Cancelled()).handle("steady", "bob") is Claim.RUN
         assert store.docs[f"{CALL_SERVER}/steady"]["effectOpen"] is False
         assert store.docs[f"{CALL_SERVER}/steady"]["effects"]["pending"]["state"] == "done"
+
+
+class TestTimeoutFromOwnWrites:
+    """A ring timer commits from what the ring's own writes left, guarded by their versions; any write
+    since (or a write it could not account for) makes it read, and the read decides."""
+
+    async def rung(self) -> tuple[FakeCallEffects, CallReactor, FixedClock, FakeNotifier]:
+        """A store and reactor after the reactor rang the call `steady`, its clock past the deadline."""
+        store = seeded_store()
+        clock = FixedClock(store.now)
+        notifier = FakeNotifier()
+        reactor = make_reactor(store, notifier, clock=clock)
+        assert await reactor.handle("steady", "bob", group_hint="group1") is Claim.RUN
+        store.now = clock.now = LATER
+        store.round_trips.clear()
+        return store, reactor, clock, notifier
+
+    async def test_a_write_since_the_ring_is_read_and_kept(self) -> None:
+        """An app wrote the call after the ring: the guarded timeout fails, one read, and the write stays."""
+        store, reactor, _, _ = await self.rung()
+        store.apply("calls/steady", {"callerName": "Alice K."})
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        call = store.docs["calls/steady"]
+        assert (call["status"], call["callerName"]) == (Status.MISSED, "Alice K.")
+        assert store.round_trips == [["calls/steady", f"{CALL_SERVER}/steady"]]
+
+    async def test_an_unseen_cancel_is_not_overwritten(self) -> None:
+        """The caller cancelled and the timer fires before the feed told us: the read finds the cancel, whose
+        effects run instead of a timeout."""
+        store, reactor, _, notifier = await self.rung()
+        store.apply("calls/steady", {"status": Status.CANCELLED.value, "endedAt": T0 + timedelta(seconds=2)})
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert store.docs["calls/steady"]["status"] == Status.CANCELLED
+        assert "missed" not in store.docs[f"{CALL_SERVER}/steady"]["effects"]
+        assert store.docs[f"{CALL_SERVER}/steady"]["effects"]["cancelled"]["state"] == "done"
+        assert [kind for _, kind, _ in notifier.sent] == ["incoming_call", "call_ended"]
+
+    async def test_a_server_document_changed_since_is_read(self) -> None:
+        """Another replica wrote the server document after the ring: the timeout reads before it decides."""
+        store, reactor, _, _ = await self.rung()
+        store.apply(f"{CALL_SERVER}/steady", {"note": "touched"})
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert store.docs["calls/steady"]["status"] == Status.MISSED
+        assert store.docs[f"{CALL_SERVER}/steady"]["note"] == "touched"
+        assert len(store.round_trips) == 1
+
+    async def test_a_deleted_call_is_gone(self) -> None:
+        """An admin deleted the call after the ring: the timeout's write finds no call, a read says Gone."""
+        store, reactor, _, _ = await self.rung()
+        del store.docs["calls/steady"]
+        assert await reactor.handle("steady", time_out=True) is Claim.GONE
+        assert "calls/steady" not in store.docs
+
+    async def test_used_once(self) -> None:
+        """What the ring left serves one timer run only: a second run reads (and finds the call missed)."""
+        store, reactor, _, notifier = await self.rung()
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert await reactor.handle("steady", time_out=True) is Claim.DONE
+        assert len(store.round_trips) == 1
+        assert [kind for _, kind, _ in notifier.sent] == ["incoming_call", "call_ended"]
+
+    async def test_a_ring_whose_finish_conflicted_is_read(self) -> None:
+        """An app wrote the call during the ring's push: the finishing write reads again, and what it left
+        is not known without a read, so the timer reads too."""
+        store = seeded_store()
+
+        class Renamed(FakeNotifier):
+            async def send(self, target: PushTarget, kind: Any, payload: Mapping[str, str], *args: Any) -> PushResult:
+                store.apply("calls/steady", {"callerName": "Alice K."})
+                return await super().send(target, kind, payload, *args)
+
+        clock = FixedClock(store.now)
+        reactor = make_reactor(store, Renamed(), clock=clock)
+        assert await reactor.handle("steady", "bob", group_hint="group1") is Claim.RUN
+        assert store.docs["calls/steady"]["pushSent"] is True
+        assert len(store.round_trips) == 2  # the claim's read, and the finishing write's after its Conflict
+        store.now = clock.now = LATER
+        store.round_trips.clear()
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert store.docs["calls/steady"]["status"] == Status.MISSED
+        assert len(store.round_trips) == 1
+
+    async def test_a_timer_run_after_another_handling_reads(self) -> None:
+        """Any other run of the call (an event, the sweep) drops what the ring left: the timer then reads."""
+        store, reactor, _, _ = await self.rung()
+        assert await reactor.handle("steady", "bob") is Claim.DONE
+        store.round_trips.clear()
+        assert await reactor.handle("steady", time_out=True) is Claim.RUN
+        assert len(store.round_trips) == 1
 
 
 class TestClaimRace:
