@@ -47,6 +47,7 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --explicit-package-bases tests/support $(wildcard bench/*.py)
 
 unit: venv
 	$(PY) -m pytest tests/unit

@@ -44,8 +44,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # the local servers and process helpers live in tests/support
 
+# google-cloud-storage ships no py.typed: mypy takes this module import as Any, but reports
+# `from google.cloud import storage` as a missing attribute of the (typed) google.cloud namespace.
+import google.cloud.storage as storage  # noqa: E402
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
-from google.cloud import firestore, storage  # noqa: E402
+from google.cloud import firestore  # noqa: E402
 from google.cloud.firestore_v1.base_query import FieldFilter  # noqa: E402
 
 from bench.calls_bench import read_cpu_s, read_rss_kb  # noqa: E402
@@ -319,12 +322,18 @@ def cast_running(options: Options, tmp: Path) -> Iterator[Cast]:
             return WatcherProcess(workers, tmp / "unused-sink.jsonl", logs, **env)
 
         def recorder() -> RecorderProcess:
-            lease = {"MEMHARBOR_RECORDER_LEASE_S": f"{RECORDER_LEASE_S:g}"}
-            return RecorderProcess(workers, recordings, logs, TWO_TONES, **lease)
+            return RecorderProcess(
+                workers, recordings, logs, TWO_TONES, MEMHARBOR_RECORDER_LEASE_S=f"{RECORDER_LEASE_S:g}"
+            )
 
         slots: list[Slot] = []
         spawner = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="spawner"))
-        stack.callback(lambda: [slot.stop() for slot in slots])
+
+        def stop_slots() -> None:
+            for slot in slots:
+                slot.stop()
+
+        stack.callback(stop_slots)
         slots += [Slot(f"watcher-{i}", watcher, db, spawner) for i in (1, 2)]
         slots += [Slot(f"recorder-{i}", recorder, db, spawner) for i in (1, 2)]
         http_pid = _child_pid(("memharbor", "http"))
@@ -424,7 +433,8 @@ def arrivals(options: Options) -> list[float]:
 def plan_calls(options: Options, people: People, rng: random.Random) -> list[CallPlan]:
     """Every call of the run, at `rate` per second, each outcome drawn by its weight."""
     plans = []
-    names, weights = zip(*OUTCOMES, strict=True)
+    names = [name for name, _ in OUTCOMES]
+    weights = [weight for _, weight in OUTCOMES]
     for index, at in enumerate(arrivals(options)):
         pair = rng.randrange(len(people.receivers))
         path = rng.choice(("app", "rest"))
@@ -542,7 +552,7 @@ class Traffic:
                 return None
             return str(answer["callId"])
         call_id = new_call_id()
-        fields = {"callId": call_id, "groupId": group, "callerId": caller, "receiverId": receiver}
+        fields: dict[str, Any] = {"callId": call_id, "groupId": group, "callerId": caller, "receiverId": receiver}
         fields |= {"status": "pending", "callerName": caller, **({"record": True} if plan.record else {})}
         result = self._rest().as_user(caller).create(f"calls/{call_id}", fields, ("createdAt", "updatedAt"))
         self._note_lag("pending", result)
@@ -1008,9 +1018,10 @@ def dump_calls(path: Path, ev: Evidence, plans: list[CallPlan], cast: Cast) -> N
 
 def cpu_by_role(cpu_s: dict[str, float]) -> dict[str, float]:
     """CPU seconds by role (every incarnation of a worker summed), and this process's (driver, APNs, FCM)."""
-    roles: Counter[str] = Counter()
+    roles: dict[str, float] = {}
     for name, seconds in cpu_s.items():
-        roles[name.split()[0].rstrip("-12")] += seconds
+        role = name.split()[0].rstrip("-12")
+        roles[role] = roles.get(role, 0.0) + seconds
     usage = os.times()
     roles["soak (driver, APNs, FCM)"] = usage.user + usage.system
     return {role: round(seconds, 1) for role, seconds in sorted(roles.items())}

@@ -25,9 +25,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -119,7 +120,10 @@ class ApnsServer:
         self.port = 0
         self.connections_opened = 0
         self.refused_alpn = 0
-        self._public_key = load_pem_public_key(key.public_pem.encode())
+        public_key = load_pem_public_key(key.public_pem.encode())
+        if not isinstance(public_key, EllipticCurvePublicKey):  # ES256 verifies with a P-256 key only
+            raise TypeError(f"an APNs key is an EC key, not {type(public_key).__name__}")
+        self._public_key = public_key
         self._verified: dict[str, dict[str, Any]] = {}
         self._records: list[ApnsRecord] = []
         self._scripts: dict[str, list[tuple[int, str]]] = {}
@@ -133,7 +137,7 @@ class ApnsServer:
         self._ssl: ssl.SSLContext | None = None
 
     # -- control (from the test's thread) -------------------------------------------------------
-    def start(self) -> ApnsServer:
+    def start(self) -> Self:
         """Listen on a free loopback port."""
         self._ssl = self._ssl_context()
         self._thread = LoopThread("apns-server")
@@ -149,7 +153,7 @@ class ApnsServer:
         self._thread.stop()
         self._thread = None
 
-    def __enter__(self) -> ApnsServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -228,6 +232,7 @@ class ApnsServer:
             host = await self._tunnel(reader, writer)
             if host is None:
                 return
+            assert self._ssl is not None  # start() builds it before the listener exists
             await writer.start_tls(self._ssl)
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
@@ -357,7 +362,7 @@ class ApnsServer:
                 claims = jwt.decode(
                     token,
                     self._public_key,
-                    algorithms=["ES256"],  # type: ignore[arg-type]
+                    algorithms=["ES256"],
                     options={"verify_iat": False, "verify_exp": False, "require": ["iss", "iat"]},
                 )
                 self._verified[token] = claims

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import jwt
 from aiohttp import web
@@ -155,7 +155,7 @@ class FcmServer:
         self.max_in_flight = 0  # the most sends the server was handling at once
 
     # -- control --------------------------------------------------------------------------------
-    def start(self) -> FcmServer:
+    def start(self) -> Self:
         self._thread = LoopThread("fcm-server")
         self._thread.run(self._listen())
         return self
@@ -168,7 +168,7 @@ class FcmServer:
         self._thread.stop()
         self._thread = None
 
-    def __enter__(self) -> FcmServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
