@@ -90,7 +90,8 @@ class Run:
 
     In the same write: `ring` (channelName, ringDeadline) on a live call that lacks them; with `time_out`
     the call moves `pending -> missed` (the claim is for `missed`); `identity` is remembered on the server
-    document when it holds none yet; `review` counts a review write the call carries.
+    document when it holds none yet; `review` counts a review write the call carries. `stop_owed`: an
+    `ended` call whose answered-elsewhere notices nobody sent or will send; its effects send them.
     """
 
     status: str
@@ -99,6 +100,7 @@ class Run:
     time_out: bool = False
     identity: Mapping[str, str] | None = None
     review: Review | None = None
+    stop_owed: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,10 +256,29 @@ def _claim(
     effect = _effect(server, status)
     review = _review(call, server)
     if _may_claim(effect, now, config.instance_id):
-        return Run(status, lease_until, _ring_setup(call_id, call, config), identity=identity, review=review)
+        owed = status == Status.ENDED and stop_owed(server, now)
+        ring = _ring_setup(call_id, call, config)
+        return Run(status, lease_until, ring, identity=identity, review=review, stop_owed=owed)
     if review is not None:
         return review
     return Done(status) if effect.get("state") == "done" else Busy(status)
+
+
+def stop_owed(server: Mapping[str, Any] | None, now: datetime) -> bool:
+    """True when the call rang but the `accepted` stop-ringing notices were never sent and never will be:
+    no watcher ran `accepted` (all down, or behind, until the call had ended), or its claimant died.
+
+    The call has moved on, so no watcher will claim `accepted` any more: the `ended` claimant sends them,
+    else the receiver's other devices keep ringing after the call is over.
+    """
+    if not _effect(server, Status.PENDING):
+        return False  # nobody rang: nothing rings
+    accepted = _effect(server, Status.ACCEPTED)
+    if not accepted:
+        return True
+    lease = accepted.get("leaseUntil")
+    lapsed = not isinstance(lease, datetime) or lease <= now
+    return accepted.get("state") != "done" and lapsed
 
 
 def _identity(call: Mapping[str, Any]) -> dict[str, str]:

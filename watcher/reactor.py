@@ -338,7 +338,7 @@ class CallReactor:
                 if decision.time_out:
                     log.info("call.timed_out", call_id=call_id)
                     self._metrics.timed_out(late_s)
-                audience = await self._audience(call_id, pushing, read, prefetched, now)
+                audience = await self._audience(call_id, pushing, read, prefetched, now, decision.stop_owed)
                 state = after(read, call_fields, server_fields, written)
                 return Claimed(claim, {**(call or {}), **known}, audience, written, state)
         return Claimed(claim, call or {})
@@ -364,13 +364,20 @@ class CallReactor:
         read: CallRead,
         prefetched: tuple[str | None, dict[str, dict[str, Any]]] | None,
         now: datetime,
+        stop_owed: bool = False,
     ) -> Audience | None:
-        """The devices the claimed status pushes to: those its ring reached, or the receiver's as read now."""
+        """The devices the claimed status pushes to: those its ring reached, or the receiver's as read now.
+
+        An ended call pushes only when it owes the `accepted` notices (`stop_owed`); their records are
+        `accepted`'s, so the devices a dead `accepted` claimant reached are not pushed again.
+        """
         receiver = call.get("receiverId")
-        if call.get("status") not in _PUSHING or not isinstance(receiver, str) or not receiver:
+        pushing = call.get("status") in _PUSHING or stop_owed
+        if not pushing or not isinstance(receiver, str) or not receiver:
             return None
         pushes = (read.server or {}).get("pushes")
-        done = pushes.get(str(call["status"])) if isinstance(pushes, Mapping) else None
+        records_of = Status.ACCEPTED.value if stop_owed else str(call["status"])
+        done = pushes.get(records_of) if isinstance(pushes, Mapping) else None
         done = done if isinstance(done, Mapping) else {}
         rung = self._rung.get(call_id)
         if rung is not None and rung.uid == receiver and call.get("status") != Status.PENDING:
@@ -410,11 +417,7 @@ class CallReactor:
         moved on while these effects ran) would hide that claim from the sweep, should its holder die.
         After a ring, the call is guarded too, so that what the write left is known (`_written`).
         """
-        done = {
-            f"effects.`{status}`.state": "done",
-            f"effects.`{status}`.doneAt": SERVER_TIME,
-            **{_record_path(status, key): record for key, record in effects.records.items()},
-        }
+        done = {f"effects.`{status}`.state": "done", f"effects.`{status}`.doneAt": SERVER_TIME, **effects.records}
         state = claimed.state if status == Status.PENDING else None
         version, closing = claimed.written.server, {"effectOpen": False}
         call_version = state.versions[0] if state is not None and effects.call else None
@@ -473,10 +476,13 @@ class CallReactor:
         payload: dict[str, str],
         expires: datetime,
         recipients: list[Device] | None = None,
+        claimed: str | None = None,
     ) -> _FanOut:
         """Push to every device at once; each device's result is recorded when it lands (`_Landing`).
 
-        A device with a record for this status (from a claimant that died midway) is not pushed again.
+        The records are the call's status's; `claimed` names the status whose claim covers the pushes
+        when that is another (its lease is the one kept during retries). A device with a record for this
+        status (from a claimant that died midway) is not pushed again.
         """
         call_id, status = str(call.get("callId")), str(call.get("status"))
         if audience is None:
@@ -493,7 +499,7 @@ class CallReactor:
         if kind == "incoming_call":
             wanted = functools.partial(self._still_ringing, call_id)
         else:
-            wanted = functools.partial(self._keep_claim, call_id, status)
+            wanted = functools.partial(self._keep_claim, call_id, claimed or status)
         announce = kind == "incoming_call" and "pushSent" not in call
         landing = _Landing(self._store, call_id, status, len(todo), announce)
 
@@ -577,26 +583,38 @@ class CallReactor:
         requested = self._event(EventKind.RECORDING_REQUESTED, sid=sid)
         return _Effects(stopped.call, stopped.records, [*stopped.events, requested])
 
-    async def _stop_ringing(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
+    async def _stop_ringing(
+        self, call_id: str, call: dict[str, Any], audience: Audience | None, claimed: str | None = None
+    ) -> _Effects:
         """Tell the receiver's devices to stop ringing: all of them, or the others when one answered."""
         self._cancel_timeout(call_id)
         if audience is None:
             return _Effects()
         expires = datetime.fromtimestamp(self._clock.time() + 60, UTC)
         recipients = devices.stop_recipients(audience.devices, str(call.get("status")), call.get(calls.ANSWERED_ON))
-        fanned = await self._fan_out(call, audience, "call_ended", call_ended_payload(call), expires, recipients)
+        payload = call_ended_payload(call)
+        fanned = await self._fan_out(call, audience, "call_ended", payload, expires, recipients, claimed)
         return _Effects({}, fanned.unwritten, fanned.events)
 
     async def _ended(self, call_id: str, call: dict[str, Any], audience: Audience | None) -> _Effects:
+        """The call's duration and the end of its recording; with an audience (the `accepted` notices were
+        owed, see `decisions.stop_owed`), the answered-elsewhere notices too, as `accepted` sends them."""
         duration = calls.duration_seconds(_ts(call.get("answeredAt")), _ts(call.get("endedAt")))
         log.info("call.ended", call_id=call_id, duration_s=duration)
         await self._recording.on_ended(call_id, call)
-        return _Effects({"durationSec": duration})
+        if audience is None:
+            return _Effects({"durationSec": duration})
+        # Only after a fault (watchers down or behind): worth a warning.
+        log.warning("call.stop_owed", call_id=call_id, reason="no watcher sent the answered-elsewhere notices")
+        answered = {**call, "status": Status.ACCEPTED.value}
+        stopped = await self._stop_ringing(call_id, answered, audience, claimed=Status.ENDED.value)
+        return _Effects({"durationSec": duration}, stopped.records, stopped.events)
 
 
 @dataclass(frozen=True)
 class _Effects:
-    """What a status's effects leave to the finishing write: call fields, push records, timeline events."""
+    """What a status's effects leave to the finishing write: call fields, push records (by field path under
+    `pushes`), timeline events."""
 
     call: dict[str, Any] = field(default_factory=dict)
     records: Mapping[str, Any] = field(default_factory=dict)
@@ -614,8 +632,8 @@ _PUSH_EVENTS = {
 
 @dataclass(frozen=True)
 class _FanOut:
-    """One fan-out's records in device order (earlier claimants' included), and the records and timeline
-    events not yet written."""
+    """One fan-out's records in device order (earlier claimants' included), and the records (by field path)
+    and timeline events not yet written."""
 
     all_records: list[Mapping[str, Any]]
     unwritten: dict[str, Any]
@@ -662,8 +680,8 @@ class _Landing:
                 await self._write(taken)
 
     def rest(self) -> tuple[dict[str, Any], list[Event]]:
-        """The records and events not written yet (for the finishing write)."""
-        return {device: record for device, (record, _) in self._pending.items()}, [
+        """The records not written yet, by field path, and their events (for the finishing write)."""
+        return {_record_path(self._status, device): record for device, (record, _) in self._pending.items()}, [
             event for _, event in self._pending.values()
         ]
 

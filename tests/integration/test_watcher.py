@@ -576,6 +576,31 @@ class TestDevices:
         time.sleep(1.0)
         assert len(watcher.pushes("call_ended", call_id)) == 1
 
+    def test_answer_unseen_by_any_watcher_still_stops_the_others(
+        self, db: firestore.Client, rest: FirestoreRest, watchers: Any
+    ) -> None:
+        """The only watcher is SIGKILLed after the ring; the call is answered on the phone and ends. The next
+        watcher, seeing only `ended`, sends the tablet its answered-elsewhere notice, once."""
+        for device_id, platform in (("phone", "ios"), ("tab", "android")):
+            seed_device(db, "bob", device_id, platform, firestore.SERVER_TIMESTAMP)
+        first = watchers().start(db)
+        call_id = place_call(rest)
+        wait_for(lambda: call_doc(db, call_id).get("pushSent") is not None, what="the ring recorded")
+        first.kill()
+        receiver = rest.as_user("bob")
+        answered = receiver.update(
+            f"calls/{call_id}", {"status": "accepted", "answeredOn": "phone"}, server_time=["answeredAt", "updatedAt"]
+        )
+        assert answered.ok, answered
+        ended = receiver.update(f"calls/{call_id}", {"status": "ended"}, server_time=["endedAt", "updatedAt"])
+        assert ended.ok, ended
+        second = watchers().start(db)
+        [stop] = wait_for(lambda: second.pushes("call_ended", call_id), what="answered elsewhere after the end")
+        assert (stop["device"], stop["payload"]["status"]) == ("tab", "accepted")
+        wait_for(lambda: call_doc(db, call_id).get("durationSec") is not None, what="the end handled")
+        time.sleep(1.0)
+        assert len(second.pushes("call_ended", call_id)) == 1
+
     def test_stale_and_surplus_devices_are_pruned(
         self, db: firestore.Client, rest: FirestoreRest, watchers: Any
     ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -17,7 +17,19 @@ from memharbor.repositories.paths import CALL_SERVER
 from tests.support.fake_call_effects import FakeCallEffects
 from tests.support.fake_call_feed import FakeCallSweeps, FakeCatchUp, FakeFeed
 from tests.support.fake_devices import FakeDevices
-from watcher.decisions import Busy, Done, Gone, Invalid, ReactorConfig, Revert, Review, Run, Violation, decide
+from watcher.decisions import (
+    Busy,
+    Done,
+    Gone,
+    Invalid,
+    ReactorConfig,
+    Revert,
+    Review,
+    Run,
+    Violation,
+    decide,
+    stop_owed,
+)
 from watcher.metrics import WatcherMetrics
 from watcher.push import PushResult, PushTarget
 from watcher.reactor import CallReactor, Claim, ClaimRace
@@ -1086,6 +1098,98 @@ class TestTimeoutFromOwnWrites:
         store.round_trips.clear()
         assert await reactor.handle("steady", time_out=True) is Claim.RUN
         assert len(store.round_trips) == 1
+
+
+class TestStopOwed:
+    """An ended call whose answered-elsewhere notices nobody sent, nor will, sends them with its own effects."""
+
+    NOW = T0 + timedelta(minutes=5)
+    RANG: ClassVar[dict[str, str]] = {"state": "done"}
+
+    @pytest.mark.parametrize(
+        ("effects", "owed"),
+        [
+            ({}, False),  # nobody rang: nothing rings
+            ({"pending": RANG}, True),  # accepted never handled (watchers down or behind)
+            ({"pending": RANG, "accepted": {"state": "done"}}, False),
+            ({"pending": RANG, "accepted": {"state": "claimed", "leaseUntil": NOW + timedelta(seconds=5)}}, False),
+            ({"pending": RANG, "accepted": {"state": "claimed", "leaseUntil": NOW - timedelta(seconds=5)}}, True),
+            ({"pending": RANG, "accepted": {"state": "claimed"}}, True),  # a claim without a lease holds nothing
+        ],
+    )
+    def test_table(self, effects: dict[str, Any], owed: bool) -> None:
+        """Owed exactly when the ring went out and `accepted`'s effects are neither done nor held."""
+        assert stop_owed({"effects": effects}, self.NOW) is owed
+
+    def test_no_server_document(self) -> None:
+        """A call the server never saw owes nothing."""
+        assert stop_owed(None, self.NOW) is False
+
+    def test_decided_with_the_ended_claim(self) -> None:
+        """The ended claim carries the debt; an ended call whose accepted effects ran does not."""
+        call = known_call(Status.ENDED)
+        owing = {**server_doc("accepted"), "effects": {"pending": self.RANG}}
+        decision = decide(CALL_ID, call, owing, None, self.NOW, CONFIG)
+        assert isinstance(decision, Run) and (decision.status, decision.stop_owed) == ("ended", True)
+        paid = {**server_doc("accepted"), "effects": {"pending": self.RANG, "accepted": {"state": "done"}}}
+        decision = decide(CALL_ID, call, paid, None, self.NOW, CONFIG)
+        assert isinstance(decision, Run) and decision.stop_owed is False
+
+    async def rung_then_ended(
+        self, accepted: Mapping[str, Any] | None, reached: tuple[str, ...] = ()
+    ) -> tuple[FakeCallEffects, ScriptedNotifier]:
+        """bob's three devices rang; the call was answered on the phone and ended before the reactor saw
+        `accepted` (whose effects are `accepted` when given, with records of the devices `reached`); then
+        the reactor handles it."""
+        store = seeded_store(user={})
+        notifier = ScriptedNotifier()
+        reactor = make_reactor(store, notifier, three_devices(store.now))
+        assert await reactor.handle("steady", "bob", group_hint="group1") is Claim.RUN
+        answered, ended = T0 + timedelta(seconds=10), T0 + timedelta(seconds=40)
+        moves = {"status": Status.ENDED.value, "answeredAt": answered, "endedAt": ended, "updatedAt": ended}
+        store.apply("calls/steady", {**moves, "answeredOn": "phone"})
+        record = {"platform": "ios", "result": "sent", "error": None, "at": T0}
+        server = {f"pushes.`accepted`.`{device}`": record for device in reached}
+        if accepted is not None:
+            server["effects.`accepted`"] = dict(accepted)
+        store.apply(f"{CALL_SERVER}/steady", server)
+        notifier.targets.clear()
+        notifier.sent.clear()
+        assert await reactor.handle("steady", "bob") is Claim.RUN
+        return store, notifier
+
+    async def test_ended_sends_the_answered_elsewhere_notices(self) -> None:
+        """The devices that rang, but the answering one, get `accepted`'s notice, recorded as `accepted`'s."""
+        store, notifier = await self.rung_then_ended(None)
+        assert sorted(t.device for t in notifier.targets) == ["pad", "tab"]
+        assert {(kind, payload["status"]) for _, kind, payload in notifier.sent} == {("call_ended", "accepted")}
+        server = store.docs[f"{CALL_SERVER}/steady"]
+        assert sorted(server["pushes"]["accepted"]) == ["pad", "tab"]
+        assert server["effects"]["ended"]["state"] == "done" and server["effectOpen"] is False
+        assert store.docs["calls/steady"]["durationSec"] == 30
+        stops = [e for e in store.events["steady"] if e.kind.value == "stop_ringing.sent"]
+        assert sorted((str(e.detail["device"]), e.detail["status"]) for e in stops) == [
+            ("pad", "accepted"),
+            ("tab", "accepted"),
+        ]
+
+    async def test_a_dead_claimants_notices_are_not_sent_again(self) -> None:
+        """`accepted`'s claimant notified the pad, then died: the ended claim notifies the tablet only."""
+        lapsed = {"state": "claimed", "by": OTHER, "leaseUntil": T0}
+        _, notifier = await self.rung_then_ended(lapsed, reached=("pad",))
+        assert [t.device for t in notifier.targets] == ["tab"]
+
+    async def test_handled_accepted_leaves_ended_silent(self) -> None:
+        """`accepted` ran (its notices went out): ended pushes nothing more."""
+        store, notifier = await self.rung_then_ended({"state": "done"})
+        assert notifier.targets == []
+        assert "accepted" not in store.docs[f"{CALL_SERVER}/steady"].get("pushes", {})
+
+    async def test_a_live_accepted_claimant_is_left_to_it(self) -> None:
+        """Another replica holds `accepted` and is still sending: ended does not send them as well."""
+        live = {"state": "claimed", "by": OTHER, "leaseUntil": T0 + timedelta(hours=1)}
+        _, notifier = await self.rung_then_ended(live)
+        assert notifier.targets == []
 
 
 class TestClaimRace:
