@@ -86,11 +86,13 @@ class WritingClient(FirestoreClient, Protocol):
 @dataclass(frozen=True)
 class Decided(Generic[T]):
     """A decision about a document as read: the result to return, the document's update (None: no write),
-    and updates of other documents (reference, fields) committed with it."""
+    updates of other documents (reference, fields) committed with it, and documents it creates (reference,
+    document: the commit fails with AlreadyExists, to the caller, if one exists by then)."""
 
     result: T
     update: Mapping[str, Any] | None = None
     also: Sequence[tuple[Any, Mapping[str, Any]]] = ()
+    creates: Sequence[tuple[Any, Mapping[str, Any]]] = ()
 
 
 # Decides what to write from the document as read (None: there is none); may read more on the client.
@@ -114,6 +116,8 @@ async def optimistic(db: WritingClient, ref: Any, decide: Decide[T], what: str) 
         batch.update(ref, dict(decided.update), option=db.write_option(last_update_time=snap.update_time))
         for other, fields in decided.also:
             batch.update(other, dict(fields))
+        for created, document in decided.creates:
+            batch.create(created, dict(document))
         try:
             await batch.commit()
         except (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted):

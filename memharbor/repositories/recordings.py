@@ -17,13 +17,20 @@ from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.calls import Status
 from memharbor.errors import Conflict, NotFound
 from memharbor.recording_requests import IN_PROGRESS, STOP_FIELD, LiveCapReached, RecordingStatus, request_fields
-from memharbor.repositories.guarded import DEFAULT_TIMEOUT_S, FirestoreClient, Guard, Refusals
+from memharbor.repositories.guarded import (
+    DEFAULT_TIMEOUT_S,
+    Decided,
+    FirestoreClient,
+    Guard,
+    Refusals,
+    WritingClient,
+    optimistic,
+)
 from memharbor.repositories.paths import CALLS, RECORDINGS
 
 # A session is its id with its document.
@@ -107,7 +114,7 @@ class FirestoreRecordingRepository:
     """RecordingRepository and CallRecordings over an asyncio Firestore client; every operation is guarded
     (time bound, Unavailable)."""
 
-    def __init__(self, client: Callable[[], FirestoreClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, client: Callable[[], WritingClient], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         refusals: Refusals = {
             gexc.AlreadyExists: lambda: Conflict("a recording session with this id already exists", field="sid"),
             gexc.NotFound: lambda: NotFound("unknown recording session", field="sid"),
@@ -201,26 +208,28 @@ class FirestoreRecordingRepository:
         return await self._guard.run(scan)
 
     async def request_while_accepted(self, call_id: str, sid: str, doc: dict[str, Any]) -> RequestOutcome:
-        # One transaction that also reads the call: if the call ends before it commits, nothing is
-        # requested; if it ends after, the ended hook (which runs after that change) finds and stops it.
-        async def request(client: FirestoreClient) -> RequestOutcome:
+        # No transaction: its read lock on the call would outlive a watcher frozen or killed inside it, and
+        # the app's next write to the call (ending it, first of all) would wait for the lock and fail. The
+        # request is created in one batch with a write to the call that changes nothing (the status it has)
+        # under a precondition on the update time read: if the call moved on since, nothing is created and
+        # the call is read again. If it moves on after, the ended hook (which runs after that change) finds
+        # the request and stops it.
+        async def request(client: WritingClient) -> RequestOutcome:
             call_ref = client.collection(CALLS).document(call_id)
             rec_ref = client.collection(RECORDINGS).document(sid)
 
-            @firestore.async_transactional  # type: ignore[misc]
-            async def run(tx: AsyncTransaction) -> RequestOutcome:
-                call_snap = await call_ref.get(transaction=tx)
-                rec_snap = await rec_ref.get(transaction=tx)
-                if rec_snap.exists:
-                    return RequestOutcome.EXISTS
-                if not call_snap.exists:
-                    return RequestOutcome.GONE
-                if (call_snap.to_dict() or {}).get("status") != Status.ACCEPTED.value:
-                    return RequestOutcome.NOT_ACCEPTED
-                tx.create(rec_ref, doc)
-                return RequestOutcome.CREATED
+            async def decide(db: WritingClient, call: dict[str, Any] | None) -> Decided[RequestOutcome]:
+                if (await rec_ref.get()).exists:
+                    return Decided(RequestOutcome.EXISTS)
+                if call is None:
+                    return Decided(RequestOutcome.GONE)
+                if call.get("status") != Status.ACCEPTED.value:
+                    return Decided(RequestOutcome.NOT_ACCEPTED)
+                return Decided(RequestOutcome.CREATED, {"status": Status.ACCEPTED.value}, creates=[(rec_ref, doc)])
 
-            outcome: RequestOutcome = await run(client.transaction())
-            return outcome
+            try:
+                return await optimistic(client, call_ref, decide, f"the recording request of calls/{call_id}")
+            except gexc.AlreadyExists:
+                return RequestOutcome.EXISTS  # made meanwhile by another watcher
 
         return await self._guard.run(request)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 import time
 import wave
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from memharbor import wav
 from memharbor.emulators import EmulatorSet
 from memharbor.repositories.recording_sessions import Claim, FirestoreRecordingSessions
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.frozen import Frozen
 from tests.support.groups import seed_group
 from tests.support.recorders import RecorderProcess
 from tests.support.recording_sessions import TWO_TONES, request, session, stop, wait_status
@@ -238,60 +238,9 @@ class TestCrashes:
         assert old["duration"] >= 900
 
 
-class PausingClient:
-    """The asyncio client, freezing its event loop at the first batch (an operation's reads done, its write not
-    sent), as a recorder frozen or killed there would be, until `release`."""
-
-    def __init__(self, client: firestore.AsyncClient, inside: threading.Event, release: threading.Event) -> None:
-        self.client, self.inside, self.release = client, inside, release
-
-    def collection(self, name: str, /) -> Any:
-        return self.client.collection(name)
-
-    def get_all(self, references: Any, /) -> Any:
-        return self.client.get_all(references)
-
-    def transaction(self) -> Any:
-        return self.client.transaction()
-
-    def write_option(self, **kwargs: Any) -> Any:
-        return self.client.write_option(**kwargs)
-
-    def batch(self) -> Any:
-        if not self.inside.is_set():
-            self.inside.set()
-            # Blocks the event loop on purpose: nothing of this operation moves until the test releases it.
-            self.release.wait(timeout=10)
-        return self.client.batch()
-
-
-class Frozen:
-    """A repository of worker `worker_id` whose first write is frozen after its reads, run on its own thread."""
-
-    def __init__(self, emulators: EmulatorSet, worker_id: str) -> None:
-        self.inside, self.release = threading.Event(), threading.Event()
-        client = firestore.AsyncClient(project=emulators.project_id)
-        paused = PausingClient(client, self.inside, self.release)
-        self.sessions = FirestoreRecordingSessions(lambda: paused, worker_id, 20.0, 999999)
-        self.result: Any = None
-        self.thread: threading.Thread | None = None
-
-    def start(self, operation: Callable[[FirestoreRecordingSessions], Awaitable[Any]]) -> None:
-        """Run `operation` until it freezes (or ends)."""
-
-        def run() -> None:
-            self.result = asyncio.run(operation(self.sessions))
-
-        self.thread = threading.Thread(target=run)
-        self.thread.start()
-        assert self.inside.wait(timeout=10), "the operation never reached its write"
-
-    def finish(self) -> Any:
-        """Let the operation go on; its result."""
-        self.release.set()
-        assert self.thread is not None
-        self.thread.join(timeout=30)
-        return self.result
+def frozen_sessions(emulators: EmulatorSet, worker_id: str) -> Frozen[FirestoreRecordingSessions]:
+    """Recording sessions of worker `worker_id` whose first write freezes after its reads."""
+    return Frozen(emulators.project_id, lambda client: FirestoreRecordingSessions(client, worker_id, 20.0, 999999))
 
 
 class TestNoLocks:
@@ -300,7 +249,7 @@ class TestNoLocks:
     def test_a_frozen_claim_does_not_block_the_call(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
         """While a claim is frozen after reading the session and its call, the caller can still end the call."""
         sid, _, call_id = request(db)
-        frozen = Frozen(clean_emulators, "recorder-under-test")
+        frozen = frozen_sessions(clean_emulators, "recorder-under-test")
         frozen.start(lambda sessions: sessions.claim(sid))
         rest = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
         try:
@@ -323,7 +272,7 @@ class TestNoLocks:
         lapsed = datetime.now(UTC) - timedelta(seconds=1)
         update = {"status": "recording", "workerId": "frozen", "leaseUntil": lapsed, "filename": "a.wav"}
         db.collection("recordings").document(sid).update(update)
-        frozen = Frozen(clean_emulators, "frozen")
+        frozen = frozen_sessions(clean_emulators, "frozen")
         frozen.start(lambda sessions: sessions.renew(sid))
         try:
             rescuer = FirestoreRecordingSessions(

@@ -16,8 +16,10 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from memharbor.emulators import EmulatorSet
-from memharbor.repositories.recordings import FirestoreRecordingRepository
+from memharbor.recording_requests import SERVER_REQUESTER
+from memharbor.repositories.recordings import FirestoreRecordingRepository, RequestOutcome, new_request
 from tests.support.firestore_rest import FirestoreRest
+from tests.support.frozen import Frozen
 from tests.support.groups import seed_group
 from tests.support.waiting import wait_for
 from tests.support.watchers import WatcherProcess
@@ -259,3 +261,42 @@ class TestHooks:
         call = await seed_call(adb, "c1", status="ended")
         await hooks_over(adb, record_all_calls=True).on_ended("c1", call)
         assert await sessions(adb) == {}
+
+
+class TestRequestHoldsNoLock:
+    """The request is created without a transaction: a watcher frozen inside it holds no lock on the call."""
+
+    def test_a_frozen_request_does_not_block_the_end(self, clean_emulators: EmulatorSet, db: firestore.Client) -> None:
+        """Frozen after reading the call accepted, the request does not hold up the caller's `ended` write;
+        thawed, it finds the call moved on and creates nothing (a transaction held the call until it
+        committed, so a SIGSTOPped watcher made the app's end wait and fail)."""
+        now = datetime.now(UTC)
+        call = {"callId": "c1", "groupId": "group1", "callerId": "alice", "receiverId": "bob", "status": "accepted"}
+        db.collection("calls").document("c1").set({**call, "createdAt": now, "updatedAt": now, "answeredAt": now})
+        frozen = Frozen(clean_emulators.project_id, FirestoreRecordingRepository)
+        doc = new_request(CHANNEL, SERVER_REQUESTER, "c1")
+        frozen.start(lambda repository: repository.request_while_accepted("c1", "call-c1", doc))
+        rest = FirestoreRest(clean_emulators.firestore.address, clean_emulators.project_id)
+        try:
+            started = time.monotonic()
+            ended = rest.as_owner().update("calls/c1", {"status": "ended"}, ["endedAt", "updatedAt"])
+            took = time.monotonic() - started
+        finally:
+            outcome = frozen.finish()
+            rest.close()
+        assert ended.ok, ended
+        assert took < 2.0, f"the call's write waited {took:.1f}s for the frozen request"
+        assert outcome is RequestOutcome.NOT_ACCEPTED
+        assert not db.collection("recordings").document("call-c1").get().exists
+
+    async def test_the_guard_write_changes_nothing(self, adb: firestore.AsyncClient) -> None:
+        """The write that guards the request leaves the call as it was: same fields, same update time."""
+        await seed_call(adb, "c1")
+        before = await adb.collection("calls").document("c1").get()
+        outcome = await FirestoreRecordingRepository(lambda: adb).request_while_accepted(
+            "c1", "call-c1", new_request(CHANNEL, SERVER_REQUESTER, "c1")
+        )
+        after = await adb.collection("calls").document("c1").get()
+        assert outcome is RequestOutcome.CREATED
+        assert after.to_dict() == before.to_dict()
+        assert after.update_time == before.update_time
