@@ -339,7 +339,8 @@ class CallReactor:
                     log.info("call.timed_out", call_id=call_id)
                     self._metrics.timed_out(late_s)
                 audience = await self._audience(call_id, pushing, read, prefetched, now, decision.stop_owed)
-                state = after(read, call_fields, server_fields, written)
+                # Only a ring's is kept (for its timer's run), so only a ring's is worked out.
+                state = after(read, call_fields, server_fields, written) if decision.status == Status.PENDING else None
                 return Claimed(claim, {**(call or {}), **known}, audience, written, state)
         return Claimed(claim, call or {})
 
