@@ -105,9 +105,10 @@ class FakeCallEffects:
         return self._written(call_id, bool(call), bool(server))
 
     def _written(self, call_id: str, call: bool, server: bool) -> Written:
-        call_time = self.times[f"{CALLS}/{call_id}"] if call else None
-        server_time = self.times[f"{CALL_SERVER}/{call_id}"] if server else None
-        return Written(call_time, server_time, self.now)
+        # Versions are the store's write counter; SERVER_TIME resolves to `now` (see `_resolve`).
+        call_version = self.times[f"{CALLS}/{call_id}"] if call else None
+        server_version = self.times[f"{CALL_SERVER}/{call_id}"] if server else None
+        return Written(call_version, server_version, self.now)
 
     def kinds(self, call_id: str) -> list[str]:
         """The kinds of the call's timeline events, in the order written."""
