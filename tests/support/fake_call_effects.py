@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from memharbor.errors import Conflict, NotFound
-from memharbor.repositories.call_effects import DELETE, SERVER_TIME, CallRead, Written, nest
+from memharbor.repositories.call_effects import CallRead, Written, applied, nest
 from memharbor.repositories.paths import CALL_SERVER, CALLS, GROUPS, USERS
 from memharbor.timeline import Event, event_fields
 
@@ -124,26 +124,10 @@ class FakeCallEffects:
         self.apply(path, data, replace=True)
 
     def apply(self, path: str, fields: Mapping[str, Any], replace: bool = False) -> None:
-        """Write `fields` (field paths unless `replace`) with the store's sentinels resolved."""
-        doc = {} if replace else self.docs.setdefault(path, {})
-        for key, value in fields.items():
-            *parents, leaf = [part.strip("`") for part in key.split(".")] if not replace else [key]
-            target = doc
-            for part in parents:
-                target = target.setdefault(part, {})
-            if value is DELETE:
-                target.pop(leaf, None)
-            else:
-                target[leaf] = self._resolve(value)
-        self.docs[path] = doc
+        """Write `fields` (field paths unless `replace`) as Firestore does (`call_effects.applied`), with
+        SERVER_TIME as `now`."""
+        self.docs[path] = applied(None if replace else self.docs.get(path), fields, self.now, paths=not replace)
         self.times[path] = next(self._clock)
-
-    def _resolve(self, value: Any) -> Any:
-        if value is SERVER_TIME:
-            return self.now
-        if isinstance(value, dict):
-            return {key: self._resolve(inner) for key, inner in value.items()}
-        return value
 
     def _get_alone(self, path: str) -> dict[str, Any] | None:
         self.round_trips.append([path])
