@@ -278,8 +278,9 @@ class CallReactor:
         documents are unchanged if its guarded commit succeeds) and reads only after a Conflict.
         """
         # Whatever this run does, what our writes left is stale after it: use it once, for a timeout.
-        own = self._written.pop(call_id, None) if time_out else None
-        self._written.pop(call_id, None)
+        own = self._written.pop(call_id, None)
+        if not time_out:
+            own = None
         for attempt in range(_CLAIM_ATTEMPTS):
             try:
                 return await self._claim_once(call_id, hints, time_out, own)
